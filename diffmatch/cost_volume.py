@@ -1,0 +1,140 @@
+"""Matching costs and the flows read from them.
+
+All flows follow the project convention: on the target grid, ``target(x) ≈ source(x + flow(x))``,
+in pixels of the feature maps, channel 0 = x, ``(B, 2, H, W)``; ``align_corners=False``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from diffmatch.geometry import check_flow, coords_grid, pixel_to_normalized
+
+__all__ = [
+    "l2_normalize",
+    "global_correlation",
+    "soft_argmax_flow",
+    "argmax_flow",
+    "local_correlation",
+]
+
+
+def l2_normalize(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """L2-normalise ``(B, C, H, W)`` features along channels."""
+    return features / features.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def _check_pair(source: torch.Tensor, target: torch.Tensor) -> None:
+    if source.ndim != 4 or target.ndim != 4:
+        raise ValueError(
+            f"features must be (B, C, H, W), got {tuple(source.shape)} and {tuple(target.shape)}"
+        )
+    if source.shape[:2] != target.shape[:2]:
+        raise ValueError(f"feature batch/channels differ: {tuple(source.shape)} vs {tuple(target.shape)}")
+
+
+def global_correlation(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every target position with every source position (paper Eq. 8).
+
+    Args:
+        source: ``(B, C, Hs, Ws)`` source features.
+        target: ``(B, C, Ht, Wt)`` target features.
+
+    Returns:
+        ``(B, Ht * Wt, Hs * Ws)`` correlation; row ``i`` holds target pixel ``i``'s similarities.
+    """
+    _check_pair(source, target)
+    src = rearrange(l2_normalize(source), "b c h w -> b c (h w)")
+    tgt = rearrange(l2_normalize(target), "b c h w -> b (h w) c")
+    return tgt @ src
+
+
+def _source_coords(source_size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    hs, ws = source_size
+    return rearrange(coords_grid(1, hs, ws, like.device, like.dtype), "1 c h w -> (h w) c")
+
+
+def soft_argmax_flow(
+    correlation: torch.Tensor,
+    target_size: tuple[int, int],
+    source_size: tuple[int, int],
+    temperature: float = 0.02,
+) -> torch.Tensor:
+    """Initial flow as the soft-argmax of the correlation (the paper's F_init).
+
+    Each target pixel's match is the softmax(correlation / temperature)-weighted mean of the source
+    pixel coordinates.
+
+    Args:
+        correlation: ``(B, Ht * Wt, Hs * Ws)`` from :func:`global_correlation`.
+        target_size: ``(Ht, Wt)``.
+        source_size: ``(Hs, Ws)``.
+        temperature: softmax temperature on cosine similarities; smaller is closer to a hard argmax.
+
+    Returns:
+        ``(B, 2, Ht, Wt)`` flow in feature pixels, ``target(x) ≈ source(x + flow(x))``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    ht, wt = target_size
+    prob = torch.softmax(correlation / temperature, dim=-1)
+    match = prob @ _source_coords(source_size, correlation)  # (B, HtWt, 2)
+    match = rearrange(match, "b (h w) c -> b c h w", h=ht, w=wt)
+    return match - coords_grid(correlation.shape[0], ht, wt, correlation.device, correlation.dtype)
+
+
+def argmax_flow(
+    correlation: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int]
+) -> torch.Tensor:
+    """Initial flow as the hard argmax of the correlation (what the official DiffMatch code does).
+
+    Same arguments and return value as :func:`soft_argmax_flow`.
+    """
+    ht, wt = target_size
+    best = correlation.argmax(dim=-1)  # (B, HtWt)
+    match = _source_coords(source_size, correlation)[best]  # (B, HtWt, 2)
+    match = rearrange(match, "b (h w) c -> b c h w", h=ht, w=wt)
+    return match - coords_grid(correlation.shape[0], ht, wt, correlation.device, correlation.dtype)
+
+
+def local_correlation(
+    source: torch.Tensor, target: torch.Tensor, flow: torch.Tensor, radius: int = 4
+) -> torch.Tensor:
+    """Local cost: correlation in a ``(2R+1)²`` window around each target pixel's match.
+
+    For target pixel ``x`` with match ``p = x + flow(x)`` in the source, channel ``k`` holds the cosine
+    similarity of ``target(x)`` with ``source(p + d_k)`` (bilinear, zero outside), where the offsets
+    ``d_k = (dx, dy)`` run over ``[-R, R]²`` row-major in ``dy`` then ``dx``.
+
+    Args:
+        source: ``(B, C, Hs, Ws)`` source features.
+        target: ``(B, C, Ht, Wt)`` target features.
+        flow: ``(B, 2, Ht, Wt)`` flow in source feature pixels, ``target(x) ≈ source(x + flow(x))``.
+        radius: window radius ``R``.
+
+    Returns:
+        ``(B, (2R+1)², Ht, Wt)`` local cost.
+    """
+    _check_pair(source, target)
+    check_flow(flow)
+    if flow.shape[-2:] != target.shape[-2:]:
+        raise ValueError(f"flow {tuple(flow.shape)} must be on the target grid {tuple(target.shape[-2:])}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    b, _, ht, wt = target.shape
+    hs, ws = source.shape[-2:]
+    src, tgt = l2_normalize(source), l2_normalize(target)
+    steps = torch.arange(-radius, radius + 1, device=flow.device, dtype=flow.dtype)
+    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+    offsets = torch.stack((dx, dy), dim=-1).view(-1, 2)  # (K, 2)
+    k = offsets.shape[0]
+    centres = coords_grid(b, ht, wt, flow.device, flow.dtype) + flow  # (B, 2, Ht, Wt)
+    points = centres.unsqueeze(1) + offsets.view(1, k, 2, 1, 1)  # (B, K, 2, Ht, Wt)
+    grid = pixel_to_normalized(rearrange(points, "b k c h w -> b c (k h) w"), (hs, ws))
+    sampled = F.grid_sample(
+        src, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    sampled = rearrange(sampled, "b c (k h) w -> b k c h w", k=k)
+    return (sampled * tgt.unsqueeze(1)).sum(dim=2)

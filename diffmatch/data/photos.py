@@ -1,0 +1,54 @@
+"""Image folders: the photos bundled with the repository and listing of any image folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from diffmatch.io import InputError
+
+__all__ = ["IMAGE_EXTENSIONS", "PHOTO_SPLITS", "bundled_photos", "list_images"]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+PHOTO_SPLITS: tuple[str, ...] = ("train", "val")
+
+
+def bundled_photos(split: str = "train") -> Path:
+    """Folder of the scikit-image sample photos shipped in the repository's ``data/photos/<split>``.
+
+    ``train`` feeds the default synthetic training pairs; ``val`` is held out for the synthetic
+    benchmark. They are written by ``scripts/export_bundled_photos.py``.
+
+    Args:
+        split: ``"train"`` or ``"val"``.
+
+    Returns:
+        The absolute folder path.
+
+    Raises:
+        InputError: unknown split, or the folder is missing or empty (e.g. a wheel install without
+            the repository's ``data/`` folder).
+    """
+    if split not in PHOTO_SPLITS:
+        raise InputError(f"split must be one of {PHOTO_SPLITS}, got {split!r}")
+    folder = Path(__file__).resolve().parents[2] / "data" / "photos" / split
+    if not folder.is_dir() or not list_images(folder, required=False):
+        raise InputError(
+            f"{folder}: bundled photos not found; run `python scripts/export_bundled_photos.py` in a repository checkout"
+        )
+    return folder
+
+
+def list_images(image_dir: str | os.PathLike, required: bool = True) -> list[Path]:
+    """Sorted image files directly inside ``image_dir`` (by extension, case-insensitive).
+
+    Raises:
+        InputError: ``image_dir`` is not a folder, or (if ``required``) holds no image.
+    """
+    folder = Path(image_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: image folder not found")
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if required and not images:
+        raise InputError(f"{folder}: no images with extensions {IMAGE_EXTENSIONS}")
+    return images

@@ -1,0 +1,104 @@
+"""Loading pretrained weights from a local directory or the Hugging Face cache, with one clear error.
+
+Every zero-shot extractor takes ``pretrained_model_name_or_path``: either a local directory (used as
+is, never touching the network) or a Hub model id. A model id is first looked up in the local cache
+only; the network is tried only when the caller allows it and the process is not offline
+(``HF_HUB_OFFLINE``). Any failure becomes a single :class:`~diffmatch.io.InputError` that names the
+model id and says where to put the files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from diffmatch.io import InputError
+
+__all__ = ["hub_offline", "load_pretrained"]
+
+T = TypeVar("T")
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network access."""
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _looks_like_path(name: str) -> bool:
+    # A Hub id is "name" or "org/name"; anything else that is not an existing folder is a missing path.
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or os.path.exists(name)
+
+
+def _cache_dir() -> str:
+    return os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.join("~", ".cache", "huggingface")), "hub"
+    )
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    loader: Callable[[str, bool], T],
+    what: str,
+    cli_flag: str,
+    local_files_only: bool = False,
+    required: tuple[str, ...] = (),
+) -> T:
+    """Load a model with ``loader(source, local_files_only)`` or raise one clear error.
+
+    Args:
+        name_or_path: a local directory or a Hugging Face Hub model id.
+        loader: builds the model from a directory or id; it must honour ``local_files_only``.
+        what: human name for the error message, e.g. ``"Stable Diffusion"``.
+        cli_flag: the ``infer.py`` flag that takes a local directory, e.g. ``"--sd-model"``.
+        local_files_only: never use the network, even when not offline.
+        required: entries that a local directory must contain (e.g. ``("unet", "vae")``).
+
+    Returns:
+        Whatever ``loader`` returns.
+
+    Raises:
+        InputError: the directory is missing or incomplete, or the model id is neither cached nor
+            downloadable.
+    """
+    name = os.fspath(name_or_path)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        missing = [entry for entry in required if not (folder / entry).exists()]
+        if missing:
+            raise InputError(f"{folder}: not a {what} directory, missing {missing}")
+        try:
+            return loader(str(folder), True)
+        except Exception as err:  # the libraries raise OSError, ValueError, KeyError, ... on bad folders
+            raise InputError(f"{folder}: could not load {what} weights ({_reason(err)})") from None
+    if _looks_like_path(name):
+        raise InputError(f"{name}: no such {what} model directory")
+    hint = (
+        f"download it with `huggingface-cli download {name} --local-dir DIR` and pass `{cli_flag} DIR` "
+        f"(pretrained_model_name_or_path=DIR), or set HF_HOME to the cache that holds it"
+    )
+    try:
+        return loader(name, True)
+    except Exception as err:  # not cached (or a broken cache entry)
+        first = err
+    if local_files_only or hub_offline():
+        raise InputError(
+            f"{what} model {name!r} is not in the local Hugging Face cache ({_cache_dir()}) and downloads are "
+            f"off; {hint} ({_reason(first)})"
+        ) from None
+    try:
+        return loader(name, False)
+    except Exception as err:  # network down, repository gated or renamed, ...
+        raise InputError(
+            f"{what} model {name!r} is not in the local Hugging Face cache ({_cache_dir()}) and could not be "
+            f"downloaded; {hint} ({_reason(err)})"
+        ) from None

@@ -1,0 +1,52 @@
+"""The interface every condition-feature extractor implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["Features", "FeatureExtractor"]
+
+
+@dataclass
+class Features:
+    """Feature maps of one batch of images.
+
+    Attributes:
+        coarse: list of ``(B, C_i, h_i, w_i)`` maps used for the global and local costs of stage 1.
+            They may have different sizes; the matcher resizes each to the cost resolution and
+            L2-normalises it.
+        fine: optional ``(B, C, h, w)`` high-resolution map for the flow-upsampling stage
+            (VGG: pool1 of the processed image). ``None`` when the extractor has none.
+    """
+
+    coarse: list[torch.Tensor]
+    fine: torch.Tensor | None = None
+
+
+class FeatureExtractor(nn.Module):
+    """Maps RGB images to feature maps for matching.
+
+    Subclasses implement :meth:`forward`. Inputs are ``(B, 3, H, W)`` float RGB in ``[0, 1]``, already
+    resized by the caller to the processing resolution; extractors do their own normalisation
+    (ImageNet mean/std, VAE scaling, patch padding, ...).
+
+    Attributes:
+        frozen: whether the extractor's parameters are excluded from training.
+    """
+
+    frozen: bool = True
+
+    def forward(self, image: torch.Tensor) -> Features:  # pragma: no cover - interface
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(image) -> Features")
+
+    @staticmethod
+    def check_image(image: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``image`` is a ``(B, 3, H, W)`` floating tensor."""
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must be a (B, 3, H, W) tensor, got {shape}")
+        if not image.is_floating_point():
+            raise ValueError(f"image must be float RGB in [0, 1], got {image.dtype}")

@@ -1,0 +1,157 @@
+"""Frozen VGG-16 feature pyramid, the condition features of the DiffMatch paper."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.models import VGG16_Weights, vgg16
+
+from diffmatch.features.base import FeatureExtractor, Features
+
+__all__ = ["VGG16Pyramid", "VGG_LAYERS", "load_vgg16_state_dict"]
+
+# Output index (inclusive) of each pooling stage in ``torchvision.models.vgg16().features``.
+VGG_LAYERS = {"pool1": 4, "pool2": 9, "pool3": 16, "pool4": 23, "pool5": 30}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    weights = VGG16_Weights.IMAGENET1K_V1
+    filename = Path(weights.url).name
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as err:  # offline: URLError, socket errors, ...
+        raise ValueError(
+            f"VGG-16 ImageNet weights are not available offline ({type(err).__name__}). "
+            f"Download {weights.url} and put it at {cached} (or set TORCH_HOME), "
+            "or pass weights='/path/to/vgg16.pth'."
+        ) from None
+
+
+def load_vgg16_state_dict(weights: str, seed: int = 0) -> dict[str, torch.Tensor] | None:
+    """Resolve a VGG-16 weight spec to a ``features.*`` state dict.
+
+    Args:
+        weights: ``"imagenet"`` (torchvision's ``VGG16_Weights.IMAGENET1K_V1``, from the torch hub
+            cache or a download), ``"random"`` (``None`` is returned; the caller seeds the init), or a
+            path to a ``.pth`` state dict of a torchvision ``vgg16`` or of its ``features``.
+        seed: unused here; kept for a uniform signature.
+
+    Raises:
+        ValueError: offline with no cached ImageNet file, or an unreadable/mismatched file.
+    """
+    if weights == "random":
+        return None
+    if weights == "imagenet":
+        state = _imagenet_state_dict()
+    else:
+        path = Path(os.path.expanduser(weights))
+        if not path.is_file():
+            raise ValueError(
+                f"VGG-16 weights {weights!r}: expected 'imagenet', 'random' or an existing .pth file"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"{path}: not a readable VGG-16 state dict ({err})") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"VGG-16 weights {weights!r}: expected a state dict")
+    if not any(k.startswith("features.") for k in state):
+        state = {f"features.{k}": v for k, v in state.items()}
+    return {k: v for k, v in state.items() if k.startswith("features.")}
+
+
+class VGG16Pyramid(FeatureExtractor):
+    """VGG-16 pyramid as used by GLU-Net and DiffMatch.
+
+    The official code takes pool2 (1/4), pool3 (1/8) and pool4 (1/16) of the processed image (512²),
+    plus pool3 and pool4 of a half-size copy. ``pool1`` (1/2) is returned as :attr:`Features.fine`
+    for the flow-upsampling stage.
+
+    Args:
+        weights: ``"imagenet"``, ``"random"`` or a path to a state dict (see :func:`load_vgg16_state_dict`).
+        seed: seed of the random initialisation (``weights="random"``).
+        levels: pooling stages of the full-size image used for the cost.
+        half_levels: pooling stages of the half-size copy used for the cost.
+        fine_level: stage returned as the fine map, or ``None``.
+        frozen: keep the weights fixed (the paper's setting).
+    """
+
+    def __init__(
+        self,
+        weights: str = "imagenet",
+        seed: int = 0,
+        levels: tuple[str, ...] = ("pool2", "pool3", "pool4"),
+        half_levels: tuple[str, ...] = ("pool3", "pool4"),
+        fine_level: str | None = "pool1",
+        frozen: bool = True,
+    ) -> None:
+        super().__init__()
+        for name in (*levels, *half_levels, *([fine_level] if fine_level else [])):
+            if name not in VGG_LAYERS:
+                raise ValueError(f"unknown VGG level {name!r}, expected one of {sorted(VGG_LAYERS)}")
+        if not levels and not half_levels:
+            raise ValueError("VGG16Pyramid needs at least one level")
+        self.levels, self.half_levels, self.fine_level = tuple(levels), tuple(half_levels), fine_level
+        depth = max(VGG_LAYERS[n] for n in (*levels, *half_levels, *([fine_level] if fine_level else []))) + 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = vgg16(weights=None)
+        state = load_vgg16_state_dict(weights)
+        if state is not None:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            # Only the classifier may be absent from a features-only file.
+            missing = [k for k in missing if k.startswith("features.")]
+            if missing or unexpected:
+                raise ValueError(
+                    f"VGG-16 weights {weights!r} do not fit: missing {missing}, unexpected {unexpected}"
+                )
+        self.body = net.features[:depth]
+        self.frozen = frozen
+        if frozen:
+            self.body.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _run(self, x: torch.Tensor, wanted: set[str]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        by_index = {VGG_LAYERS[n]: n for n in wanted}
+        last = max(by_index)
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            if i in by_index:
+                out[by_index[i]] = x
+            if i == last:
+                break
+        return out
+
+    def train(self, mode: bool = True) -> VGG16Pyramid:
+        # A frozen backbone stays in eval mode so that nothing about it changes during training.
+        return super().train(mode and not self.frozen)
+
+    def forward(self, image: torch.Tensor) -> Features:
+        """Extract the pyramid.
+
+        Args:
+            image: ``(B, 3, H, W)`` RGB in ``[0, 1]``.
+
+        Returns:
+            :class:`Features` with ``coarse`` = full-size levels then half-size levels, and ``fine``.
+        """
+        self.check_image(image)
+        x = (image - self.mean) / self.std
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            full = self._run(x, set(self.levels) | ({self.fine_level} if self.fine_level else set()))
+            coarse = [full[n] for n in self.levels]
+            if self.half_levels:
+                half = F.interpolate(x, scale_factor=0.5, mode="area")
+                half_maps = self._run(half, set(self.half_levels))
+                coarse += [half_maps[n] for n in self.half_levels]
+        return Features(coarse=coarse, fine=full.get(self.fine_level) if self.fine_level else None)

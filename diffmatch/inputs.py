@@ -1,0 +1,86 @@
+"""Turning user inputs (paths, PIL images, arrays, tensors) into image batches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffmatch.io import InputError, load_image
+
+__all__ = ["ImageInput", "to_image_batch"]
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+
+
+def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise InputError(f"image array must be (H, W), (H, W, 1|3|4), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        scaled = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        scaled = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        scaled = array.astype(np.float32)
+    else:
+        raise InputError(f"image array dtype must be uint8, uint16 or float, got {array.dtype}")
+    tensor = torch.from_numpy(np.ascontiguousarray(scaled)).permute(2, 0, 1)
+    return _to_rgb(tensor)
+
+
+def _to_rgb(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.shape[-3] == 1:
+        return tensor.expand(*tensor.shape[:-3], 3, *tensor.shape[-2:]).contiguous()
+    if tensor.shape[-3] == 4:
+        return tensor[..., :3, :, :]
+    return tensor
+
+
+def _one_image(image: ImageInput) -> torch.Tensor:
+    if isinstance(image, (str, os.PathLike)):
+        return _array_to_tensor(load_image(Path(image)))
+    if isinstance(image, Image.Image):
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        return _array_to_tensor(np.asarray(image))
+    if isinstance(image, np.ndarray):
+        return _array_to_tensor(image)
+    raise InputError(
+        f"unsupported image type {type(image).__name__}; expected a path, PIL image, array or tensor"
+    )
+
+
+def to_image_batch(images: ImageInput | list[ImageInput], name: str = "image") -> torch.Tensor:
+    """Convert one image or a batch of images to a ``(B, 3, H, W)`` float tensor in ``[0, 1]``.
+
+    Accepted: a path, a PIL image, an ``(H, W[, C])`` uint8/uint16/float array, a ``(C, H, W)`` or
+    ``(B, C, H, W)`` tensor (uint8 or float in ``[0, 1]``) with ``C`` in 1, 3, 4, or a list of those
+    with one size. Grayscale is replicated and alpha is dropped.
+
+    Raises:
+        InputError: unreadable file, wrong shape, dtype or mixed sizes.
+    """
+    if isinstance(images, torch.Tensor):
+        tensor = images
+        if tensor.ndim == 3:
+            tensor = tensor.unsqueeze(0)
+        if tensor.ndim != 4 or tensor.shape[1] not in (1, 3, 4):
+            raise InputError(
+                f"{name} tensor must be (C, H, W) or (B, C, H, W) with C in 1, 3, 4, got {tuple(images.shape)}"
+            )
+        tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+        return _to_rgb(tensor)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError(f"{name}: empty list of images")
+        batch = [_one_image(im) for im in images]
+        sizes = {tuple(b.shape[-2:]) for b in batch}
+        if len(sizes) > 1:
+            raise InputError(f"{name}: images in one batch must share a size, got {sorted(sizes)}")
+        return torch.stack(batch)
+    return _one_image(images).unsqueeze(0)

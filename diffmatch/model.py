@@ -1,0 +1,328 @@
+"""DiffMatch stage 1: features → global cost → F_init → local cost → conditional flow diffusion.
+
+Flow convention: flows are on the target grid, ``target(x) ≈ source(x + flow(x))``, channel 0 = x.
+Inside the model, flows live on the square ``cost_size`` grid and are *normalised* by dividing the
+pixel flow by ``cost_size`` (what the official code does: x by W, y by H at the cost resolution), so
+a displacement across the whole image is about 1. Public outputs are in pixels of the original images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffmatch.cost_volume import (
+    argmax_flow,
+    global_correlation,
+    l2_normalize,
+    local_correlation,
+    soft_argmax_flow,
+)
+from diffmatch.denoiser import DenoiserConfig, FlowDenoiser
+from diffmatch.diffusion import FlowDiffusion, Generators
+from diffmatch.features import Features, build_features
+from diffmatch.geometry import check_flow, resize_flow
+from diffmatch.result import MatchResult
+
+__all__ = ["DiffMatchConfig", "Condition", "DiffMatch", "config_from_dict"]
+
+
+@dataclass
+class DiffMatchConfig:
+    """Everything that defines a DiffMatch stage-1 model. Defaults are the paper's settings.
+
+    Attributes:
+        features: condition features, one of ``vgg16 | dift | dino | fused``.
+        feature_kwargs: keyword arguments of the feature extractor (e.g. ``{"weights": "random"}``).
+        image_size: both images are resized to this square size before feature extraction.
+        cost_size: side of the square cost/flow grid the diffusion runs on.
+        init_flow: ``soft`` (soft-argmax, as the paper says) or ``hard`` (argmax, as the official code does).
+        temperature: soft-argmax temperature on cosine similarities.
+        radius: local-cost radius ``R``; the local cost has ``(2R+1)²`` channels.
+        use_local_cost: condition on the local cost (ablation: Table 4 II).
+        use_init_flow: condition on ``F_init`` and predict a residual on it (ablation: Table 4 III).
+        diffusion: train and sample as a diffusion model; ``False`` is direct regression (Table 3).
+        num_train_timesteps: diffusion steps ``T``.
+        beta_schedule: diffusers beta schedule.
+        denoiser: U-Net settings.
+    """
+
+    features: str = "vgg16"
+    feature_kwargs: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 512
+    cost_size: int = 64
+    init_flow: Literal["soft", "hard"] = "soft"
+    temperature: float = 0.02
+    radius: int = 4
+    use_local_cost: bool = True
+    use_init_flow: bool = True
+    diffusion: bool = True
+    num_train_timesteps: int = 5
+    beta_schedule: str = "squaredcos_cap_v2"
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.denoiser, dict):
+            self.denoiser = _dataclass_from_dict(DenoiserConfig, self.denoiser, "denoiser")
+        self.denoiser.channel_mult = tuple(self.denoiser.channel_mult)
+        self.denoiser.attention_resolutions = tuple(self.denoiser.attention_resolutions)
+        if self.init_flow not in ("soft", "hard"):
+            raise ValueError(f"init_flow must be 'soft' or 'hard', got {self.init_flow!r}")
+        if self.image_size <= 0 or self.cost_size <= 0 or self.cost_size > self.image_size:
+            raise ValueError(f"need 0 < cost_size <= image_size, got {self.cost_size} and {self.image_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form (lists for tuples), as stored in exported weights."""
+        out = asdict(self)
+        out["denoiser"]["channel_mult"] = list(self.denoiser.channel_mult)
+        out["denoiser"]["attention_resolutions"] = list(self.denoiser.attention_resolutions)
+        return out
+
+
+def _dataclass_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown settings {unknown}; this version knows {sorted(known)}")
+    return cls(**data)
+
+
+def config_from_dict(data: dict[str, Any] | DiffMatchConfig) -> DiffMatchConfig:
+    """Build a :class:`DiffMatchConfig` from a dict, rejecting unknown keys by name."""
+    if isinstance(data, DiffMatchConfig):
+        return data
+    return _dataclass_from_dict(DiffMatchConfig, dict(data), "DiffMatch config")
+
+
+@dataclass
+class Condition:
+    """What the denoiser is conditioned on, all on the ``cost_size`` grid.
+
+    Attributes:
+        init_flow: ``(B, 2, c, c)`` normalised ``F_init``.
+        local_cost: ``(B, (2R+1)², c, c)`` local cost, or ``None``.
+        features: the extracted source and target features (for the upsampler).
+    """
+
+    init_flow: torch.Tensor
+    local_cost: torch.Tensor | None
+    features: tuple[Features, Features]
+
+
+class DiffMatch(nn.Module):
+    """DiffMatch stage 1 (Nam et al., ICLR 2024), a plain ``nn.Module``.
+
+    Args:
+        config: model settings, or a dict of them.
+    """
+
+    def __init__(self, config: DiffMatchConfig | dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = config_from_dict(config or DiffMatchConfig())
+        cfg = self.config
+        self.features = build_features(cfg.features, **cfg.feature_kwargs)
+        cost_channels = (2 * cfg.radius + 1) ** 2 if cfg.use_local_cost else 0
+        self.denoiser = FlowDenoiser(cfg.denoiser, cfg.cost_size, cost_channels, cfg.use_init_flow)
+        self.diffusion = FlowDiffusion(cfg.num_train_timesteps, cfg.beta_schedule)
+
+    # ------------------------------------------------------------------------------------ conditions
+    def _prepare(self, image: torch.Tensor) -> torch.Tensor:
+        size = self.config.image_size
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(image.shape)}")
+        if image.shape[-2:] == (size, size):
+            return image
+        return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    def _cost_maps(self, features: Features) -> list[torch.Tensor]:
+        c = self.config.cost_size
+        return [
+            l2_normalize(F.interpolate(f, size=(c, c), mode="bilinear", align_corners=False))
+            for f in features.coarse
+        ]
+
+    def extract(self, source: torch.Tensor, target: torch.Tensor) -> tuple[Features, Features]:
+        """Features of both images, resized to ``image_size`` first; one backbone pass for the pair."""
+        if source.shape[0] != target.shape[0]:
+            raise ValueError(f"source and target batch sizes differ: {source.shape[0]} vs {target.shape[0]}")
+        both = self.features(torch.cat((self._prepare(source), self._prepare(target))))
+        b = source.shape[0]
+        split = [
+            Features([m[:b] for m in both.coarse], None if both.fine is None else both.fine[:b]),
+            Features([m[b:] for m in both.coarse], None if both.fine is None else both.fine[b:]),
+        ]
+        return split[0], split[1]
+
+    def initial_flow(self, source_maps: list[torch.Tensor], target_maps: list[torch.Tensor]) -> torch.Tensor:
+        """``F_init`` in cost-grid pixels from the level-averaged global correlation, ``(B, 2, c, c)``."""
+        c = self.config.cost_size
+        corr = torch.stack([global_correlation(s, t) for s, t in zip(source_maps, target_maps)]).mean(0)
+        if self.config.init_flow == "hard":
+            return argmax_flow(corr, (c, c), (c, c))
+        return soft_argmax_flow(corr, (c, c), (c, c), self.config.temperature)
+
+    def local_cost(
+        self, source_maps: list[torch.Tensor], target_maps: list[torch.Tensor], flow_px: torch.Tensor
+    ) -> torch.Tensor:
+        """Level-averaged local cost around ``flow_px`` (cost-grid pixels), ``(B, (2R+1)², c, c)``."""
+        costs = [
+            local_correlation(s, t, flow_px, self.config.radius) for s, t in zip(source_maps, target_maps)
+        ]
+        return torch.stack(costs).mean(0)
+
+    def condition(self, source: torch.Tensor, target: torch.Tensor) -> Condition:
+        """Compute ``F_init`` and the local cost for a batch of image pairs.
+
+        Args:
+            source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
+            target: ``(B, 3, Ht, Wt)`` RGB in ``[0, 1]``.
+        """
+        feats = self.extract(source, target)
+        src_maps, tgt_maps = self._cost_maps(feats[0]), self._cost_maps(feats[1])
+        init_px = self.initial_flow(src_maps, tgt_maps)
+        local = self.local_cost(src_maps, tgt_maps, init_px) if self.config.use_local_cost else None
+        return Condition(init_flow=init_px / self.config.cost_size, local_cost=local, features=feats)
+
+    # ------------------------------------------------------------------------------------ flow units
+    def to_cost_grid(self, flow: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
+        """Pixel flow at a target's size to normalised flow on the cost grid."""
+        check_flow(flow)
+        c = self.config.cost_size
+        hs, ws = source_size
+        return resize_flow(flow, (c, c), source_scale=(c / hs, c / ws)) / c
+
+    def from_cost_grid(
+        self, flow: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Normalised flow on the cost grid to pixel flow at ``target_size``, pointing into ``source_size``."""
+        c = self.config.cost_size
+        hs, ws = source_size
+        return resize_flow(flow * c, tuple(target_size), source_scale=(hs / c, ws / c))
+
+    # ------------------------------------------------------------------------------------- training
+    def loss(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        flow: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The training loss: masked MSE between predicted and true clean flow (paper Eq. 9).
+
+        Args:
+            source: ``(B, 3, H, W)`` RGB in ``[0, 1]``.
+            target: ``(B, 3, H, W)`` RGB in ``[0, 1]``.
+            flow: ``(B, 2, H, W)`` ground-truth flow in pixels, ``target(x) ≈ source(x + flow(x))``.
+            mask: ``(B, H, W)`` bool, where the ground truth is valid.
+            generator: optional RNG for timesteps and noise.
+
+        Returns:
+            ``loss`` (scalar), plus ``pred`` and ``target`` normalised flows and the cost-grid ``mask``.
+        """
+        check_flow(flow)
+        cond = self.condition(source, target)
+        gt = self.to_cost_grid(flow, source.shape[-2:])
+        c = self.config.cost_size
+        if mask is None:
+            grid_mask = torch.ones_like(gt[:, :1], dtype=torch.bool)
+        else:
+            area = F.interpolate(mask[:, None].float(), size=(c, c), mode="area")
+            grid_mask = area > 0.99
+        b = gt.shape[0]
+        if self.config.diffusion:
+            t = self.diffusion.sample_timesteps(b, gt.device, generator)
+            noise = torch.randn(gt.shape, generator=generator, device=gt.device, dtype=gt.dtype)
+            noisy = self.diffusion.add_noise(gt, noise, t)
+        else:
+            t = torch.zeros(b, dtype=torch.long, device=gt.device)
+            noisy = torch.zeros_like(gt)
+        pred = self.denoiser(noisy, t, cond.init_flow, cond.local_cost)
+        sq = ((pred - gt) ** 2).sum(1, keepdim=True)
+        loss = (sq * grid_mask).sum() / grid_mask.sum().clamp_min(1)
+        return {"loss": loss, "pred": pred, "target": gt, "mask": grid_mask[:, 0]}
+
+    # ------------------------------------------------------------------------------------- sampling
+    def sample_normalized(
+        self,
+        cond: Condition,
+        num_samples: int = 1,
+        num_steps: int = 5,
+        eta: float = 0.0,
+        generator: Generators = None,
+    ) -> torch.Tensor:
+        """``N`` flow hypotheses on the cost grid, normalised, as ``(B, N, 2, c, c)``; one batched run."""
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        init, local = cond.init_flow, cond.local_cost
+        b, _, c, _ = init.shape
+        rep = lambda x: None if x is None else x.repeat_interleave(num_samples, dim=0)  # noqa: E731
+        init_n, local_n = rep(init), rep(local)
+        if not self.config.diffusion:
+            t = torch.zeros(b, dtype=torch.long, device=init.device)
+            flow = self.denoiser(torch.zeros_like(init), t, init, local)
+            return flow.unsqueeze(1).expand(-1, num_samples, -1, -1, -1)
+        # Item i draws its N hypotheses from its own generator (or in turn from a shared one).
+        generators = _expand_generators(generator, b, num_samples, init.device)
+
+        def denoise(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.denoiser(sample, t, init_n, local_n)
+
+        out = self.diffusion.sample(
+            denoise, (b * num_samples, 2, c, c), num_steps, eta, generators, init.device, init.dtype
+        )
+        return out.view(b, num_samples, 2, c, c)
+
+    @torch.no_grad()
+    def forward(
+        self,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        num_samples: int = 1,
+        num_steps: int = 5,
+        eta: float = 0.0,
+        generator: Generators = None,
+    ) -> MatchResult:
+        """Dense flow from ``target`` into ``source`` with multi-hypothesis uncertainty.
+
+        Args:
+            source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
+            target: ``(B, 3, Ht, Wt)`` RGB in ``[0, 1]``.
+            num_samples: hypotheses ``N`` (run as one batch).
+            num_steps: DDIM steps.
+            eta: DDIM eta.
+            generator: a generator, one per item, or ``None``.
+
+        Returns:
+            :class:`MatchResult` at the target's size, in pixels: ``target(x) ≈ source(x + flow(x))``.
+        """
+        cond = self.condition(source, target)
+        samples = self.sample_normalized(cond, num_samples, num_steps, eta, generator)
+        b, n = samples.shape[:2]
+        size_t, size_s = tuple(target.shape[-2:]), tuple(source.shape[-2:])
+        samples_px = self.from_cost_grid(samples.flatten(0, 1), size_t, size_s).view(b, n, 2, *size_t)
+        init_px = self.from_cost_grid(cond.init_flow, size_t, size_s)
+        return MatchResult.from_samples(samples_px, init_flow=init_px)
+
+
+def _expand_generators(
+    generator: Generators, batch: int, num_samples: int, device: torch.device
+) -> Generators:
+    """One generator per (item, hypothesis), derived so that item i's samples do not depend on the batch."""
+    if generator is None:
+        return None
+    per_item = generator if isinstance(generator, list) else [generator] * batch
+    if len(per_item) != batch:
+        raise ValueError(f"got {len(per_item)} generators for a batch of {batch}")
+    out = []
+    for gen in per_item:
+        seeds = torch.randint(0, 2**62, (num_samples,), generator=gen, device=gen.device).tolist()
+        for seed in seeds:
+            child = torch.Generator(device=gen.device)
+            child.manual_seed(int(seed))
+            out.append(child)
+    return out

@@ -1,0 +1,65 @@
+"""The typed result every matcher returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["MatchResult", "samples_statistics"]
+
+
+def samples_statistics(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean flow and per-pixel variance of ``N`` flow hypotheses.
+
+    Args:
+        samples: ``(B, N, 2, H, W)`` flows in pixels.
+
+    Returns:
+        ``(flow, uncertainty)``: the ``(B, 2, H, W)`` mean, and the ``(B, 1, H, W)`` variance in px²,
+        summed over x and y (the trace of the per-pixel covariance; population variance, so zero
+        for ``N = 1``).
+    """
+    if samples.ndim != 5 or samples.shape[2] != 2:
+        raise ValueError(f"samples must be (B, N, 2, H, W), got {tuple(samples.shape)}")
+    flow = samples.mean(dim=1)
+    variance = samples.var(dim=1, unbiased=False).sum(dim=1, keepdim=True)
+    return flow, variance
+
+
+@dataclass
+class MatchResult:
+    """Dense matches from the target image into the source image.
+
+    Flow convention: on the target grid, ``target(x) ≈ source(x + flow(x))``, in pixels of the
+    original images, channel 0 = x.
+
+    Attributes:
+        flow: ``(B, 2, H, W)`` mean flow over the hypotheses, at the target's size.
+        uncertainty: ``(B, 1, H, W)`` per-pixel variance across hypotheses in px² (zeros for one sample).
+        samples: ``(B, N, 2, H, W)`` the individual hypotheses.
+        init_flow: optional ``(B, 2, H, W)`` initial flow (e.g. DiffMatch's soft-argmax ``F_init``).
+    """
+
+    flow: torch.Tensor
+    uncertainty: torch.Tensor
+    samples: torch.Tensor
+    init_flow: torch.Tensor | None = None
+
+    @classmethod
+    def from_samples(cls, samples: torch.Tensor, init_flow: torch.Tensor | None = None) -> MatchResult:
+        """Build a result from ``(B, N, 2, H, W)`` hypotheses."""
+        flow, uncertainty = samples_statistics(samples)
+        return cls(flow=flow, uncertainty=uncertainty, samples=samples, init_flow=init_flow)
+
+    def numpy(self, index: int = 0) -> dict[str, np.ndarray]:
+        """Item ``index`` as arrays on disk layout: ``flow`` (H, W, 2), ``uncertainty`` (H, W), ``samples`` (N, H, W, 2)."""
+        out = {
+            "flow": self.flow[index].permute(1, 2, 0).float().cpu().numpy(),
+            "uncertainty": self.uncertainty[index, 0].float().cpu().numpy(),
+            "samples": self.samples[index].permute(0, 2, 3, 1).float().cpu().numpy(),
+        }
+        if self.init_flow is not None:
+            out["init_flow"] = self.init_flow[index].permute(1, 2, 0).float().cpu().numpy()
+        return out

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import numpy as np
+
+from diffmatch.io import load_image
+from diffmatch.viz import blend_warp, flow_to_color, panel_figure, save_figure, uncertainty_figure
+
+
+def test_flow_to_color_fixed_radius_compares_flows():
+    small = np.zeros((8, 8, 2), np.float32)
+    small[..., 0] = 1.0
+    big = small * 4
+    # With each flow's own maximum both are fully saturated; with a shared radius they differ.
+    assert np.array_equal(flow_to_color(small), flow_to_color(big))
+    a, b = flow_to_color(small, max_radius=4.0), flow_to_color(big, max_radius=4.0)
+    assert a.shape == (8, 8, 3) and a.dtype == np.uint8
+    assert np.abs(a.astype(int) - 255).sum() < np.abs(b.astype(int) - 255).sum()
+
+
+def test_blend_warp_identity_is_target(photo):
+    out = blend_warp(photo, photo, np.zeros((*photo.shape[:2], 2), np.float32), alpha=0.5)
+    assert np.abs(out.astype(int) - photo.astype(int)).max() <= 1
+
+
+def test_figures_write_png(tmp_path, photo):
+    flow = np.random.default_rng(0).standard_normal((*photo.shape[:2], 2)).astype(np.float32)
+    save_figure(tmp_path / "panel.png", panel_figure(photo, photo, flow, np.abs(flow[..., 0])))
+    save_figure(tmp_path / "unc.png", uncertainty_figure(np.abs(flow[..., 0])))
+    for name in ("panel.png", "unc.png"):
+        image = load_image(tmp_path / name)
+        assert image.shape[0] > 100 and image.shape[1] > 100
