@@ -1,1 +1,58 @@
-"""Training and evaluation data."""
+"""Training and evaluation data: synthetic pairs, real benchmarks, corruptions and the DataModule.
+
+Every dataset yields dicts with ``source`` and ``target`` ``(3, H, W)`` float32 images in ``[0, 1]``,
+``flow`` ``(2, Ht, Wt)`` float32 on the target grid with ``target(x) ≈ source(x + flow(x))`` (pixels,
+channel 0 = x, pixel centres at integers, ``align_corners=False``) and ``mask`` ``(Ht, Wt)`` bool
+(ground truth defined and landing inside the source frame).
+
+=========================  ==================================================================
+``SyntheticPairs``         on-the-fly warped pairs from any photo folder (training)
+``SyntheticBenchmark``     fixed HPatches-like easy/medium/hard homography pairs (evaluation)
+``GenericPairs``           pairs listed in a text file with flow files
+``HPatches``, ``ETH3D``    the standard real benchmarks
+``Corrupted``, ``corrupt`` ImageNet-C corruptions of any pair dataset
+``PairDataModule``         LightningDataModule configured by ``DataConfig`` per split
+``bundled_photos``         the scikit-image photos shipped in ``data/photos/{train,val}``
+=========================  ==================================================================
+"""
+
+from diffmatch.data.benchmark import BENCHMARK_LEVELS, SyntheticBenchmark
+from diffmatch.data.corruptions import CORRUPTIONS, SEVERITIES, Corrupted, corrupt
+from diffmatch.data.datamodule import DataConfig, PairDataModule, build_dataset
+from diffmatch.data.eth3d import ETH3D, ETH3D_RATES, ETH3D_SCENES, load_eth3d_pairs
+from diffmatch.data.generic import GenericPairs
+from diffmatch.data.hpatches import HPATCHES_SUBSETS, HPatches
+from diffmatch.data.photometric import PhotometricConfig, photometric_augment
+from diffmatch.data.photos import bundled_photos, list_images, load_image_tensor
+from diffmatch.data.synthetic import SyntheticPairs, inside_frame
+from diffmatch.data.warps import WARP_TYPES, WarpConfig, sample_elastic, sample_mapping
+
+__all__ = [
+    "BENCHMARK_LEVELS",
+    "CORRUPTIONS",
+    "Corrupted",
+    "DataConfig",
+    "ETH3D",
+    "ETH3D_RATES",
+    "ETH3D_SCENES",
+    "GenericPairs",
+    "HPATCHES_SUBSETS",
+    "HPatches",
+    "PairDataModule",
+    "PhotometricConfig",
+    "SEVERITIES",
+    "SyntheticBenchmark",
+    "SyntheticPairs",
+    "WARP_TYPES",
+    "WarpConfig",
+    "build_dataset",
+    "bundled_photos",
+    "corrupt",
+    "inside_frame",
+    "list_images",
+    "load_eth3d_pairs",
+    "load_image_tensor",
+    "photometric_augment",
+    "sample_elastic",
+    "sample_mapping",
+]

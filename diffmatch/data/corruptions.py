@@ -103,7 +103,9 @@ def _backend() -> types.ModuleType:
     module.sk = _Proxy(skimage, util=_Proxy(skimage.util, random_noise=_random_noise))
     skimage_gaussian = module.gaussian
 
-    def gaussian(image: np.ndarray, *args: Any, multichannel: bool | None = None, **kwargs: Any) -> np.ndarray:
+    def gaussian(
+        image: np.ndarray, *args: Any, multichannel: bool | None = None, **kwargs: Any
+    ) -> np.ndarray:
         if multichannel is not None:
             kwargs.setdefault("channel_axis", -1 if multichannel else None)
         return skimage_gaussian(image, *args, **kwargs)
@@ -191,7 +193,13 @@ class Corrupted(Dataset):
         severity: int | Sequence[int] = 5,
         seed: int = 0,
     ) -> None:
-        names = CORRUPTIONS if corruptions is None else (corruptions,) if isinstance(corruptions, str) else corruptions
+        names = (
+            CORRUPTIONS
+            if corruptions is None
+            else (corruptions,)
+            if isinstance(corruptions, str)
+            else corruptions
+        )
         names = tuple(names)
         severities = (severity,) if isinstance(severity, int) else tuple(severity)
         if not names:

@@ -47,14 +47,18 @@ class PhotometricConfig:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= self.contrast < 1.0 or not 0.0 <= self.saturation < 1.0:
-            raise ValueError(f"contrast and saturation must be in [0, 1), got {self.contrast}, {self.saturation}")
+            raise ValueError(
+                f"contrast and saturation must be in [0, 1), got {self.contrast}, {self.saturation}"
+            )
         if not 0.0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
         if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"blur_sigma must be an increasing positive range, got {self.blur_sigma}")
 
 
-def photometric_augment(image: torch.Tensor, config: PhotometricConfig, generator: torch.Generator) -> torch.Tensor:
+def photometric_augment(
+    image: torch.Tensor, config: PhotometricConfig, generator: torch.Generator
+) -> torch.Tensor:
     """Randomly jitter colours, convert to grayscale and blur one image.
 
     Args:

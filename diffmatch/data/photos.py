@@ -1,15 +1,35 @@
-"""Image folders: the photos bundled with the repository and listing of any image folder."""
+"""Image folders: the photos bundled with the repository, listing any image folder, image tensors."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from diffmatch.io import InputError
+import numpy as np
+import torch
 
-__all__ = ["IMAGE_EXTENSIONS", "PHOTO_SPLITS", "bundled_photos", "list_images"]
+from diffmatch.io import InputError, load_image
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PHOTO_SPLITS",
+    "bundled_photos",
+    "list_images",
+    "load_image_tensor",
+    "image_to_tensor",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".pgm",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
 PHOTO_SPLITS: tuple[str, ...] = ("train", "val")
 
 
@@ -52,3 +72,13 @@ def list_images(image_dir: str | os.PathLike, required: bool = True) -> list[Pat
     if required and not images:
         raise InputError(f"{folder}: no images with extensions {IMAGE_EXTENSIONS}")
     return images
+
+
+def load_image_tensor(path: str | os.PathLike) -> torch.Tensor:
+    """Load an image as a ``(3, H, W)`` float32 RGB tensor in ``[0, 1]`` (see :func:`diffmatch.io.load_image`)."""
+    return image_to_tensor(load_image(path))
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 array to a ``(3, H, W)`` float32 tensor in ``[0, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0

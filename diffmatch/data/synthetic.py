@@ -107,7 +107,9 @@ class SyntheticPairs(Dataset):
     def _generators(self, index: int) -> list[torch.Generator]:
         """Independent generators for geometry, source photometry and target photometry."""
         sequence = np.random.SeedSequence([self.seed, self.epoch, index])
-        return [torch.Generator().manual_seed(int(s)) for s in sequence.generate_state(3, dtype=np.uint64) >> 1]
+        return [
+            torch.Generator().manual_seed(int(s)) for s in sequence.generate_state(3, dtype=np.uint64) >> 1
+        ]
 
     def _working_image(self, index: int, generator: torch.Generator) -> np.ndarray:
         """The photo of ``index`` resized so that a ``size`` crop covers ``1 / context`` of it."""
@@ -122,7 +124,9 @@ class SyntheticPairs(Dataset):
         interpolation = cv2.INTER_AREA if ratio < 1 else cv2.INTER_LINEAR
         return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
 
-    def make_pair(self, index: int, warp: WarpConfig, photometric: PhotometricConfig | None) -> dict[str, Any]:
+    def make_pair(
+        self, index: int, warp: WarpConfig, photometric: PhotometricConfig | None
+    ) -> dict[str, Any]:
         """Build item ``index`` with the given warp ranges and photometric config (``None``: none)."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for dataset of length {len(self)}")
@@ -140,7 +144,8 @@ class SyntheticPairs(Dataset):
             mapping = mapping + sample_elastic(self.size, geometry)
         offset = mapping.new_tensor([ox, oy]).view(1, 2, 1, 1)
         grid = pixel_to_normalized(mapping + offset, work.shape[:2]).permute(0, 2, 3, 1)
-        target = F.grid_sample(work_t, grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
+        target = F.grid_sample(work_t, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        target = target[0]
 
         if photometric is not None:
             source = photometric_augment(source, photometric, photo_source)

@@ -61,7 +61,9 @@ class WarpConfig:
         if self.weights is not None:
             object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
             if len(self.weights) != len(self.types) or min(self.weights) < 0 or sum(self.weights) <= 0:
-                raise ValueError(f"weights must be {len(self.types)} non-negative numbers, got {self.weights}")
+                raise ValueError(
+                    f"weights must be {len(self.types)} non-negative numbers, got {self.weights}"
+                )
         if not 0.0 <= self.scale < 1.0:
             raise ValueError(f"scale must be in [0, 1), got {self.scale}")
         if self.tps_grid < 2:
@@ -163,14 +165,20 @@ def sample_mapping(
     grid = pixel_to_normalized(coords_grid(1, h, w, dtype=torch.float64), size)  # (1, 2, H, W)
     points = grid.flatten(2)[0].T  # (HW, 2)
     if kind == "homography":
-        mapped = kornia.geometry.linalg.transform_points(_homography_matrix(config, generator)[None], points[None])[0]
+        mapped = kornia.geometry.linalg.transform_points(
+            _homography_matrix(config, generator)[None], points[None]
+        )[0]
     elif kind == "affine":
-        mapped = kornia.geometry.linalg.transform_points(_affine_matrix(config, generator)[None], points[None])[0]
+        mapped = kornia.geometry.linalg.transform_points(
+            _affine_matrix(config, generator)[None], points[None]
+        )[0]
     elif kind == "tps":
         mapped = _tps(points, config.tps_grid, config.tps, generator)
     else:  # afftps: a mild TPS followed by an affine warp
         mapped = _tps(points, config.tps_grid, config.afftps, generator)
-        mapped = kornia.geometry.linalg.transform_points(_affine_matrix(config, generator)[None], mapped[None])[0]
+        mapped = kornia.geometry.linalg.transform_points(
+            _affine_matrix(config, generator)[None], mapped[None]
+        )[0]
     normalized = mapped.T.reshape(1, 2, h, w)
     return normalized_to_pixel(normalized, size).float()
 
@@ -212,7 +220,9 @@ def sample_elastic(
     field = kornia.filters.gaussian_blur2d(noise, (ksize, ksize), (sigma, sigma), border_type="reflect")
     field = field / field.abs().amax().clamp_min(1e-8) * draw(*magnitude) * side
 
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+    )
     count = int(torch.randint(num_regions[0], num_regions[1] + 1, (), generator=generator))
     mask = torch.zeros(h, w)
     for _ in range(count):

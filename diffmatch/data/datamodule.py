@@ -1,0 +1,210 @@
+"""LightningDataModule building training and validation pair datasets from a typed config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from diffmatch.data.benchmark import SyntheticBenchmark
+from diffmatch.data.corruptions import Corrupted
+from diffmatch.data.eth3d import ETH3D, ETH3D_RATES
+from diffmatch.data.generic import GenericPairs
+from diffmatch.data.hpatches import HPatches
+from diffmatch.data.photos import bundled_photos
+from diffmatch.data.synthetic import SyntheticPairs
+from diffmatch.data.warps import WarpConfig
+from diffmatch.io import InputError
+
+__all__ = ["DataConfig", "PairDataModule", "build_dataset"]
+
+DatasetName = Literal["synthetic", "benchmark", "generic", "hpatches", "eth3d"]
+
+
+@dataclass
+class DataConfig:
+    """What one split reads. Every dataset yields ``source``, ``target``, ``flow`` (target grid,
+    ``target(x) ≈ source(x + flow(x))``, pixels) and ``mask``.
+
+    Args:
+        dataset: ``synthetic`` (:class:`SyntheticPairs`), ``benchmark`` (:class:`SyntheticBenchmark`),
+            ``generic`` (:class:`GenericPairs`), ``hpatches`` or ``eth3d``.
+        root: image folder (synthetic, benchmark), pair list file (generic) or dataset folder;
+            ``None`` uses the bundled photos (``train`` for synthetic, ``val`` for benchmark).
+        size: ``(H, W)`` for synthetic, benchmark and hpatches (``None``: original size, hpatches
+            only); must be ``None`` for generic and eth3d, which keep their sizes.
+        length: synthetic: number of pairs; benchmark: ``num_pairs`` (default 100).
+        level: benchmark difficulty, ``easy``, ``medium`` or ``hard``.
+        subset: hpatches sequences, ``viewpoint``, ``illumination`` or ``all``.
+        rates: eth3d frame intervals.
+        augment: synthetic photometric augmentation.
+        warp: synthetic warp ranges; ``None`` gives the DenseMatching defaults.
+        corruptions: ImageNet-C corruptions applied to both images (see :class:`Corrupted`);
+            ``None`` for none.
+        severity: corruption severity 1–5.
+        seed: seed of the generated pairs and corruptions.
+    """
+
+    dataset: DatasetName = "synthetic"
+    root: str | None = None
+    size: tuple[int, int] | None = (256, 256)
+    length: int | None = None
+    level: Literal["easy", "medium", "hard"] = "medium"
+    subset: Literal["viewpoint", "illumination", "all"] = "viewpoint"
+    rates: tuple[int, ...] = ETH3D_RATES
+    augment: bool = True
+    warp: WarpConfig | None = None
+    corruptions: list[str] | None = None
+    severity: int = 5
+    seed: int = 0
+
+
+def build_dataset(config: DataConfig) -> Dataset:
+    """Instantiate the dataset a :class:`DataConfig` describes (corruption wrapper included)."""
+    name = config.dataset
+    if name in ("generic", "eth3d") and config.size is not None:
+        raise InputError(f"size must be None for dataset {name!r} (it keeps image sizes), got {config.size}")
+    if name in ("synthetic", "benchmark") and config.size is None:
+        raise InputError(f"dataset {name!r} needs a size (H, W), got None")
+    if name in ("generic", "hpatches", "eth3d") and config.root is None:
+        raise InputError(f"dataset {name!r} needs a root")
+    if name == "synthetic":
+        root = config.root if config.root is not None else bundled_photos("train")
+        dataset: Dataset = SyntheticPairs(
+            root,
+            size=config.size,
+            seed=config.seed,
+            length=config.length,
+            warp=config.warp,
+            augment=config.augment,
+        )
+    elif name == "benchmark":
+        root = config.root if config.root is not None else bundled_photos("val")
+        dataset = SyntheticBenchmark(
+            root, level=config.level, size=config.size, num_pairs=config.length or 100, seed=config.seed
+        )
+    elif name == "generic":
+        dataset = GenericPairs(config.root)
+    elif name == "hpatches":
+        dataset = HPatches(config.root, size=config.size, subset=config.subset)
+    elif name == "eth3d":
+        dataset = ETH3D(config.root, rates=tuple(config.rates))
+    else:
+        raise InputError(
+            f"unknown dataset {name!r}, expected one of synthetic, benchmark, generic, hpatches, eth3d"
+        )
+    if config.corruptions:
+        dataset = Corrupted(
+            dataset, corruptions=config.corruptions, severity=config.severity, seed=config.seed
+        )
+    return dataset
+
+
+class _EpochSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose ``set_epoch`` also reaches the dataset's ``set_epoch``.
+
+    Lightning calls ``set_epoch`` on the loader's sampler before each epoch's iterator is made, so
+    synthetic pairs get new warps every epoch; as the loader already holds a ``DistributedSampler``,
+    Lightning keeps it under DDP instead of replacing it.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        target = self.dataset.dataset if isinstance(self.dataset, Corrupted) else self.dataset
+        if hasattr(target, "set_epoch"):
+            target.set_epoch(epoch)
+
+
+class PairDataModule(L.LightningDataModule):
+    """Training and validation pairs for LightningCLI (``--data.train.dataset hpatches`` ...).
+
+    Defaults: synthetic pairs from ``bundled_photos("train")`` for training and the ``medium``
+    :class:`SyntheticBenchmark` on the held-out ``bundled_photos("val")`` for validation.
+
+    Determinism under DDP and workers: every item is a pure function of ``(seed, epoch, index)``;
+    the training sampler is a shuffling ``DistributedSampler`` (seeded with ``train.seed``) for the
+    trainer's world size and rank, so ranks see disjoint, reproducible items whatever the number of
+    workers, and its ``set_epoch`` forwards the epoch to the dataset. Workers are therefore not
+    persistent: each epoch's workers receive the dataset with the current epoch.
+
+    Args:
+        train: training split config (default: synthetic on the bundled train photos).
+        val: validation split config (default: medium synthetic benchmark on the bundled val photos).
+        batch_size: training batch size.
+        val_batch_size: validation batch size; default ``batch_size`` for synthetic and benchmark
+            data and 1 for real datasets, whose images differ in size.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory for faster GPU transfer.
+
+    Batches are dicts of ``source``, ``target`` ``(B, 3, H, W)``, ``flow`` ``(B, 2, H, W)``, ``mask``
+    ``(B, H, W)`` plus per-dataset extras (``name``, ``rate``, ...).
+    """
+
+    def __init__(
+        self,
+        train: DataConfig | None = None,
+        val: DataConfig | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
+            raise InputError(f"batch sizes must be >= 1, got {batch_size} and {val_batch_size}")
+        if num_workers < 0:
+            raise InputError(f"num_workers must be >= 0, got {num_workers}")
+        self.train_config = train if train is not None else DataConfig("synthetic")
+        self.val_config = val if val is not None else DataConfig("benchmark")
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets needed by ``stage`` (``fit``, ``validate``, ... or ``None`` for all)."""
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = build_dataset(self.train_config)
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = build_dataset(self.val_config)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        world_size, rank = self._rank()
+        sampler = _EpochSampler(
+            self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=self.train_config.seed
+        )
+        trainer = getattr(self, "trainer", None)
+        sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            drop_last=True,
+            persistent_workers=False,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        batch_size = self.val_batch_size
+        if batch_size is None:
+            batch_size = self.batch_size if self.val_config.dataset in ("synthetic", "benchmark") else 1
+        return DataLoader(
+            self.val_set,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
