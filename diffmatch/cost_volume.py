@@ -100,41 +100,37 @@ def argmax_flow(
 
 
 def local_correlation(
-    source: torch.Tensor, target: torch.Tensor, flow: torch.Tensor, radius: int = 4
+    correlation: torch.Tensor, flow: torch.Tensor, source_size: tuple[int, int], radius: int = 4
 ) -> torch.Tensor:
-    """Local cost: correlation in a ``(2R+1)²`` window around each target pixel's match.
+    """Local cost: the correlation in a ``(2R+1)²`` window around each target pixel's match.
 
-    For target pixel ``x`` with match ``p = x + flow(x)`` in the source, channel ``k`` holds the cosine
-    similarity of ``target(x)`` with ``source(p + d_k)`` (bilinear, zero outside), where the offsets
-    ``d_k = (dx, dy)`` run over ``[-R, R]²`` row-major in ``dy`` then ``dx``.
+    For target pixel ``x`` with match ``p = x + flow(x)`` in the source, channel ``k`` holds the
+    correlation of ``x`` with source position ``p + d_k`` (bilinear, zero outside the source), where
+    the offsets ``d_k = (dx, dy)`` run over ``[-R, R]²`` row-major in ``dy`` then ``dx``. Sampling
+    the correlation volume is cheap, and for cosine correlation it equals correlating with
+    bilinearly sampled normalised features, since both are linear in the source features.
 
     Args:
-        source: ``(B, C, Hs, Ws)`` source features.
-        target: ``(B, C, Ht, Wt)`` target features.
+        correlation: ``(B, Ht * Wt, Hs * Ws)`` from :func:`global_correlation`.
         flow: ``(B, 2, Ht, Wt)`` flow in source feature pixels, ``target(x) ≈ source(x + flow(x))``.
+        source_size: ``(Hs, Ws)``.
         radius: window radius ``R``.
 
     Returns:
         ``(B, (2R+1)², Ht, Wt)`` local cost.
     """
-    _check_pair(source, target)
     check_flow(flow)
-    if flow.shape[-2:] != target.shape[-2:]:
-        raise ValueError(f"flow {tuple(flow.shape)} must be on the target grid {tuple(target.shape[-2:])}")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
-    b, _, ht, wt = target.shape
-    hs, ws = source.shape[-2:]
-    src, tgt = l2_normalize(source), l2_normalize(target)
+    b, _, ht, wt = flow.shape
+    hs, ws = source_size
+    if correlation.shape != (b, ht * wt, hs * ws):
+        raise ValueError(f"correlation must be (B, Ht*Wt, Hs*Ws) = {(b, ht * wt, hs * ws)}, got {tuple(correlation.shape)}")
     steps = torch.arange(-radius, radius + 1, device=flow.device, dtype=flow.dtype)
     dy, dx = torch.meshgrid(steps, steps, indexing="ij")
-    offsets = torch.stack((dx, dy), dim=-1).view(-1, 2)  # (K, 2)
-    k = offsets.shape[0]
-    centres = coords_grid(b, ht, wt, flow.device, flow.dtype) + flow  # (B, 2, Ht, Wt)
-    points = centres.unsqueeze(1) + offsets.view(1, k, 2, 1, 1)  # (B, K, 2, Ht, Wt)
-    grid = pixel_to_normalized(rearrange(points, "b k c h w -> b c (k h) w"), (hs, ws))
-    sampled = F.grid_sample(
-        src, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    sampled = rearrange(sampled, "b c (k h) w -> b k c h w", k=k)
-    return (sampled * tgt.unsqueeze(1)).sum(dim=2)
+    offsets = torch.stack((dx, dy)).view(1, 2, -1, 1)  # (1, 2, K, 1)
+    centres = rearrange(coords_grid(b, ht, wt, flow.device, flow.dtype) + flow, "b c h w -> (b h w) c 1 1")
+    grid = pixel_to_normalized(centres + offsets, (hs, ws))  # (B*Ht*Wt, 2, K, 1)
+    volume = rearrange(correlation, "b n (h w) -> (b n) 1 h w", h=hs, w=ws)
+    sampled = F.grid_sample(volume, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return rearrange(sampled, "(b h w) 1 k 1 -> b k h w", b=b, h=ht, w=wt)

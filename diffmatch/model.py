@@ -157,22 +157,16 @@ class DiffMatch(nn.Module):
         ]
         return split[0], split[1]
 
-    def initial_flow(self, source_maps: list[torch.Tensor], target_maps: list[torch.Tensor]) -> torch.Tensor:
-        """``F_init`` in cost-grid pixels from the level-averaged global correlation, ``(B, 2, c, c)``."""
-        c = self.config.cost_size
-        corr = torch.stack([global_correlation(s, t) for s, t in zip(source_maps, target_maps)]).mean(0)
-        if self.config.init_flow == "hard":
-            return argmax_flow(corr, (c, c), (c, c))
-        return soft_argmax_flow(corr, (c, c), (c, c), self.config.temperature)
+    def correlation(self, source_maps: list[torch.Tensor], target_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Global cost averaged over levels (as the official code does), ``(B, c*c, c*c)``."""
+        return torch.stack([global_correlation(s, t) for s, t in zip(source_maps, target_maps)]).mean(0)
 
-    def local_cost(
-        self, source_maps: list[torch.Tensor], target_maps: list[torch.Tensor], flow_px: torch.Tensor
-    ) -> torch.Tensor:
-        """Level-averaged local cost around ``flow_px`` (cost-grid pixels), ``(B, (2R+1)², c, c)``."""
-        costs = [
-            local_correlation(s, t, flow_px, self.config.radius) for s, t in zip(source_maps, target_maps)
-        ]
-        return torch.stack(costs).mean(0)
+    def initial_flow(self, correlation: torch.Tensor) -> torch.Tensor:
+        """``F_init`` in cost-grid pixels from the global cost, ``(B, 2, c, c)``."""
+        c = self.config.cost_size
+        if self.config.init_flow == "hard":
+            return argmax_flow(correlation, (c, c), (c, c))
+        return soft_argmax_flow(correlation, (c, c), (c, c), self.config.temperature)
 
     def condition(self, source: torch.Tensor, target: torch.Tensor) -> Condition:
         """Compute ``F_init`` and the local cost for a batch of image pairs.
@@ -181,11 +175,12 @@ class DiffMatch(nn.Module):
             source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
             target: ``(B, 3, Ht, Wt)`` RGB in ``[0, 1]``.
         """
+        c = self.config.cost_size
         feats = self.extract(source, target)
-        src_maps, tgt_maps = self._cost_maps(feats[0]), self._cost_maps(feats[1])
-        init_px = self.initial_flow(src_maps, tgt_maps)
-        local = self.local_cost(src_maps, tgt_maps, init_px) if self.config.use_local_cost else None
-        return Condition(init_flow=init_px / self.config.cost_size, local_cost=local, features=feats)
+        corr = self.correlation(self._cost_maps(feats[0]), self._cost_maps(feats[1]))
+        init_px = self.initial_flow(corr)
+        local = local_correlation(corr, init_px, (c, c), self.config.radius) if self.config.use_local_cost else None
+        return Condition(init_flow=init_px / c, local_cost=local, features=feats)
 
     # ------------------------------------------------------------------------------------ flow units
     def to_cost_grid(self, flow: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Command-line entry points (``train.py``, ``infer.py``, ``python -m diffmatch.export``)."""

@@ -1,0 +1,165 @@
+"""Lightning wrapper: loss, optimiser, EMA, metrics and validation pictures around :class:`DiffMatch`.
+
+Inference never imports this module. Flows follow the project convention: target grid,
+``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from diffmatch.io import atomic_open, atomic_write_bytes
+from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict
+from diffmatch.weights import load_model_weights
+
+__all__ = ["DiffMatchModule", "AtomicCheckpointIO", "endpoint_error_stats"]
+
+
+def endpoint_error_stats(
+    pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Batch-mean AEPE and PCK-1/3/5 (per image over its mask, then averaged), for logging.
+
+    Args:
+        pred: ``(B, 2, H, W)`` predicted flow in pixels.
+        gt: ``(B, 2, H, W)`` ground-truth flow in pixels.
+        mask: ``(B, H, W)`` bool where the ground truth is valid.
+    """
+    epe = (pred - gt).norm(dim=1)
+    valid = torch.ones_like(epe, dtype=torch.bool) if mask is None else mask.bool()
+    count = valid.flatten(1).sum(1).clamp_min(1)
+    per_image = lambda x: ((x * valid).flatten(1).sum(1) / count).mean()  # noqa: E731
+    out = {"aepe": per_image(epe)}
+    for px in (1, 3, 5):
+        out[f"pck{px}"] = per_image((epe <= px).float())
+    return out
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it, so an interrupted save loses nothing."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+        with atomic_open(path, "wb") as handle:
+            torch.save(checkpoint, handle)
+
+
+class DiffMatchModule(L.LightningModule):
+    """Trains a DiffMatch model.
+
+    Args:
+        model: model settings (see :class:`DiffMatchConfig`); a dict is accepted too.
+        lr: AdamW learning rate (paper: 1e-4 for stage 1).
+        weight_decay: AdamW weight decay.
+        ema_decay: keep an exponential moving average of the denoiser with this decay (``None``: off).
+            Validation and exported weights then use the average.
+        val_samples: hypotheses per pair at validation.
+        val_steps: DDIM steps at validation.
+        init_from: start from the weights of a Lightning checkpoint or an exported weights file
+            (e.g. stage 1 for fine-tuning); the optimiser state is not restored (use ``--ckpt_path``
+            to resume a run).
+        max_val_panels: validation batches drawn as a picture panel each epoch.
+    """
+
+    def __init__(
+        self,
+        model: DiffMatchConfig | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        ema_decay: float | None = None,
+        val_samples: int = 1,
+        val_steps: int = 5,
+        init_from: str | None = None,
+        max_val_panels: int = 1,
+    ) -> None:
+        super().__init__()
+        config = config_from_dict(model if model is not None else DiffMatchConfig())
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams["model"] = config.to_dict()  # plain data, so checkpoints load with weights_only
+        self.model = DiffMatch(config)
+        if init_from:
+            load_model_weights(self.model, init_from)
+        self.ema = None
+        if ema_decay is not None:
+            if not 0.0 < ema_decay < 1.0:
+                raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
+            self.ema = AveragedModel(self.model.denoiser, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)  # updated by averaging, never by gradients (DDP must not wait on it)
+
+    # ----------------------------------------------------------------------------------- training
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.model.loss(batch["source"], batch["target"], batch["flow"], batch.get("mask"))
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch["source"].shape[0])
+        return out["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model.denoiser)
+
+    def inference_model(self) -> DiffMatch:
+        """The model used for validation and export: with the EMA denoiser when EMA is on."""
+        if self.ema is None:
+            return self.model
+        model = copy.copy(self.model)
+        model._modules = dict(self.model._modules)
+        model._modules["denoiser"] = self.ema.module
+        return model
+
+    # --------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        model = self.inference_model()
+        gen = torch.Generator(device=self.device).manual_seed(batch_idx)
+        result = model(batch["source"], batch["target"], self.hparams.val_samples, self.hparams.val_steps, generator=gen)
+        mask = batch.get("mask")
+        stats = endpoint_error_stats(result.flow, batch["flow"], mask)
+        init_stats = endpoint_error_stats(result.init_flow, batch["flow"], mask)
+        b = batch["source"].shape[0]
+        for key, value in stats.items():
+            self.log(f"val/{key}", value, batch_size=b, sync_dist=True, prog_bar=key == "aepe")
+        self.log("val/aepe_init", init_stats["aepe"], batch_size=b, sync_dist=True)
+        if batch_idx < self.hparams.max_val_panels:
+            log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
+            if self.trainer.is_global_zero:
+                self._log_panel(batch, result, batch_idx, log_dir)
+
+    def _log_panel(self, batch: dict[str, torch.Tensor], result: Any, batch_idx: int, log_dir: str | None) -> None:
+        from diffmatch.viz import _figure_to_png, panel_figure
+
+        to_img = lambda t: (t[0].permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()  # noqa: E731
+        flow = result.flow[0].permute(1, 2, 0).float().cpu().numpy()
+        gt_radius = float(batch["flow"][0].norm(dim=0).max().clamp_min(1.0))
+        fig = panel_figure(
+            to_img(batch["source"]),
+            to_img(batch["target"]),
+            flow,
+            result.uncertainty[0, 0].float().cpu().numpy(),
+            gt_radius,
+        )
+        png = _figure_to_png(fig)
+        key = f"val/panel_{batch_idx}"
+        logger = self.logger
+        if logger is not None and hasattr(logger, "log_image"):  # wandb
+            import io
+
+            from PIL import Image
+
+            logger.log_image(key=key, images=[Image.open(io.BytesIO(png))], step=self.global_step)
+        elif logger is not None and hasattr(getattr(logger, "experiment", None), "add_image"):  # tensorboard
+            import cv2
+
+            image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+            logger.experiment.add_image(key, image.copy(), self.global_step, dataformats="HWC")
+        if log_dir:
+            atomic_write_bytes(Path(log_dir) / "panels" / f"step{self.global_step:07d}_{batch_idx}.png", png)

@@ -1,0 +1,40 @@
+"""Shared builders for tests: tiny models and exactly known image pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffmatch.denoiser import DenoiserConfig
+from diffmatch.model import DiffMatchConfig
+
+
+def tiny_config(**overrides) -> DiffMatchConfig:
+    """A DiffMatch small enough to train in seconds on one CPU core."""
+    base = dict(
+        features="vgg16",
+        feature_kwargs={"weights": "random", "seed": 0, "levels": ["pool2", "pool3"], "half_levels": ["pool3"]},
+        image_size=64,
+        cost_size=16,
+        radius=2,
+        temperature=0.02,
+        denoiser=DenoiserConfig(
+            base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), attention_head_dim=16, norm_groups=8
+        ),
+    )
+    base.update(overrides)
+    return DiffMatchConfig(**base)
+
+
+def shifted_pair(photo: np.ndarray, dx: int, dy: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source, target and flow for an integer shift: target(x) = source(x + (dx, dy)).
+
+    Both are crops of ``photo`` so that no pixel is invented; the flow is constant.
+    """
+    image = torch.from_numpy(photo).permute(2, 0, 1).float() / 255.0
+    y0, x0 = 20, 20
+    target = image[:, y0 : y0 + size, x0 : x0 + size]
+    source = image[:, y0 + dy : y0 + dy + size, x0 + dx : x0 + dx + size]
+    flow = torch.zeros(2, size, size)
+    flow[0], flow[1] = -dx, -dy  # source pixel x shows image point x + (x0+dx); target x + d matches
+    return source[None].contiguous(), target[None].contiguous(), flow[None]

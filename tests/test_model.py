@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import torch
+from helpers import shifted_pair, tiny_config
+
+from diffmatch.denoiser import DenoiserConfig, FlowDenoiser
+from diffmatch.diffusion import FlowDiffusion
+from diffmatch.model import DiffMatch
+
+
+def test_paper_denoiser_has_121m_parameters():
+    net = FlowDenoiser(DenoiserConfig(), size=64, cost_channels=81)
+    assert net.in_channels == 85
+    count = sum(p.numel() for p in net.parameters())
+    assert abs(count - 121.2e6) / 121.2e6 < 0.05, count
+
+
+def test_schedule_matches_official_betas():
+    diffusion = FlowDiffusion()
+    # improved-DDPM cosine schedule for T = 5, computed from its definition.
+    import math
+
+    f = lambda t: math.cos((t / 5 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    betas = torch.tensor([min(1 - f(i + 1) / f(i), 0.999) for i in range(5)])
+    assert torch.allclose(diffusion.scheduler.betas.double(), betas.double(), atol=1e-6)
+
+
+def test_ddim_step_matches_paper_equation():
+    diffusion = FlowDiffusion()
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(1, 2, 4, 4, generator=g)
+    x0 = torch.randn(1, 2, 4, 4, generator=g)
+    z = torch.randn(1, 2, 4, 4, generator=g)
+    sched = diffusion.scheduler
+    sched.set_timesteps(5)
+    ab = sched.alphas_cumprod
+    for t, eta in ((3, 0.0), (2, 1.0)):
+        a_t, a_prev = ab[t], ab[t - 1]
+        sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+        # Eq. 3: x_{t-1} = sqrt(a_{t-1}) x0 + sqrt(1 - a_{t-1} - sigma²) (x_t - sqrt(a_t) x0) / sqrt(1 - a_t) + sigma z
+        expected = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt() + sigma * z
+        got = sched.step(x0, t, x_t, eta=eta, variance_noise=z).prev_sample
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_forward_shapes_at_odd_sizes():
+    model = DiffMatch(tiny_config()).eval()
+    out = model(torch.rand(2, 3, 37, 53), torch.rand(2, 3, 41, 29), num_samples=3)
+    assert out.flow.shape == (2, 2, 41, 29)
+    assert out.uncertainty.shape == (2, 1, 41, 29)
+    assert out.samples.shape == (2, 3, 2, 41, 29)
+    assert (out.uncertainty >= 0).all()
+
+
+def test_seeded_sampling_is_reproducible_and_batch_invariant(photo):
+    model = DiffMatch(tiny_config()).eval()
+    torch.nn.init.normal_(model.denoiser.unet.conv_out.weight, std=0.1)  # make the network matter
+    source, target, _ = shifted_pair(photo, 4, 2)
+    other_s, other_t, _ = shifted_pair(photo, -3, 5)
+    run = lambda s, t, seed: model(s, t, num_samples=2, eta=0.5, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    a, b = run(source, target, 7), run(source, target, 7)
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.allclose(a.samples, run(source, target, 8).samples)
+    batched = run(torch.cat([source, other_s]), torch.cat([target, other_t]), 7)
+    assert torch.allclose(batched.samples[:1], a.samples, atol=1e-3)
+    # A list of generators makes every item independent of the others.
+    gens = lambda: [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]  # noqa: E731
+    pair = model(torch.cat([source, other_s]), torch.cat([target, other_t]), 2, generator=gens())
+    alone = model(other_s, other_t, 2, generator=[torch.Generator().manual_seed(2)])
+    assert torch.allclose(pair.samples[1:], alone.samples, atol=1e-3)
+
+
+def test_ablation_configs_build_and_run():
+    for overrides, channels in (({"use_local_cost": False}, 4), ({"use_init_flow": False}, 27), ({"diffusion": False}, 29)):
+        model = DiffMatch(tiny_config(**overrides)).eval()
+        assert model.denoiser.in_channels == channels
+        out = model(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64), num_samples=2)
+        assert out.flow.shape == (1, 2, 64, 64)
+        if not model.config.diffusion:
+            assert torch.equal(out.uncertainty, torch.zeros_like(out.uncertainty))
+
+
+def test_small_model_overfits_one_pair(photo):
+    torch.manual_seed(0)
+    model = DiffMatch(tiny_config())
+    source, target, flow = shifted_pair(photo, dx=5, dy=-3)
+    # Scramble part of the target so F_init is wrong there; the denoiser must learn the true flow.
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(150):
+        loss = model.loss(source, target, flow)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    out = model(source, target, num_samples=1, generator=torch.Generator().manual_seed(0))
+    epe = (out.flow - flow).norm(dim=1)[0, 8:-8, 8:-8].mean()
+    epe_init = (out.init_flow - flow).norm(dim=1)[0, 8:-8, 8:-8].mean()
+    assert epe < 0.5 * epe_init and epe < 1.0, (epe, epe_init)

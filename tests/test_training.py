@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffmatch.cli.train import main as train_main
+from diffmatch.io import InputError
+from diffmatch.matcher import DiffMatcher
+from diffmatch.training import DiffMatchModule
+from diffmatch.weights import export_weights, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def _fit(tmp_path: Path, *extra: str) -> Path:
+    train_main(["fit", "--config", TINY, f"--trainer.default_root_dir={tmp_path}", *extra])
+    ckpts = sorted(tmp_path.rglob("*.ckpt"))
+    assert ckpts, "no checkpoint written"
+    return next(p for p in ckpts if p.name == "last.ckpt")
+
+
+def test_fast_dev_run_cpu_config_parses_and_runs():
+    train_main(["fit", "--config", str(ROOT / "configs" / "cpu_small.yaml"), "--trainer.fast_dev_run=true",
+                "--data.num_workers=0", "--data.batch_size=1", "--data.val_batch_size=1",
+                "--model.model.image_size=128", "--model.model.cost_size=16", "--model.val_samples=1"])
+
+
+@pytest.mark.parametrize("ablation", ["no_local_cost", "no_init_flow", "regression"])
+def test_ablation_configs_stack(ablation):
+    cli = train_main(["fit", "--config", TINY, "--config", str(ROOT / "configs" / "ablations" / f"{ablation}.yaml"),
+                      "--trainer.fast_dev_run=true"])
+    cfg = cli.model.model.config
+    assert {"no_local_cost": not cfg.use_local_cost, "no_init_flow": not cfg.use_init_flow, "regression": not cfg.diffusion}[ablation]
+
+
+def test_checkpoint_reload_samples_identically_and_resumes(tmp_path):
+    last = _fit(tmp_path)
+    module = DiffMatchModule.load_from_checkpoint(last, map_location="cpu")
+    model_a = module.inference_model().eval()
+    model_b = load_checkpoint(last)
+    src, tgt = torch.rand(1, 3, 50, 70), torch.rand(1, 3, 60, 40)
+    out_a = model_a(src, tgt, 2, generator=torch.Generator().manual_seed(3))
+    out_b = model_b(src, tgt, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out_a.samples, out_b.samples)
+    # Exported weights (float32) sample identically too; float16 closely.
+    exported = export_weights(last, tmp_path / "model.pt")
+    out_c = DiffMatcher.from_checkpoint(exported, device="cpu").match(src, tgt, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out_a.samples, out_c.samples)
+    assert exported.stat().st_size < last.stat().st_size
+    # Resume continues from the saved step.
+    resumed = tmp_path / "resumed"
+    train_main(["fit", "--config", TINY, f"--trainer.default_root_dir={resumed}", "--trainer.max_steps=6",
+                f"--ckpt_path={last}"])
+    state = torch.load(next(resumed.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert state["global_step"] == 6
+
+
+def test_bad_checkpoints_raise_clear_errors(tmp_path):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(InputError, match="corrupt.pt: not a readable checkpoint"):
+        DiffMatcher.from_checkpoint(corrupt, device="cpu")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(InputError, match="not a diffmatch checkpoint"):
+        DiffMatcher.from_checkpoint(other, device="cpu")
+    with pytest.raises(InputError, match="checkpoint not found"):
+        DiffMatcher.from_checkpoint(tmp_path / "missing.pt", device="cpu")
+
+
+_DDP_SCRIPT = """
+import hashlib, sys
+import lightning as L
+import torch
+from diffmatch.cli.train import main
+
+cli = main(["fit", "--config", sys.argv[1], "--trainer.default_root_dir=" + sys.argv[2], "--trainer.accelerator=cpu",
+            "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.save_last=false", "--trainer.callbacks.every_n_train_steps=3"])
+digest = hashlib.sha256()
+for name, tensor in sorted(cli.model.model.state_dict().items()):
+    digest.update(name.encode()); digest.update(tensor.detach().cpu().numpy().tobytes())
+open(sys.argv[2] + f"/rank{cli.trainer.global_rank}.sha", "w").write(digest.hexdigest())
+"""
+
+
+def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(_DDP_SCRIPT))
+    config = tmp_path / "ddp.yaml"
+    # The tiny config without its own checkpoint callback: the script adds exactly one.
+    text = Path(TINY).read_text()
+    config.write_text(text[: text.index("  callbacks:")] + text[text.index("model:") :])
+    env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(config), str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = [(tmp_path / f"rank{r}.sha").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    ckpts = list(tmp_path.rglob("*.ckpt"))
+    assert len(ckpts) == 1, ckpts
+    assert hashlib.sha256(digests[0].encode()).hexdigest()  # both ranks wrote a digest
