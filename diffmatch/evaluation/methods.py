@@ -1,0 +1,197 @@
+"""The methods an evaluation can run, each behind the :class:`~diffmatch.baselines.Method` interface.
+
+* ``checkpoint``: DiffMatch, :meth:`DiffMatcher.match` with ``num_samples``/``num_steps``;
+* ``raw-corr``: :meth:`DiffMatcher.match_raw` (``mode="hard"``), the paper's "Raw corr." row;
+* ``raw-corr-soft``: the same correlation read with a soft-argmax;
+* ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.baselines`);
+* ``dift``, ``dino``, ``fused``: zero-shot nearest neighbours (:class:`~diffmatch.zeroshot.ZeroShotMatcher`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diffmatch.baselines import OPENCV_METHODS, Method
+from diffmatch.io import InputError
+from diffmatch.result import MatchResult
+
+__all__ = [
+    "MATCHER_METHODS",
+    "ZERO_SHOT_METHODS",
+    "MethodOptions",
+    "CheckpointMethod",
+    "RawCorrelationMethod",
+    "ZeroShotMethod",
+    "available_methods",
+    "parse_methods",
+    "build_methods",
+    "resolve_device",
+]
+
+MATCHER_METHODS: tuple[str, ...] = ("checkpoint", "raw-corr", "raw-corr-soft")
+ZERO_SHOT_METHODS: tuple[str, ...] = ("dift", "dino", "fused")
+
+
+def _zero_shot_available() -> bool:
+    return importlib.util.find_spec("diffmatch.zeroshot") is not None
+
+
+def available_methods() -> tuple[str, ...]:
+    """Every method name this installation can run."""
+    zero_shot = ZERO_SHOT_METHODS if _zero_shot_available() else ()
+    return (*MATCHER_METHODS, *OPENCV_METHODS, *zero_shot)
+
+
+def parse_methods(spec: str) -> tuple[str, ...]:
+    """A comma list of method names, checked against :func:`available_methods`.
+
+    Raises:
+        InputError: an unknown or repeated name, or an empty list.
+    """
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    if not names:
+        raise InputError(f"--methods {spec!r} names no method")
+    known = available_methods()
+    for name in names:
+        if name not in known:
+            raise InputError(f"unknown method {name!r}, expected one of {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise InputError(f"--methods {spec!r} names a method twice")
+    return names
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cpu``/``cuda`` as given.
+
+    Raises:
+        InputError: an unknown device, or ``cuda`` without a GPU.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA device is available")
+    return torch.device(device)
+
+
+@dataclass
+class MethodOptions:
+    """Settings of the methods that need a model.
+
+    Attributes:
+        checkpoint: DiffMatch checkpoint path; ``None`` uses the bundled one.
+        num_samples: DiffMatch hypotheses per pair (their variance is the uncertainty).
+        num_steps: DiffMatch sampling steps.
+        seed: seed of DiffMatch's sampling generator.
+        device: where models run.
+        sd_model: Stable Diffusion folder or Hub id for ``dift``/``fused``.
+        dino_model: DINOv2 folder or Hub id for ``dino``/``fused``.
+    """
+
+    checkpoint: str | None = None
+    num_samples: int = 3
+    num_steps: int = 5
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    sd_model: str | None = None
+    dino_model: str | None = None
+
+
+@dataclass
+class CheckpointMethod:
+    """DiffMatch sampling; the uncertainty is the variance of ``num_samples`` hypotheses.
+
+    The generator is seeded once, so a run is reproducible given the order of the pairs.
+    """
+
+    matcher: Any
+    num_samples: int
+    num_steps: int
+    generator: torch.Generator
+    name: str = "checkpoint"
+
+    def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
+        """Match a pair; see :class:`~diffmatch.baselines.Method`."""
+        return self.matcher.match(
+            source, target, num_samples=self.num_samples, num_steps=self.num_steps, generator=self.generator
+        )
+
+
+@dataclass
+class RawCorrelationMethod:
+    """The arg-max (``hard``) or soft-argmax (``soft``) of DiffMatch's VGG cost volume, no learning."""
+
+    matcher: Any
+    mode: str
+    name: str = "raw-corr"
+
+    def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
+        """Match a pair; see :class:`~diffmatch.baselines.Method`."""
+        return self.matcher.match_raw(source, target, mode=self.mode)
+
+
+@dataclass
+class ZeroShotMethod:
+    """Nearest neighbours of pretrained features (DIFT, DINOv2 or SD-DINO)."""
+
+    matcher: Any
+    name: str
+
+    def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
+        """Match a pair; see :class:`~diffmatch.baselines.Method`."""
+        return self.matcher.match(source, target)
+
+
+def _load_diffmatcher(options: MethodOptions) -> Any:
+    if importlib.util.find_spec("diffmatch.matcher") is None:
+        raise InputError(
+            "methods checkpoint/raw-corr need diffmatch.matcher (DiffMatcher), which is not installed"
+        )
+    from diffmatch.matcher import DiffMatcher
+
+    return DiffMatcher.from_checkpoint(options.checkpoint, device=str(options.device))
+
+
+def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
+    """Instantiate the named methods; DiffMatch's checkpoint is loaded once for all that use it.
+
+    Raises:
+        InputError: bad options, or a model that cannot be loaded.
+    """
+    if options.num_samples < 1 or options.num_steps < 1:
+        raise InputError(
+            f"--samples and --steps must be >= 1, got {options.num_samples} and {options.num_steps}"
+        )
+    matcher = _load_diffmatcher(options) if any(n in MATCHER_METHODS for n in names) else None
+    methods: list[Method] = []
+    for name in names:
+        if name == "checkpoint":
+            generator = torch.Generator(device=options.device).manual_seed(options.seed)
+            methods.append(CheckpointMethod(matcher, options.num_samples, options.num_steps, generator))
+        elif name in ("raw-corr", "raw-corr-soft"):
+            methods.append(
+                RawCorrelationMethod(matcher, "soft" if name.endswith("soft") else "hard", name=name)
+            )
+        elif name in OPENCV_METHODS:
+            methods.append(OPENCV_METHODS[name]())
+        elif name in ZERO_SHOT_METHODS:
+            from diffmatch.zeroshot import ZeroShotMatcher
+
+            sd_model = options.sd_model if name != "dino" else None
+            dino_model = options.dino_model if name != "dift" else None
+            try:
+                zero_shot = ZeroShotMatcher.from_name(
+                    name, sd_model=sd_model, dino_model=dino_model, device=options.device
+                )
+            except (ValueError, OSError) as err:
+                raise InputError(f"method {name}: {err}") from None
+            methods.append(ZeroShotMethod(zero_shot.eval(), name))
+        else:
+            raise InputError(f"unknown method {name!r}, expected one of {', '.join(available_methods())}")
+    return methods

@@ -1,0 +1,278 @@
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import shifted_pair, tiny_config
+
+import diffmatch.evaluate as evaluate_cli
+import diffmatch.evaluation.methods as methods_module
+from diffmatch.baselines import DISFlow, FarnebackFlow, Method
+from diffmatch.evaluation.datasets import EvalSubset
+from diffmatch.evaluation.report import summarize_records, write_outputs
+from diffmatch.evaluation.runner import run_evaluation
+from diffmatch.io import load_image
+from diffmatch.result import MatchResult
+
+
+class StandInMatcher:
+    """Same ``match``/``match_raw`` signatures as ``DiffMatcher``: DIS plus seeded noise per sample."""
+
+    def __init__(self) -> None:
+        self.dis = DISFlow()
+
+    def match(self, source, target, num_samples=3, num_steps=5, generator=None) -> MatchResult:
+        base = self.dis(source, target).flow
+        noise = torch.randn((base.shape[0], num_samples, *base.shape[1:]), generator=generator)
+        return MatchResult.from_samples(base.unsqueeze(1) + noise)
+
+    def match_raw(self, source, target, mode="hard") -> MatchResult:
+        assert mode in ("hard", "soft")
+        return self.dis(source, target)
+
+
+class FlakyMethod:
+    """Fails on the second pair it sees."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, source, target) -> MatchResult:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("simulated failure\nwith a second line")
+        return MatchResult.from_samples(torch.zeros(1, 1, 2, *target.shape[-2:]))
+
+
+def _shift_items(photo: np.ndarray, count: int = 3) -> list[dict]:
+    items = []
+    for index in range(count):
+        source, target, flow = shifted_pair(photo, 2 + index, -1)
+        items.append(
+            {
+                "source": source[0],
+                "target": target[0],
+                "flow": flow[0],
+                "mask": torch.ones(64, 64, dtype=torch.bool),
+                "name": f"shift{index}",
+            }
+        )
+    return items
+
+
+@pytest.mark.parametrize("method", [DISFlow(), FarnebackFlow()])
+def test_opencv_flow_direction_recovers_a_shift(photo, method):
+    source, target, flow = shifted_pair(photo, 3, -2)
+    assert isinstance(method, Method)
+    result = method(source, target)
+    assert result.flow.shape == (1, 2, 64, 64) and result.samples.shape == (1, 1, 2, 64, 64)
+    inner = result.flow[0, :, 16:48, 16:48].mean(dim=(1, 2))
+    assert torch.allclose(inner, flow[0, :, 0, 0], atol=0.1)  # (-3, +2): target(x) = source(x + flow)
+
+
+def test_opencv_flow_maps_back_to_a_larger_source(photo):
+    source, target, flow = shifted_pair(photo, 3, -2)
+    big = F.interpolate(source, scale_factor=2, mode="bilinear", align_corners=False)
+    result = DISFlow()(big, target)
+    xs = torch.arange(64.0).view(1, 64)
+    expected_x = (xs + flow[0, 0, 0, 0] + 0.5) * 2 - 0.5 - xs  # source pixels of the 2x image
+    assert (result.flow[0, 0, 16:48, 16:48] - expected_x[:, 16:48]).abs().mean() < 0.3
+
+
+def test_runner_keeps_going_after_a_failed_pair(photo, tmp_path):
+    warnings: list[str] = []
+    subsets = [EvalSubset(_shift_items(photo), {"level": "easy"})]
+    records = run_evaluation([FlakyMethod(), DISFlow()], subsets, torch.device("cpu"), warn=warnings.append)
+    assert [r.error is None for r in records if r.method == "flaky"] == [True, False, True]
+    assert all(r.error is None for r in records if r.method == "dis")
+    assert len(warnings) == 1 and "\n" not in warnings[0] and "simulated failure" in warnings[0]
+    results = summarize_records(records)
+    assert results["flaky"]["all"]["num_pairs"] == 2 and results["flaky"]["all"]["num_failed"] == 1
+    assert results["dis"]["easy"]["pck1"] > 0.9
+    write_outputs(tmp_path, {"results": results, "corruptions": []}, records)
+    rows = list(csv.DictReader(open(tmp_path / "per_pair.csv")))
+    assert len(rows) == 6 and sum(bool(row["error"]) for row in rows) == 1
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    code = evaluate_cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_synthetic_dis_farneback_clean(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, stdout, stderr = _run(
+        [
+            "--dataset",
+            "synthetic",
+            "--methods",
+            "dis,farneback",
+            "--limit",
+            "2",
+            "--corruptions",
+            "none",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for method in ("dis", "farneback"):
+        assert list(summary["results"][method]) == ["all", "easy", "medium", "hard"]
+        group = summary["results"][method]["all"]
+        assert group["num_pairs"] == 6 and group["num_failed"] == 0
+        assert group["aepe"] > 0 and 0 <= group["pck1"] <= group["pck3"] <= group["pck5"] <= 1
+        assert group["seconds_per_pair"] > 0 and group["ause_epe"] is None
+        # Easier viewpoint change, smaller error.
+        assert summary["results"][method]["easy"]["aepe"] < summary["results"][method]["hard"]["aepe"]
+    rows = list(csv.DictReader(open(out / "per_pair.csv")))
+    assert len(rows) == 12 and {row["level"] for row in rows} == {"easy", "medium", "hard"}
+    assert load_image(out / "sparsification.png").shape[0] > 100
+    assert not (out / "corruptions.png").exists()
+    assert "dis" in stdout and "medium" in stdout and "AEPE" in stdout
+
+
+def test_cli_corruption_list_groups_per_type(tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = [
+        "--dataset",
+        "synthetic",
+        "--methods",
+        "dis",
+        "--limit",
+        "1",
+        "--corruptions",
+        "gaussian_noise,brightness",
+    ]
+    code, _, stderr = _run([*argv, "--severity", "3", "--out", str(out)], capsys)
+    assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    groups = summary["results"]["dis"]
+    assert list(groups) == ["all", "easy", "medium", "hard", "gaussian_noise", "brightness"]
+    assert groups["all"]["num_pairs"] == 6 and groups["gaussian_noise"]["num_pairs"] == 3
+    assert summary["corruptions"] == ["gaussian_noise", "brightness"] and summary["severity"] == 3
+    rows = list(csv.DictReader(open(out / "per_pair.csv")))
+    assert {row["corruption"] for row in rows} == {"gaussian_noise", "brightness"}
+    assert load_image(out / "corruptions.png").shape[0] > 100
+
+
+def test_cli_checkpoint_and_raw_corr_with_a_stand_in_matcher(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(methods_module, "_load_diffmatcher", lambda options: StandInMatcher())
+    out = tmp_path / "eval"
+    argv = ["--dataset", "synthetic", "--methods", "checkpoint,raw-corr", "--limit", "1", "--samples", "4"]
+    code, stdout, stderr = _run([*argv, "--device", "cpu", "--out", str(out)], capsys)
+    assert code == 0, stderr
+    results = json.loads((out / "summary.json").read_text())["results"]
+    assert results["checkpoint"]["all"]["ause_epe"] >= 0 and results["checkpoint"]["all"]["ause_pck"] >= 0
+    assert len(results["checkpoint"]["all"]["sparsification"]["epe"]) == 51
+    assert results["raw-corr"]["all"]["ause_epe"] is None  # one sample: no uncertainty
+    assert "checkpoint" in stdout
+
+
+def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):
+    from diffmatch.model import DiffMatch
+    from diffmatch.weights import FORMAT, VERSION
+
+    config = tiny_config()
+    weights = tmp_path / "tiny.pt"
+    torch.manual_seed(0)
+    state = DiffMatch(config).state_dict()
+    torch.save(
+        {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": state}, weights
+    )
+    out = tmp_path / "eval"
+    argv = ["--dataset", "synthetic", "--methods", "checkpoint,raw-corr-soft", "--checkpoint", str(weights)]
+    code, _, stderr = _run(
+        [*argv, "--limit", "1", "--samples", "2", "--steps", "2", "--out", str(out)], capsys
+    )
+    assert code == 0, stderr
+    results = json.loads((out / "summary.json").read_text())["results"]
+    assert (
+        results["checkpoint"]["all"]["num_pairs"] == 3
+        and results["checkpoint"]["all"]["ause_epe"] is not None
+    )
+    assert results["raw-corr-soft"]["all"]["ause_epe"] is None
+
+
+@pytest.mark.slow
+def test_cli_zero_shot_dino_from_a_tiny_local_model(tmp_path, capsys):
+    from zeroshot_fixtures import make_tiny_dino
+
+    dino = make_tiny_dino(tmp_path / "dino")
+    out = tmp_path / "eval"
+    argv = ["--dataset", "synthetic", "--methods", "dino", "--dino-model", str(dino), "--limit", "1"]
+    code, _, stderr = _run([*argv, "--out", str(out)], capsys)
+    assert code == 0, stderr
+    assert json.loads((out / "summary.json").read_text())["results"]["dino"]["all"]["num_pairs"] == 3
+
+
+def test_cli_failed_pairs_give_nonzero_exit_but_full_outputs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate_cli, "build_methods", lambda names, options: [FlakyMethod()])
+    out = tmp_path / "eval"
+    code, _, stderr = _run(
+        ["--dataset", "synthetic", "--methods", "dis", "--limit", "1", "--out", str(out)], capsys
+    )
+    assert code == 1
+    assert "simulated failure" in stderr and "1 of 3" in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["results"]["flaky"]["all"]["num_pairs"] == 2 and len(summary["failures"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "synthetic", "--methods", "sift"], "unknown method 'sift'"),
+        (["--dataset", "kitti", "--methods", "dis"], "unknown dataset 'kitti'"),
+        (["--dataset", "hpatches", "--methods", "dis"], "--dataset hpatches needs --root"),
+        (["--dataset", "eth3d", "--root", "/nonexistent/eth3d", "--methods", "dis"], "/nonexistent/eth3d"),
+        (
+            ["--dataset", "synthetic", "--methods", "dis", "--corruptions", "rain"],
+            "unknown corruption 'rain'",
+        ),
+        (["--dataset", "synthetic", "--methods", "dis", "--severity", "7"], "severity"),
+        (["--dataset", "synthetic", "--methods", "dis", "--limit", "0"], "--limit"),
+        (["--dataset", "synthetic", "--methods", "dis", "--device", "tpu"], "--device"),
+        (["--dataset", "synthetic", "--methods", "dis", "--samples", "x"], "--samples"),
+        (
+            ["--dataset", "synthetic", "--methods", "checkpoint", "--checkpoint", "/nonexistent.pt"],
+            "checkpoint not found",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_line_error(tmp_path, capsys, argv, message):
+    try:
+        code = evaluate_cli.main([*argv, "--out", str(tmp_path / "eval")])
+    except SystemExit as exit_:  # argparse's own checks (types, required flags)
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.slow
+def test_module_entry_point_bad_root_has_no_traceback(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "diffmatch.evaluate",
+        "--dataset",
+        "generic",
+        "--root",
+        str(tmp_path / "missing.txt"),
+    ]
+    proc = subprocess.run(
+        [*cmd, "--methods", "dis", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: ") and "missing.txt" in proc.stderr
