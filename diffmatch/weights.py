@@ -17,7 +17,7 @@ import torch
 from diffmatch.io import InputError, atomic_open
 from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict
 
-__all__ = ["FORMAT", "export_weights", "load_checkpoint", "load_model_weights", "read_checkpoint"]
+__all__ = ["FORMAT", "export_weights", "load_checkpoint", "load_model_weights", "read_checkpoint", "save_weights"]
 
 FORMAT = "diffmatch-weights"
 VERSION = 1
@@ -103,12 +103,25 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, half: 
         out: destination ``.pt`` file.
         half: store floating-point tensors as float16 (halves the size; loaded back as float32).
     """
-    config, state = read_checkpoint(checkpoint)
+    config, _ = read_checkpoint(checkpoint)
     model = DiffMatch(config_from_dict({**config.to_dict(), "feature_kwargs": _offline_kwargs(config)}))
     load_model_weights(model, checkpoint)  # validates before writing anything
+    model.config = config
+    return save_weights(model, out, half=half)
+
+
+def save_weights(model: DiffMatch, out: str | os.PathLike, half: bool = False) -> Path:
+    """Write a model's settings and weights as an exported inference file, atomically.
+
+    Args:
+        model: the model to save.
+        out: destination ``.pt`` file.
+        half: store floating-point tensors as float16 (loaded back as float32).
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": state}
+    payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "state_dict": state}
     out = Path(out)
     with atomic_open(out, "wb") as handle:
         torch.save(payload, handle)
