@@ -128,6 +128,9 @@ class DiffMatch(nn.Module):
         cost_channels = (2 * cfg.radius + 1) ** 2 if cfg.use_local_cost else 0
         self.denoiser = FlowDenoiser(cfg.denoiser, cfg.cost_size, cost_channels, cfg.use_init_flow)
         self.diffusion = FlowDiffusion(cfg.num_train_timesteps, cfg.beta_schedule)
+        if not self.features.stores_weights:
+            self._register_state_dict_hook(_drop_feature_weights)
+            self.register_load_state_dict_post_hook(_ignore_missing_feature_weights)
 
     # ------------------------------------------------------------------------------------ conditions
     def _prepare(self, image: torch.Tensor) -> torch.Tensor:
@@ -302,6 +305,16 @@ class DiffMatch(nn.Module):
         samples_px = self.from_cost_grid(samples.flatten(0, 1), size_t, size_s).view(b, n, 2, *size_t)
         init_px = self.from_cost_grid(cond.init_flow, size_t, size_s)
         return MatchResult.from_samples(samples_px, init_flow=init_px)
+
+
+def _drop_feature_weights(module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+    # Pretrained extractors (SD, DINOv2) are rebuilt from their folder; checkpoints keep only the path.
+    for key in [k for k in state if k.startswith(prefix + "features.")]:
+        del state[key]
+
+
+def _ignore_missing_feature_weights(module: nn.Module, incompatible: Any) -> None:
+    incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if ".features." not in f".{k}"]
 
 
 def _expand_generators(

@@ -109,3 +109,22 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert len(ckpts) == 1, ckpts
     assert hashlib.sha256(digests[0].encode()).hexdigest()  # both ranks wrote a digest
+
+
+def test_fused_features_train_and_reload_without_storing_backbones(tmp_path):
+    from zeroshot_fixtures import make_tiny_dino, make_tiny_sd
+
+    sd, dino = make_tiny_sd(tmp_path / "sd"), make_tiny_dino(tmp_path / "dino")
+    kwargs = (f'{{"sd_model": "{sd}", "dino_model": "{dino}", "pca_dim": 16, "ensemble_size": 1, '
+              '"local_files_only": true}')
+    cli = train_main(["fit", "--config", TINY, f"--trainer.default_root_dir={tmp_path / 'run'}",
+                      "--model.model.features=fused", f"--model.model.feature_kwargs={kwargs}", "--trainer.max_steps=2",
+                      "--trainer.val_check_interval=2"])
+    assert type(cli.model.model.features).__name__ == "FusedExtractor"
+    last = next((tmp_path / "run").rglob("last.ckpt"))
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    assert not any(".features." in f".{k}" for k in state), "SD/DINO weights must stay in their folders"
+    exported = export_weights(last, tmp_path / "fused.pt")
+    matcher = DiffMatcher.from_checkpoint(exported, device="cpu")
+    out = matcher.match(torch.rand(1, 3, 40, 48), torch.rand(1, 3, 40, 48), num_samples=2)
+    assert out.flow.shape == (1, 2, 40, 48)

@@ -26,8 +26,13 @@ __all__ = ["main", "parse_args", "read_pairs_file", "write_outputs"]
 MATCHERS = ("diffmatch", "dift", "dino", "fused")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage block
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="infer.py", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="infer.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", help="source image (the flow points into it)")
     parser.add_argument("--target", help="target image (the flow lives on its grid)")
     parser.add_argument("--pairs", help="text file with one 'source target' pair per line")
@@ -100,6 +105,9 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         from diffmatch.matcher import DiffMatcher
 
         matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)
+        limit = matcher.model.config.num_train_timesteps
+        if args.steps > limit:
+            raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
 
         def run(source: np.ndarray, target: np.ndarray, index: int) -> MatchResult:
             gen = torch.Generator(device=matcher.device).manual_seed(args.seed)

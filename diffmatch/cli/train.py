@@ -11,6 +11,7 @@ import netrc
 import os
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from diffmatch.data import PairDataModule
 from diffmatch.training import AtomicCheckpointIO, DiffMatchModule
@@ -34,8 +35,12 @@ class DiffMatchCLI(LightningCLI):
     """LightningCLI whose trainer writes checkpoints atomically unless the config sets its own plugins."""
 
     def instantiate_trainer(self, **kwargs):
-        if not self._get(self.config_init, "trainer", default={}).get("plugins"):
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if not trainer_config.get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        if trainer_config.get("logger") in (None, True):
+            # CSV by default (Lightning would pick TensorBoard whenever it is installed).
+            kwargs.setdefault("logger", CSVLogger(save_dir=trainer_config.get("default_root_dir") or "."))
         return super().instantiate_trainer(**kwargs)
 
 

@@ -35,9 +35,13 @@ class FeatureExtractor(nn.Module):
 
     Attributes:
         frozen: whether the extractor's parameters are excluded from training.
+        stores_weights: whether the extractor's weights belong in DiffMatch checkpoints. ``False`` for
+            extractors rebuilt from a pretrained folder (Stable Diffusion, DINOv2): their gigabytes
+            stay in that folder and checkpoints keep only the path.
     """
 
     frozen: bool = True
+    stores_weights: bool = True
 
     def forward(self, image: torch.Tensor) -> Features:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement forward(image) -> Features")

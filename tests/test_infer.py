@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_config
+
+from diffmatch import DiffMatcher
+from diffmatch.cli.infer import main as infer_main
+from diffmatch.io import InputError
+from diffmatch.model import DiffMatch
+from diffmatch.weights import save_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = DiffMatch(tiny_config())
+    torch.nn.init.normal_(model.denoiser.unet.conv_out.weight, std=0.05)  # hypotheses differ
+    return save_weights(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture
+def images(tmp_path, photo) -> tuple[Path, Path]:
+    src, tgt = tmp_path / "src.png", tmp_path / "tgt.jpg"
+    cv2.imwrite(str(src), cv2.cvtColor(photo[:96, :112], cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tgt), cv2.cvtColor(photo[10:90, 8:120], cv2.COLOR_RGB2BGR))
+    return src, tgt
+
+
+def test_cli_and_api_agree_and_write_everything(tmp_path, checkpoint, images):
+    out = tmp_path / "out"
+    code = infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(out),
+                       "--checkpoint", str(checkpoint), "--samples", "3", "--seed", "5", "--device", "cpu",
+                       "--flow-format", "npz"])
+    assert code == 0
+    flow, unc = np.load(out / "flow.npy"), np.load(out / "uncertainty.npy")
+    assert flow.shape == (80, 112, 2) and flow.dtype == np.float32 and unc.shape == (80, 112)
+    for name in ("flow.npz", "flow.png", "warp.png", "uncertainty.png", "panel.png"):
+        assert (out / name).stat().st_size > 0
+    matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu")
+    result = matcher.match(str(images[0]), str(images[1]), num_samples=3, generator=torch.Generator().manual_seed(5))
+    np.testing.assert_allclose(result.flow[0].permute(1, 2, 0).numpy(), flow, atol=1e-5)
+    np.testing.assert_allclose(result.uncertainty[0, 0].numpy(), unc, atol=1e-5)
+    assert unc.max() > 0
+    assert not list(out.glob(".*tmp"))
+
+
+def test_api_batch_and_seed(checkpoint, photo):
+    matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu")
+    a, b = photo[:64, :80], photo[20:84, 30:110]
+    gen = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    single = matcher.match(a, b, num_samples=2, generator=gen())
+    again = matcher.match(a, b, num_samples=2, generator=gen())
+    assert torch.equal(single.flow, again.flow)
+    batch = matcher.match([a, b], [b, a], num_samples=2, generator=gen())
+    assert batch.flow.shape == (2, 2, 64, 80)
+    assert torch.allclose(batch.flow[:1], single.flow, atol=1e-3)
+    assert batch.samples.shape == (2, 2, 2, 64, 80)
+    # Sparse matches favour confident pixels and land inside the source.
+    tgt_xy, src_xy, conf = DiffMatcher.sample_matches(single, num=100, source_size=a.shape[:2],
+                                                      generator=torch.Generator().manual_seed(0))
+    assert tgt_xy.shape == src_xy.shape == (len(conf), 2) and 0 < len(conf) <= 100
+    assert (src_xy[:, 0] <= 80 - 0.5).all() and (conf > 0).all() and (conf <= 1).all()
+    warped = DiffMatcher.warp(a, single.flow)
+    assert warped.shape == (1, 3, 64, 80)
+
+
+@pytest.mark.parametrize("kind", ["gray", "rgba", "uint16"])
+def test_any_image_kind_and_size(tmp_path, checkpoint, photo, kind):
+    image = {"gray": cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), "rgba": cv2.cvtColor(photo, cv2.COLOR_RGB2BGRA),
+             "uint16": photo.astype(np.uint16) * 257}[kind][:70, :101]
+    path = tmp_path / f"{kind}.png"
+    cv2.imwrite(str(path), image)
+    out = tmp_path / "out"
+    assert infer_main(["--source", str(path), "--target", str(path), "--out", str(out), "--checkpoint",
+                       str(checkpoint), "--samples", "1", "--no-viz", "--flow-format", "flo"]) == 0
+    assert np.load(out / "flow.npy").shape == (70, 101, 2)
+    assert not np.load(out / "uncertainty.npy").any()  # one sample: zeros
+    assert cv2.readOpticalFlow(str(out / "flow.flo")).shape == (70, 101, 2)
+
+
+def test_pairs_file_skips_failed_pair(tmp_path, checkpoint, images, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(f"# src tgt\n{images[0]} {images[1]}\n{broken} {images[1]}\n{images[1]} {images[0]}\n")
+    out = tmp_path / "out"
+    code = infer_main(["--pairs", str(pairs), "--out", str(out), "--checkpoint", str(checkpoint), "--no-viz"])
+    assert code == 1
+    written = sorted(p.parent.name for p in out.rglob("flow.npy"))
+    assert written == ["0000_src_tgt", "0002_tgt_src"]
+    assert "broken.png: not a readable image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--samples", "0"], "--samples must be >= 1"),
+        (["--steps", "9"], "--steps must be"),
+        (["--checkpoint", "CORRUPT"], "not a readable checkpoint"),
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--samples", "-1"], "cuda|--samples"),
+    ],
+)
+def test_bad_options_exit_nonzero_with_one_line(tmp_path, checkpoint, images, capsys, argv, message):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"garbage")
+    argv = [str(corrupt) if a == "CORRUPT" else a for a in argv]
+    base = ["--source", str(images[0]), "--target", str(images[1]), "--out", str(tmp_path / "o")]
+    if "--checkpoint" not in argv:
+        base += ["--checkpoint", str(checkpoint)]
+    with pytest.raises(SystemExit) if "--samples" in argv else _no_raise():
+        code = infer_main(base + argv)
+        assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    import re
+
+    assert re.search(message, err[-1]), err
+    assert not (tmp_path / "o").exists()
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_missing_file_via_subprocess_has_no_traceback(tmp_path, checkpoint, images):
+    proc = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--source", str(tmp_path / "nope.png"), "--target",
+                           str(images[1]), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "nope.png: file not found" in proc.stderr
+
+
+def test_api_bad_inputs_raise_value_error(checkpoint, tmp_path):
+    matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu")
+    with pytest.raises(ValueError, match="file not found"):
+        matcher.match(tmp_path / "nope.png", tmp_path / "nope.png")
+    with pytest.raises(ValueError, match="num_samples"):
+        matcher.match(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8), num_samples=0)
+    with pytest.raises(InputError, match="image array must be"):
+        matcher.match(np.zeros((8, 8, 5), np.uint8), np.zeros((8, 8, 3), np.uint8))
+
+
+def test_interrupted_run_leaves_no_partial_files(tmp_path, checkpoint, images, monkeypatch):
+    import diffmatch.cli.infer as cli
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "write_flow", explode)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(out), "--checkpoint",
+                    str(checkpoint), "--no-viz"])
+    for path in out.iterdir():
+        assert not path.name.endswith(".tmp"), path
+        np.load(path)  # whatever was written is complete
