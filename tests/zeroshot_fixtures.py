@@ -33,9 +33,10 @@ def _write_tiny_tokenizer(folder: Path) -> None:
 def make_tiny_sd(path: str | Path, seed: int = 0) -> Path:
     """Write a tiny random Stable Diffusion checkpoint (SD 1.5/2.1 layout) to ``path``.
 
-    U-Net: block_out_channels ``(32, 64)`` (one down/up-sampling), cross-attention dim 32. VAE: two
-    blocks (latent stride 2), 4 latent channels. So up-block 0 has stride 4 and up-block 1 stride 2
-    in image pixels, and image sides are padded to multiples of 4.
+    U-Net: block_out_channels ``(32, 32, 64)`` (two down/up-samplings, cross-attention in the first
+    two levels as in SD), cross-attention dim 32. VAE: two blocks (latent stride 2), 4 latent
+    channels. So up-blocks 0, 1, 2 have strides 4, 2, 2 and 64, 32, 32 channels, and image sides are
+    padded to multiples of 8.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -49,10 +50,10 @@ def make_tiny_sd(path: str | Path, seed: int = 0) -> Path:
         sample_size=8,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64),
+        block_out_channels=(32, 32, 64),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=8,
@@ -67,6 +68,8 @@ def make_tiny_sd(path: str | Path, seed: int = 0) -> Path:
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=16,
+        # Random-VAE latents have std ~0.25, not SD's ~5.5: scale them to unit std as SD's 0.18215 does.
+        scaling_factor=4.0,
     )
     text_encoder = CLIPTextModel(
         CLIPTextConfig(

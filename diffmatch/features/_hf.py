@@ -1,4 +1,4 @@
-"""Loading pretrained weights from a local directory or the Hugging Face cache, with one clear error.
+"""Helpers shared by the pretrained extractors: loading with one clear error, and image sizing.
 
 Every zero-shot extractor takes ``pretrained_model_name_or_path``: either a local directory (used as
 is, never touching the network) or a Hub model id. A model id is first looked up in the local cache
@@ -14,9 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+import torch.nn.functional as F
+
 from diffmatch.io import InputError
 
-__all__ = ["hub_offline", "load_pretrained"]
+__all__ = ["hub_offline", "load_pretrained", "as_size", "resize_image", "pad_to_multiple", "crop_to_image"]
 
 T = TypeVar("T")
 
@@ -102,3 +105,37 @@ def load_pretrained(
             f"{what} model {name!r} is not in the local Hugging Face cache ({_cache_dir()}) and could not be "
             f"downloaded; {hint} ({_reason(err)})"
         ) from None
+
+
+# ------------------------------------------------------------------- image sizing shared by the extractors
+def as_size(size: int | tuple[int, int] | list[int] | None, name: str = "image_size") -> tuple[int, int] | None:
+    """``None``, ``S`` or ``(H, W)`` as ``None`` or an ``(H, W)`` tuple of positive ints."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive int or (H, W), got {size!r}")
+    return pair  # type: ignore[return-value]
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """Bilinearly resize ``(B, C, H, W)`` to ``size`` (antialiased when shrinking); ``None`` keeps it."""
+    if size is None or tuple(image.shape[-2:]) == size:
+        return image
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad ``(B, C, H, W)`` on the bottom and right up to multiples of ``multiple``."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return image
+    return F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def crop_to_image(features: torch.Tensor, image_size: tuple[int, int], stride: int) -> torch.Tensor:
+    """Keep the ``ceil(H / stride) x ceil(W / stride)`` cells of a padded map that overlap the image."""
+    h, w = (-(-image_size[0] // stride), -(-image_size[1] // stride))
+    return features[..., :h, :w]
