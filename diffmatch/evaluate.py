@@ -31,10 +31,10 @@ from diffmatch.evaluation.methods import (
     available_methods,
     build_methods,
     parse_methods,
-    resolve_device,
 )
 from diffmatch.evaluation.report import format_table, summarize_records, write_outputs
 from diffmatch.evaluation.runner import run_evaluation
+from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError
 from diffmatch.metrics import SPARSIFICATION_INTERVALS
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from diffmatch.io import InputError, load_image
 
-__all__ = ["ImageInput", "to_image_batch"]
+__all__ = ["ImageInput", "resolve_device", "to_image_batch"]
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
@@ -84,3 +84,23 @@ def to_image_batch(images: ImageInput | list[ImageInput], name: str = "image") -
             raise InputError(f"{name}: images in one batch must share a size, got {sorted(sizes)}")
         return torch.stack(batch)
     return _one_image(images).unsqueeze(0)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; also ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``.
+
+    Raises:
+        InputError: an unknown device, or CUDA without a GPU.
+    """
+    if isinstance(device, str):
+        if device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda requested but no CUDA GPU is available; use --device cpu or auto")
+    return device

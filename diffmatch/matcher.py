@@ -16,28 +16,15 @@ import torch
 from diffmatch.cost_volume import argmax_flow, soft_argmax_flow
 from diffmatch.diffusion import Generators
 from diffmatch.geometry import warp
-from diffmatch.inputs import ImageInput, to_image_batch
+from diffmatch.inputs import ImageInput, resolve_device, to_image_batch
 from diffmatch.io import InputError
 from diffmatch.model import DiffMatch
 from diffmatch.result import MatchResult
 from diffmatch.weights import load_checkpoint
 
-__all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT", "resolve_device"]
+__all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT"]
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "diffmatch_demo.pt"
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU raises ``InputError``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}, expected auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
-    return device
 
 
 class DiffMatcher:

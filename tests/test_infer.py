@@ -166,3 +166,17 @@ def test_interrupted_run_leaves_no_partial_files(tmp_path, checkpoint, images, m
     for path in out.iterdir():
         assert not path.name.endswith(".tmp"), path
         np.load(path)  # whatever was written is complete
+
+
+def test_zero_shot_matcher_through_cli(tmp_path, images):
+    from zeroshot_fixtures import make_tiny_dino
+
+    dino = make_tiny_dino(tmp_path / "dino")
+    out = tmp_path / "out"
+    code = infer_main(["--matcher", "dino", "--dino-model", str(dino), "--source", str(images[0]), "--target",
+                       str(images[1]), "--out", str(out), "--no-viz"])
+    assert code == 0
+    assert np.load(out / "flow.npy").shape == (80, 112, 2)
+    # A model path the matcher does not use is an impossible option.
+    assert infer_main(["--matcher", "dino", "--dino-model", str(dino), "--sd-model", str(dino), "--source",
+                       str(images[0]), "--target", str(images[1]), "--out", str(tmp_path / "o2")]) == 2

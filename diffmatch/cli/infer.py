@@ -114,9 +114,11 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
             return matcher.match(source, target, num_samples=args.samples, num_steps=args.steps, generator=gen)
 
         return run
+    from diffmatch.inputs import resolve_device
     from diffmatch.zeroshot import ZeroShotMatcher
 
-    zero = ZeroShotMatcher.from_name(args.matcher, sd_model=args.sd_model, dino_model=args.dino_model, device=args.device)
+    device = resolve_device(args.device)
+    zero = ZeroShotMatcher.from_name(args.matcher, sd_model=args.sd_model, dino_model=args.dino_model, device=device)
     return lambda source, target, index: zero.match(source, target)
 
 

@@ -30,7 +30,6 @@ __all__ = [
     "available_methods",
     "parse_methods",
     "build_methods",
-    "resolve_device",
 ]
 
 MATCHER_METHODS: tuple[str, ...] = ("checkpoint", "raw-corr", "raw-corr-soft")
@@ -63,21 +62,6 @@ def parse_methods(spec: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise InputError(f"--methods {spec!r} names a method twice")
     return names
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cpu``/``cuda`` as given.
-
-    Raises:
-        InputError: an unknown device, or ``cuda`` without a GPU.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda requested but no CUDA device is available")
-    return torch.device(device)
 
 
 @dataclass
