@@ -41,7 +41,9 @@ class DiffMatchConfig:
         image_size: both images are resized to this square size before feature extraction.
         cost_size: side of the square cost/flow grid the diffusion runs on.
         init_flow: ``soft`` (soft-argmax, as the paper says) or ``hard`` (argmax, as the official code does).
-        temperature: soft-argmax temperature on cosine similarities.
+        temperature: soft-argmax temperature on cosine similarities (0.005, as the official code's
+            ``get_flow``; VGG features are non-negative, so their cosine similarities crowd near 1 and
+            a higher temperature pulls F_init toward the image centre).
         radius: local-cost radius ``R``; the local cost has ``(2R+1)²`` channels.
         use_local_cost: condition on the local cost (ablation: Table 4 II).
         use_init_flow: condition on ``F_init`` and predict a residual on it (ablation: Table 4 III).
@@ -56,7 +58,7 @@ class DiffMatchConfig:
     image_size: int = 512
     cost_size: int = 64
     init_flow: Literal["soft", "hard"] = "soft"
-    temperature: float = 0.02
+    temperature: float = 0.005
     radius: int = 4
     use_local_cost: bool = True
     use_init_flow: bool = True

