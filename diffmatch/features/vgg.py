@@ -8,7 +8,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.models import VGG16_Weights, vgg16
+from torch import nn
+from torchvision.models import VGG16_Weights
+from torchvision.models.vgg import cfgs as vgg_cfgs
+from torchvision.models.vgg import make_layers
 
 from diffmatch.features.base import FeatureExtractor, Features
 
@@ -147,19 +150,27 @@ class VGG16Pyramid(FeatureExtractor):
             raise ValueError("VGG16Pyramid needs at least one level")
         self.levels, self.half_levels, self.fine_level = tuple(levels), tuple(half_levels), fine_level
         depth = max(VGG_LAYERS[n] for n in (*levels, *half_levels, *([fine_level] if fine_level else []))) + 1
+        # Only the conv stack, built and initialised as torchvision's VGG does (the classifier's
+        # 120 M parameters are never needed here).
+        body = make_layers(vgg_cfgs["D"])[:depth]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = vgg16(weights=None)
+            for module in body.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(module.bias)
         state = load_vgg16_state_dict(weights)
         if state is not None:
-            missing, unexpected = net.load_state_dict(state, strict=False)
-            # A file may lack the classifier and the layers past the deepest level used here.
-            missing = [k for k in missing if k.startswith("features.") and int(k.split(".")[1]) < depth]
-            if missing or unexpected:
-                raise ValueError(
-                    f"VGG-16 weights {weights!r} do not fit: missing {missing}, unexpected {unexpected}"
-                )
-        self.body = net.features[:depth]
+            # Files may hold the classifier and layers past the deepest level used here; only the
+            # layers this pyramid runs are required, and all of them are.
+            own = body.state_dict()
+            used = {k[len("features.") :]: v for k, v in state.items() if k[len("features.") :] in own}
+            missing = sorted(set(own) - set(used))
+            wrong = sorted(k for k in used if used[k].shape != own[k].shape)
+            if missing or wrong:
+                raise ValueError(f"VGG-16 weights {weights!r} do not fit: missing {missing}, wrong shape {wrong}")
+            body.load_state_dict(used)
+        self.body = body
         self.frozen = frozen
         if frozen:
             self.body.requires_grad_(False)
