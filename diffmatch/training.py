@@ -1,5 +1,8 @@
 """Lightning wrapper: loss, optimiser, EMA, metrics and validation pictures around :class:`DiffMatch`.
 
+With ``upsampler`` settings it trains stage 2 (:class:`~diffmatch.upsampler.CascadeDiffMatch`): stage 1
+is frozen and only the upsampler's denoiser learns (and is averaged by the EMA).
+
 Inference never imports this module. Flows follow the project convention: target grid,
 ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x.
 """
@@ -19,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffmatch.io import atomic_open, atomic_write_bytes
 from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict
+from diffmatch.upsampler import CascadeDiffMatch, UpsamplerConfig, upsampler_config_from_dict
 from diffmatch.weights import load_model_weights
 
 __all__ = ["DiffMatchModule", "AtomicCheckpointIO", "endpoint_error_stats"]
@@ -65,8 +69,11 @@ class DiffMatchModule(L.LightningModule):
         val_steps: DDIM steps at validation.
         init_from: start from the weights of a Lightning checkpoint or an exported weights file
             (e.g. stage 1 for fine-tuning); the optimiser state is not restored (use ``--ckpt_path``
-            to resume a run).
+            to resume a run). With ``upsampler`` set, a stage-1 file also initialises the stage-2
+            denoiser (paper Sec. 4.4); a cascade file restores both stages.
         max_val_panels: validation batches drawn as a picture panel each epoch.
+        upsampler: stage-2 settings (see :class:`UpsamplerConfig`): train the flow upsampler of a
+            frozen stage 1; ``None`` trains stage 1.
     """
 
     def __init__(
@@ -79,22 +86,31 @@ class DiffMatchModule(L.LightningModule):
         val_steps: int = 5,
         init_from: str | None = None,
         max_val_panels: int = 1,
+        upsampler: UpsamplerConfig | None = None,
     ) -> None:
         super().__init__()
         config = config_from_dict(model if model is not None else DiffMatchConfig())
-        self.save_hyperparameters(ignore=["model"])
+        stage2 = None if upsampler is None else upsampler_config_from_dict(upsampler)
+        self.save_hyperparameters(ignore=["model", "upsampler"])
         self.hparams["model"] = config.to_dict()  # plain data, so checkpoints load with weights_only
-        self.model = DiffMatch(config)
+        self.hparams["upsampler"] = None if stage2 is None else stage2.to_dict()
+        self.model = DiffMatch(config) if stage2 is None else CascadeDiffMatch(config, stage2)
         if init_from:
             load_model_weights(self.model, init_from)
+        if stage2 is not None:
+            self.model.denoiser.requires_grad_(False)  # stage 1 stays as trained
         self.ema = None
         if ema_decay is not None:
             if not 0.0 < ema_decay < 1.0:
                 raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
-            self.ema = AveragedModel(self.model.denoiser, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema = AveragedModel(self.trained_denoiser(), multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
             self.ema.requires_grad_(False)  # updated by averaging, never by gradients (DDP must not wait on it)
 
     # ----------------------------------------------------------------------------------- training
+    def trained_denoiser(self) -> torch.nn.Module:
+        """The U-Net this run trains: stage 1's, or the upsampler's in a stage-2 run."""
+        return self.model.upsampler.denoiser if isinstance(self.model, CascadeDiffMatch) else self.model.denoiser
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -106,7 +122,7 @@ class DiffMatchModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update_parameters(self.model.denoiser)
+            self.ema.update_parameters(self.trained_denoiser())
 
     def inference_model(self) -> DiffMatch:
         """The model used for validation and export: with the EMA denoiser when EMA is on."""
@@ -114,7 +130,13 @@ class DiffMatchModule(L.LightningModule):
             return self.model
         model = copy.copy(self.model)
         model._modules = dict(self.model._modules)
-        model._modules["denoiser"] = self.ema.module
+        if isinstance(self.model, CascadeDiffMatch):
+            upsampler = copy.copy(self.model.upsampler)
+            upsampler._modules = dict(self.model.upsampler._modules)
+            upsampler._modules["denoiser"] = self.ema.module
+            model._modules["upsampler"] = upsampler
+        else:
+            model._modules["denoiser"] = self.ema.module
         return model
 
     # --------------------------------------------------------------------------------- validation
@@ -128,7 +150,9 @@ class DiffMatchModule(L.LightningModule):
         b = batch["source"].shape[0]
         for key, value in stats.items():
             self.log(f"val/{key}", value, batch_size=b, sync_dist=True, prog_bar=key == "aepe")
-        self.log("val/aepe_init", init_stats["aepe"], batch_size=b, sync_dist=True)
+        # A cascade's init_flow is the stage-1 mean flow (bilinearly upsampled); stage 1's is F_init.
+        init_key = "val/aepe_stage1" if isinstance(self.model, CascadeDiffMatch) else "val/aepe_init"
+        self.log(init_key, init_stats["aepe"], batch_size=b, sync_dist=True)
         if batch_idx < self.hparams.max_val_panels:
             log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
             if self.trainer.is_global_zero:

@@ -4,6 +4,10 @@ A Lightning ``.ckpt`` is for resuming training. An *exported weights* file is fo
 ``torch.save`` dict ``{"format": "diffmatch-weights", "version": 1, "config": {...}, "state_dict":
 {...}}`` holding the model settings and the (EMA) weights. Both load through :func:`load_checkpoint`,
 which checks that weights and settings fit each other.
+
+Cascade models (stage 1 + flow upsampler, :class:`~diffmatch.upsampler.CascadeDiffMatch`) store the
+stage-2 settings too: exported files get an ``"upsampler": {...}`` entry and Lightning checkpoints an
+``upsampler`` hyperparameter; files without one are stage 1 only.
 """
 
 from __future__ import annotations
@@ -16,15 +20,39 @@ import torch
 
 from diffmatch.io import InputError, atomic_open
 from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict
+from diffmatch.upsampler import CascadeDiffMatch, UpsamplerConfig, upsampler_config_from_dict
 
-__all__ = ["FORMAT", "export_weights", "load_checkpoint", "load_model_weights", "read_checkpoint", "save_weights"]
+__all__ = [
+    "FORMAT",
+    "export_weights",
+    "load_checkpoint",
+    "load_model_weights",
+    "read_checkpoint",
+    "read_cascade_checkpoint",
+    "save_weights",
+]
 
 FORMAT = "diffmatch-weights"
 VERSION = 1
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[DiffMatchConfig, dict[str, torch.Tensor]]:
-    """Read the model settings and model state dict from a ``.ckpt`` or exported weights file.
+    """Read the (stage-1) model settings and model state dict from a ``.ckpt`` or exported weights file.
+
+    For a cascade file the state dict includes the ``upsampler.*`` weights; use
+    :func:`read_cascade_checkpoint` to get the stage-2 settings too.
+
+    Raises:
+        InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
+    """
+    config, _, state = read_cascade_checkpoint(path)
+    return config, state
+
+
+def read_cascade_checkpoint(
+    path: str | os.PathLike,
+) -> tuple[DiffMatchConfig, UpsamplerConfig | None, dict[str, torch.Tensor]]:
+    """Like :func:`read_checkpoint`, plus the upsampler settings (``None`` for a stage-1 file).
 
     Raises:
         InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
@@ -42,37 +70,55 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[DiffMatchConfig, dict[str,
         if data.get("format") == FORMAT:
             if data.get("version") != VERSION:
                 raise InputError(f"{path}: weights format version {data.get('version')}, this code reads {VERSION}")
-            return config_from_dict(data["config"]), data["state_dict"]
+            return config_from_dict(data["config"]), _upsampler_or_none(data.get("upsampler")), data["state_dict"]
         if "state_dict" in data and "hyper_parameters" in data and "model" in data["hyper_parameters"]:
             config = config_from_dict(data["hyper_parameters"]["model"])
+            upsampler = _upsampler_or_none(data["hyper_parameters"].get("upsampler"))
             state = data["state_dict"]
             prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else None
             model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-            if prefix:  # prefer the EMA denoiser for inference
+            if prefix:  # prefer the EMA denoiser (stage 2's in a cascade run) for inference
+                trained = "denoiser." if upsampler is None else "upsampler.denoiser."
                 for key, value in state.items():
                     if key.startswith(prefix):
-                        model_state["denoiser." + key[len(prefix) :]] = value
-            return config, model_state
+                        model_state[trained + key[len(prefix) :]] = value
+            return config, upsampler, model_state
     except (ValueError, TypeError) as err:
         raise InputError(f"{path}: settings do not fit this version of diffmatch ({err})") from None
     raise InputError(f"{path}: not a diffmatch checkpoint (no model settings and weights)")
 
 
+def _upsampler_or_none(data: dict[str, Any] | None) -> UpsamplerConfig | None:
+    return None if data is None else upsampler_config_from_dict(data)
+
+
 def load_model_weights(model: DiffMatch, path: str | os.PathLike, strict_config: bool = False) -> None:
     """Load weights from a checkpoint into ``model``, checking that every tensor fits.
+
+    A stage-1 file loaded into a :class:`~diffmatch.upsampler.CascadeDiffMatch` fills stage 1 and
+    starts the upsampler from the stage-1 denoiser (:meth:`~CascadeDiffMatch.init_from_stage1`); the
+    ``upsampler.*`` tensors are then the only ones allowed to be absent from the file.
 
     Args:
         model: the model to fill.
         path: Lightning ``.ckpt`` or exported weights.
-        strict_config: also require the stored settings to equal ``model.config``.
+        strict_config: also require the stored settings (both stages) to equal the model's.
 
     Raises:
         InputError: the weights do not fit the model (names the mismatching tensors).
     """
-    config, state = read_checkpoint(path)
-    if strict_config and config.to_dict() != model.config.to_dict():
+    config, upsampler, state = read_cascade_checkpoint(path)
+    cascade = isinstance(model, CascadeDiffMatch)
+    if strict_config and (
+        config.to_dict() != model.config.to_dict()
+        or (upsampler is None) == cascade
+        or (cascade and upsampler.to_dict() != model.upsampler.config.to_dict())
+    ):
         raise InputError(f"{path}: stored settings differ from the model's")
     own = model.state_dict()
+    from_stage1 = cascade and upsampler is None
+    if from_stage1:  # expected absent: exactly the stage-2 tensors, filled from stage 1 below
+        state = {**{k: v for k, v in own.items() if k.startswith("upsampler.")}, **state}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -84,12 +130,22 @@ def load_model_weights(model: DiffMatch, path: str | os.PathLike, strict_config:
         )
         raise InputError(f"{path}: weights do not fit the model ({detail})")
     model.load_state_dict(state)
+    if from_stage1:
+        try:
+            model.init_from_stage1()
+        except ValueError as err:
+            raise InputError(f"{path}: {err}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> DiffMatch:
-    """Build a :class:`DiffMatch` from a ``.ckpt`` or exported weights file, in eval mode on ``device``."""
-    config, _ = read_checkpoint(path)
-    model = DiffMatch(config_from_dict({**config.to_dict(), "feature_kwargs": _offline_kwargs(config)}))
+    """Build the model of a ``.ckpt`` or exported weights file, in eval mode on ``device``.
+
+    Returns:
+        A :class:`DiffMatch`, or a :class:`~diffmatch.upsampler.CascadeDiffMatch` (a subclass with the
+        same ``forward``) for a file with upsampler settings.
+    """
+    config, upsampler, _ = read_cascade_checkpoint(path)
+    model = _build(config, upsampler)
     load_model_weights(model, path)
     model.config = config
     return model.eval().to(device)
@@ -103,8 +159,8 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, half: 
         out: destination ``.pt`` file.
         half: store floating-point tensors as float16 (halves the size; loaded back as float32).
     """
-    config, _ = read_checkpoint(checkpoint)
-    model = DiffMatch(config_from_dict({**config.to_dict(), "feature_kwargs": _offline_kwargs(config)}))
+    config, upsampler, _ = read_cascade_checkpoint(checkpoint)
+    model = _build(config, upsampler)
     load_model_weights(model, checkpoint)  # validates before writing anything
     model.config = config
     return save_weights(model, out, half=half)
@@ -114,7 +170,7 @@ def save_weights(model: DiffMatch, out: str | os.PathLike, half: bool = False) -
     """Write a model's settings and weights as an exported inference file, atomically.
 
     Args:
-        model: the model to save.
+        model: the model to save (a :class:`~diffmatch.upsampler.CascadeDiffMatch` adds its ``upsampler`` settings).
         out: destination ``.pt`` file.
         half: store floating-point tensors as float16 (loaded back as float32).
     """
@@ -122,10 +178,17 @@ def save_weights(model: DiffMatch, out: str | os.PathLike, half: bool = False) -
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "state_dict": state}
+    if isinstance(model, CascadeDiffMatch):
+        payload["upsampler"] = model.upsampler.config.to_dict()
     out = Path(out)
     with atomic_open(out, "wb") as handle:
         torch.save(payload, handle)
     return out
+
+
+def _build(config: DiffMatchConfig, upsampler: UpsamplerConfig | None) -> DiffMatch:
+    offline = config_from_dict({**config.to_dict(), "feature_kwargs": _offline_kwargs(config)})
+    return DiffMatch(offline) if upsampler is None else CascadeDiffMatch(offline, upsampler)
 
 
 def _offline_kwargs(config: DiffMatchConfig) -> dict[str, Any]:

@@ -74,3 +74,20 @@ def test_imagenet_offline_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setattr(VGG16_Weights.IMAGENET1K_V1, "get_state_dict", offline, raising=False)
     with pytest.raises(ValueError, match=r"vgg16-397923af\.pth"):
         VGG16Pyramid(weights="imagenet")
+
+
+def test_hed_checkpoint_reloads_with_its_normalisation(tmp_path):
+    from diffmatch.model import DiffMatch
+    from diffmatch.weights import load_checkpoint, save_weights
+    from helpers import tiny_config
+
+    path = tmp_path / "hed.weights.h5"
+    _fake_hed_file(path)
+    model = DiffMatch(tiny_config(feature_kwargs={"weights": str(path), "levels": ["pool2"], "half_levels": []}))
+    saved = save_weights(model, tmp_path / "m.pt")
+    path.unlink()  # the checkpoint alone must be enough
+    again = load_checkpoint(saved)
+    assert torch.equal(again.features.mean, model.features.mean) and torch.equal(again.features.std, model.features.std)
+    image = torch.rand(1, 3, 64, 64)
+    assert torch.equal(again(image, image, generator=torch.Generator().manual_seed(0)).flow,
+                       model.eval()(image, image, generator=torch.Generator().manual_seed(0)).flow)
