@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from diffmatch.geometry import check_flow, coords_grid, pixel_to_normalized
+from diffmatch.geometry import check_flow, coords_grid, pixel_to_normalized, warp
 
 __all__ = [
     "l2_normalize",
@@ -18,6 +18,7 @@ __all__ = [
     "soft_argmax_flow",
     "argmax_flow",
     "local_correlation",
+    "local_feature_correlation",
 ]
 
 
@@ -134,3 +135,40 @@ def local_correlation(
     volume = rearrange(correlation, "b n (h w) -> (b n) 1 h w", h=hs, w=ws)
     sampled = F.grid_sample(volume, grid.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=False)
     return rearrange(sampled, "(b h w) 1 k 1 -> b k h w", b=b, h=ht, w=wt)
+
+
+def local_feature_correlation(
+    source: torch.Tensor, target: torch.Tensor, flow: torch.Tensor, radius: int = 4
+) -> torch.Tensor:
+    """Local cost computed from features, without a global volume: memory ``O(B C H W)``.
+
+    Equals ``local_correlation(global_correlation(source, target), flow, source_size, radius)`` (the
+    stage-1 cost), but loops over the ``(2R+1)²`` offsets with one ``grid_sample`` of the
+    L2-normalised source features each, so it works at 256² where a global volume (``256⁴`` entries)
+    cannot be built. Channel ``k`` holds the cosine similarity of target pixel ``x`` with the source at
+    ``x + flow(x) + d_k`` (bilinear, zero outside the source), offsets ``d_k = (dx, dy)`` over
+    ``[-R, R]²`` row-major in ``dy`` then ``dx``.
+
+    Args:
+        source: ``(B, C, Hs, Ws)`` source features.
+        target: ``(B, C, Ht, Wt)`` target features.
+        flow: ``(B, 2, Ht, Wt)`` flow in source feature pixels, ``target(x) ≈ source(x + flow(x))``.
+        radius: window radius ``R``.
+
+    Returns:
+        ``(B, (2R+1)², Ht, Wt)`` local cost.
+    """
+    check_flow(flow)
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if source.ndim != 4 or target.ndim != 4 or source.shape[:2] != target.shape[:2]:
+        raise ValueError(f"features must be (B, C, H, W) alike, got {tuple(source.shape)} and {tuple(target.shape)}")
+    if flow.shape[0] != target.shape[0] or flow.shape[-2:] != target.shape[-2:]:
+        raise ValueError(f"flow must be (B, 2, Ht, Wt) = {(target.shape[0], 2, *target.shape[-2:])}, got {tuple(flow.shape)}")
+    src, tgt = l2_normalize(source), l2_normalize(target)
+    costs = []
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            offset = flow.new_tensor([dx, dy]).view(1, 2, 1, 1)
+            costs.append((warp(src, flow + offset)[0] * tgt).sum(1))
+    return torch.stack(costs, dim=1)

@@ -27,6 +27,8 @@ __all__ = [
     "warp",
     "resize_flow",
     "homography_to_flow",
+    "to_grid",
+    "from_grid",
     "forward_backward_consistency",
 ]
 
@@ -160,6 +162,37 @@ def resize_flow(
     ratio = flow.new_tensor([sx / tx, sy / ty]).view(1, 2, 1, 1)
     grid = coords_grid(b, th, tw, flow.device, flow.dtype)
     return resized * scale + (grid + 0.5) * (ratio - 1.0)
+
+
+def to_grid(flow: torch.Tensor, size: int, source_size: tuple[int, int]) -> torch.Tensor:
+    """Pixel flow to the *normalised* flow on a square ``size × size`` grid over both images.
+
+    The target grid is resized to ``size²`` and the source image, of ``source_size = (Hs, Ws)``, is
+    mapped to ``size²`` too; the displacement is then divided by ``size`` (so crossing the whole
+    image is about 1, as DiffMatch's diffusion expects).
+
+    Args:
+        flow: ``(B, 2, Ht, Wt)`` pixel flow, target grid, ``target(x) ≈ source(x + flow(x))``.
+        size: side of the square grid.
+        source_size: ``(Hs, Ws)`` of the image the flow points into.
+
+    Returns:
+        ``(B, 2, size, size)`` normalised flow.
+    """
+    hs, ws = source_size
+    return resize_flow(flow, (size, size), source_scale=(size / hs, size / ws)) / size
+
+
+def from_grid(flow: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`to_grid`: normalised ``(B, 2, s, s)`` flow to pixel flow at ``target_size``.
+
+    Returns:
+        ``(B, 2, Ht, Wt)`` flow in pixels of the source of ``source_size = (Hs, Ws)``.
+    """
+    check_flow(flow)
+    size = flow.shape[-1]
+    hs, ws = source_size
+    return resize_flow(flow * size, tuple(target_size), source_scale=(hs / size, ws / size))
 
 
 def homography_to_flow(homography: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -25,10 +25,10 @@ from diffmatch.cost_volume import (
 from diffmatch.denoiser import DenoiserConfig, FlowDenoiser
 from diffmatch.diffusion import FlowDiffusion, Generators
 from diffmatch.features import Features, build_features
-from diffmatch.geometry import check_flow, resize_flow
+from diffmatch.geometry import check_flow, from_grid, to_grid
 from diffmatch.result import MatchResult
 
-__all__ = ["DiffMatchConfig", "Condition", "DiffMatch", "config_from_dict"]
+__all__ = ["DiffMatchConfig", "Condition", "DiffMatch", "config_from_dict", "expand_generators"]
 
 
 @dataclass
@@ -189,19 +189,14 @@ class DiffMatch(nn.Module):
 
     # ------------------------------------------------------------------------------------ flow units
     def to_cost_grid(self, flow: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
-        """Pixel flow at a target's size to normalised flow on the cost grid."""
-        check_flow(flow)
-        c = self.config.cost_size
-        hs, ws = source_size
-        return resize_flow(flow, (c, c), source_scale=(c / hs, c / ws)) / c
+        """Pixel flow at a target's size to normalised flow on the cost grid (:func:`~diffmatch.geometry.to_grid`)."""
+        return to_grid(flow, self.config.cost_size, source_size)
 
     def from_cost_grid(
         self, flow: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int]
     ) -> torch.Tensor:
         """Normalised flow on the cost grid to pixel flow at ``target_size``, pointing into ``source_size``."""
-        c = self.config.cost_size
-        hs, ws = source_size
-        return resize_flow(flow * c, tuple(target_size), source_scale=(hs / c, ws / c))
+        return from_grid(flow, target_size, source_size)
 
     # ------------------------------------------------------------------------------------- training
     def loss(
@@ -267,7 +262,7 @@ class DiffMatch(nn.Module):
             flow = self.denoiser(torch.zeros_like(init), t, init, local)
             return flow.unsqueeze(1).expand(-1, num_samples, -1, -1, -1)
         # Item i draws its N hypotheses from its own generator (or in turn from a shared one).
-        generators = _expand_generators(generator, b, num_samples, init.device)
+        generators = expand_generators(generator, b, num_samples, init.device)
 
         def denoise(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.denoiser(sample, t, init_n, local_n)
@@ -319,7 +314,7 @@ def _ignore_missing_feature_weights(module: nn.Module, incompatible: Any) -> Non
     incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if ".features." not in f".{k}"]
 
 
-def _expand_generators(
+def expand_generators(
     generator: Generators, batch: int, num_samples: int, device: torch.device
 ) -> Generators:
     """One generator per (item, hypothesis), derived so that item i's samples do not depend on the batch."""

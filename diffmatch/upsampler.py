@@ -21,19 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.cost_volume import l2_normalize
+from diffmatch.cost_volume import l2_normalize, local_feature_correlation
 from diffmatch.denoiser import DenoiserConfig, FlowDenoiser
 from diffmatch.diffusion import FlowDiffusion, Generators
 from diffmatch.features import Features
-from diffmatch.geometry import check_flow, resize_flow, warp
-from diffmatch.model import DiffMatch, DiffMatchConfig, _expand_generators
+from diffmatch.geometry import check_flow, from_grid, resize_flow, to_grid
+from diffmatch.model import DiffMatch, DiffMatchConfig, expand_generators
 from diffmatch.result import MatchResult
 
 __all__ = [
     "UpsamplerConfig",
     "upsampler_config_from_dict",
     "stage2_denoiser_config",
-    "local_feature_correlation",
     "FlowUpsampler",
     "CascadeDiffMatch",
 ]
@@ -98,43 +97,6 @@ def stage2_denoiser_config(config: DenoiserConfig, stage1_size: int, size: int) 
     return replace(config, attention_resolutions=tuple(size // 2**i for i in attention_levels))
 
 
-def local_feature_correlation(
-    source: torch.Tensor, target: torch.Tensor, flow: torch.Tensor, radius: int = 4
-) -> torch.Tensor:
-    """Local cost computed from features, without a global volume: memory ``O(B C H W)``.
-
-    Equals ``local_correlation(global_correlation(source, target), flow, source_size, radius)`` (the
-    stage-1 cost), but loops over the ``(2R+1)²`` offsets with one ``grid_sample`` of the
-    L2-normalised source features each, so it works at 256² where a global volume (``256⁴`` entries)
-    cannot be built. Channel ``k`` holds the cosine similarity of target pixel ``x`` with the source at
-    ``x + flow(x) + d_k`` (bilinear, zero outside the source), offsets ``d_k = (dx, dy)`` over
-    ``[-R, R]²`` row-major in ``dy`` then ``dx``.
-
-    Args:
-        source: ``(B, C, Hs, Ws)`` source features.
-        target: ``(B, C, Ht, Wt)`` target features.
-        flow: ``(B, 2, Ht, Wt)`` flow in source feature pixels, ``target(x) ≈ source(x + flow(x))``.
-        radius: window radius ``R``.
-
-    Returns:
-        ``(B, (2R+1)², Ht, Wt)`` local cost.
-    """
-    check_flow(flow)
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius}")
-    if source.ndim != 4 or target.ndim != 4 or source.shape[:2] != target.shape[:2]:
-        raise ValueError(f"features must be (B, C, H, W) alike, got {tuple(source.shape)} and {tuple(target.shape)}")
-    if flow.shape[0] != target.shape[0] or flow.shape[-2:] != target.shape[-2:]:
-        raise ValueError(f"flow must be (B, 2, Ht, Wt) = {(target.shape[0], 2, *target.shape[-2:])}, got {tuple(flow.shape)}")
-    src, tgt = l2_normalize(source), l2_normalize(target)
-    costs = []
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            offset = flow.new_tensor([dx, dy]).view(1, 2, 1, 1)
-            costs.append((warp(src, flow + offset)[0] * tgt).sum(1))
-    return torch.stack(costs, dim=1)
-
-
 class FlowUpsampler(nn.Module):
     """Stage 2: the flow-upsampling denoiser and its conditioning; it owns no feature extractor.
 
@@ -181,18 +143,13 @@ class FlowUpsampler(nn.Module):
 
     def to_fine_grid(self, flow: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
         """Pixel flow at a target's size to normalised flow on the fine grid."""
-        check_flow(flow)
-        s = self.config.size
-        hs, ws = source_size
-        return resize_flow(flow, (s, s), source_scale=(s / hs, s / ws)) / s
+        return to_grid(flow, self.config.size, source_size)
 
     def from_fine_grid(
         self, flow: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int]
     ) -> torch.Tensor:
         """Normalised flow on the fine grid to pixel flow at ``target_size``, pointing into ``source_size``."""
-        s = self.config.size
-        hs, ws = source_size
-        return resize_flow(flow * s, tuple(target_size), source_scale=(hs / s, ws / s))
+        return from_grid(flow, target_size, source_size)
 
     # ------------------------------------------------------------------------------------ training
     def loss(
@@ -220,7 +177,7 @@ class FlowUpsampler(nn.Module):
         hs, ws = source_size
         gt = self.to_fine_grid(flow, source_size)
         # F_init: the ground truth as stage 1 is trained to give it, on the coarse grid, upsampled.
-        coarse = resize_flow(flow, (c, c), source_scale=(c / hs, c / ws)) / c
+        coarse = to_grid(flow, c, (hs, ws))
         if self.config.init_noise > 0:
             noise = torch.randn(coarse.shape, generator=generator, device=coarse.device, dtype=coarse.dtype)
             coarse = coarse + self.config.init_noise * noise
@@ -359,7 +316,7 @@ class CascadeDiffMatch(DiffMatch):
             bilinearly upsampled.
         """
         b, n = coarse.shape[:2]
-        generators = _expand_generators(generator, b, n, coarse.device)
+        generators = expand_generators(generator, b, n, coarse.device)
         fine = self.upsampler.sample(features, coarse, num_steps, eta, generators)
         samples = self.upsampler.from_fine_grid(fine.flatten(0, 1), target_size, source_size)
         init = self.from_cost_grid(coarse.mean(1), target_size, source_size)

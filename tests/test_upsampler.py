@@ -8,7 +8,7 @@ import torch
 from helpers import shifted_pair, tiny_config
 
 from diffmatch.cli.train import main as train_main
-from diffmatch.cost_volume import global_correlation, local_correlation
+from diffmatch.cost_volume import global_correlation, local_correlation, local_feature_correlation
 from diffmatch.denoiser import DenoiserConfig
 from diffmatch.io import InputError
 from diffmatch.matcher import DiffMatcher
@@ -16,7 +16,6 @@ from diffmatch.model import DiffMatch
 from diffmatch.upsampler import (
     CascadeDiffMatch,
     UpsamplerConfig,
-    local_feature_correlation,
     stage2_denoiser_config,
 )
 from diffmatch.weights import (
