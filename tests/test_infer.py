@@ -62,7 +62,7 @@ def test_api_batch_and_seed(checkpoint, photo):
     assert torch.equal(single.flow, again.flow)
     batch = matcher.match([a, b], [b, a], num_samples=2, generator=gen())
     assert batch.flow.shape == (2, 2, 64, 80)
-    assert torch.allclose(batch.flow[:1], single.flow, atol=1e-3)
+    assert torch.allclose(batch.flow[:1], single.flow, rtol=1e-4, atol=1e-2)
     assert batch.samples.shape == (2, 2, 2, 64, 80)
     # Sparse matches favour confident pixels and land inside the source.
     tgt_xy, src_xy, conf = DiffMatcher.sample_matches(single, num=100, source_size=a.shape[:2],

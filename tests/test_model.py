@@ -62,12 +62,12 @@ def test_seeded_sampling_is_reproducible_and_batch_invariant(photo):
     assert torch.equal(a.samples, b.samples)
     assert not torch.allclose(a.samples, run(source, target, 8).samples)
     batched = run(torch.cat([source, other_s]), torch.cat([target, other_t]), 7)
-    assert torch.allclose(batched.samples[:1], a.samples, atol=1e-3)
+    assert torch.allclose(batched.samples[:1], a.samples, rtol=1e-4, atol=1e-2)
     # A list of generators makes every item independent of the others.
     gens = lambda: [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]  # noqa: E731
     pair = model(torch.cat([source, other_s]), torch.cat([target, other_t]), 2, generator=gens())
     alone = model(other_s, other_t, 2, generator=[torch.Generator().manual_seed(2)])
-    assert torch.allclose(pair.samples[1:], alone.samples, atol=1e-3)
+    assert torch.allclose(pair.samples[1:], alone.samples, rtol=1e-4, atol=1e-2)
 
 
 def test_ablation_configs_build_and_run():

@@ -103,7 +103,7 @@ def test_seeded_cascade_is_reproducible_and_batch_invariant(cascade, photo):
     assert torch.equal(a.samples, b.samples) and torch.equal(a.init_flow, b.init_flow)
     assert not torch.allclose(a.samples, run(source, target, 8).samples)
     batched = run(torch.cat([source, other_s]), torch.cat([target, other_t]), 7)
-    assert torch.allclose(batched.samples[:1], a.samples, atol=1e-2)  # px; values up to ~100
+    assert torch.allclose(batched.samples[:1], a.samples, rtol=1e-3, atol=0.05)  # px; values up to ~100
 
 
 def test_export_load_and_stage1_files(cascade, tmp_path):
