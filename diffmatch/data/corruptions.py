@@ -163,7 +163,7 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def _to_float(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float() / 255.0
 
 
 class Corrupted(Dataset):
