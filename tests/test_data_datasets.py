@@ -264,3 +264,51 @@ def test_sampler_forwards_epoch_and_splits_ranks() -> None:
     sampler = _EpochSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
     sampler.set_epoch(4)
     assert dataset.epoch == 4
+
+
+
+def _record_training(dm: PairDataModule, root, max_steps: int, ckpt_path=None) -> list[float]:
+    """Fit a one-parameter probe, checkpointing every 3 steps; return a fingerprint of each batch."""
+    seen: list[float] = []
+
+    class Probe(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def training_step(self, batch, batch_idx):
+            seen.append(round(float(batch["flow"].abs().sum()), 3))
+            return (self.weight - batch["flow"].mean()) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    checkpoints = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=root, filename="{step}", every_n_train_steps=3, save_top_k=-1
+    )
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[checkpoints],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    trainer.fit(Probe(), datamodule=dm, ckpt_path=ckpt_path)
+    return seen
+
+
+def test_mid_epoch_resume_continues_the_epoch_instead_of_replaying_it(tmp_path) -> None:
+    # An interrupted job resumed from its last periodic checkpoint sees the pairs an uninterrupted
+    # job would have seen next, not the epoch's first pairs again.
+    def datamodule() -> PairDataModule:
+        return PairDataModule(train=DataConfig("synthetic", size=(16, 16), length=20), batch_size=2)
+
+    straight = _record_training(datamodule(), tmp_path / "straight", max_steps=7)
+    resumed = _record_training(
+        datamodule(), tmp_path / "resumed", max_steps=7, ckpt_path=tmp_path / "straight" / "step=3.ckpt"
+    )
+    assert len(set(straight)) == 7
+    assert resumed == straight[3:]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -110,11 +112,48 @@ class _EpochSampler(DistributedSampler):
     Lightning keeps it under DDP instead of replacing it.
     """
 
+    start = 0  # items of this rank's epoch order to skip (a mid-epoch resume)
+
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
         target = self.dataset.dataset if isinstance(self.dataset, Corrupted) else self.dataset
         if hasattr(target, "set_epoch"):
             target.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.start, None)
+
+
+class _ResumableLoader(DataLoader):
+    """A training ``DataLoader`` that Lightning checkpoints mid-epoch.
+
+    It counts the batches it has served in the current epoch; Lightning stores :meth:`state_dict` in
+    the checkpoint and hands it back through :meth:`load_state_dict` before the resumed run's first
+    ``iter()``, which then starts after those batches instead of replaying the epoch from its start.
+    The count includes the batch Lightning prefetches, so a resume skips at most that one batch.
+    """
+
+    sampler: _EpochSampler
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._resume: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[Any]:
+        # Runs at the first next(), after Lightning's set_epoch: skip only within the saved epoch.
+        skip = self._resume.get("batches", 0) if self._resume.get("epoch") == self.sampler.epoch else 0
+        self.sampler.start = skip * self.batch_size
+        self._served, self._resume = skip, {}
+        for batch in super().__iter__():
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self._served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)
 
 
 class PairDataModule(L.LightningDataModule):
@@ -185,7 +224,7 @@ class PairDataModule(L.LightningDataModule):
         )
         trainer = getattr(self, "trainer", None)
         sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
-        return DataLoader(
+        return _ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=sampler,
