@@ -1,0 +1,153 @@
+"""How does the multi-hypothesis uncertainty behave as the number of hypotheses grows?
+
+    python scripts/uncertainty_hypotheses.py --out docs/results/uncertainty           # bundled model
+    python scripts/uncertainty_hypotheses.py --checkpoint PATH --limit 30 --corruptions all --limit 2
+
+Each pair of the held-out synthetic benchmark is matched once with ``--max-samples`` hypotheses
+(DDIM from independent noise, one seeded generator for the run). For every ``N`` from 1 to that
+maximum, the flow is the mean of the first ``N`` hypotheses and the uncertainty their per-pixel
+variance (the trace of the covariance, px²), as ``DiffMatcher.match`` returns them. The script prints,
+per ``N``:
+
+* AEPE of the mean flow, and PCK-5;
+* AUSE-EPE of the variance: the area between its sparsification curve and the oracle's (the errors
+  ranked by themselves), averaged over pairs as in DenseMatching; lower is better, 0 is the oracle;
+* the same AUSE for a random ranking, the reference a useless uncertainty gets.
+
+It writes ``hypotheses.json`` and ``error_vs_variance.png`` (target, warped source, error map and
+variance map at the largest ``N``, on ``--figure-pairs`` pairs spread over the levels) into ``--out``.
+Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from diffmatch.evaluation.datasets import build_subsets, parse_corruptions  # noqa: E402
+from diffmatch.io import atomic_open  # noqa: E402
+from diffmatch.matcher import DiffMatcher  # noqa: E402
+from diffmatch.metrics import ause, end_point_error, valid_errors  # noqa: E402
+from diffmatch.result import samples_statistics  # noqa: E402
+from diffmatch.viz import blend_warp, save_figure  # noqa: E402
+
+
+def _image(tensor: torch.Tensor) -> np.ndarray:
+    return (tensor.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def error_vs_variance_figure(panels: list[dict]) -> plt.Figure:
+    """One row per pair: target, source warped by the estimate, EPE map and variance map."""
+    fig, axes = plt.subplots(len(panels), 4, figsize=(14, 3.5 * len(panels)), squeeze=False)
+    for row, panel in zip(axes, panels):
+        error, variance = panel["error"], panel["variance"]
+        row[0].imshow(panel["target"])
+        row[0].set_title(f"target ({panel['name']})")
+        row[1].imshow(blend_warp(panel["source"], panel["target"], panel["flow"]))
+        row[1].set_title("source warped onto target")
+        top = float(np.percentile(error, 99)) or 1.0
+        im = row[2].imshow(np.where(panel["mask"], error, np.nan), cmap="magma", vmin=0, vmax=top)
+        fig.colorbar(im, ax=row[2], fraction=0.046, pad=0.04, label="EPE [px]")
+        row[2].set_title(f"error (AEPE {panel['aepe']:.1f} px)")
+        im = row[3].imshow(np.sqrt(variance), cmap="magma", vmin=0, vmax=float(np.percentile(np.sqrt(variance), 99)) or 1.0)
+        fig.colorbar(im, ax=row[3], fraction=0.046, pad=0.04, label="std [px]")
+        row[3].set_title(f"uncertainty, {panel['samples']} hypotheses")
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=None, help="DiffMatch checkpoint (default: the bundled one)")
+    parser.add_argument("--max-samples", type=int, default=8, help="hypotheses drawn per pair")
+    parser.add_argument("--limit", type=int, default=30, help="pairs per difficulty level")
+    parser.add_argument("--corruptions", default="none", help="'none', 'all' or a comma list of ImageNet-C types")
+    parser.add_argument("--severity", type=int, default=5)
+    parser.add_argument("--figure-pairs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", required=True, help="output folder")
+    args = parser.parse_args()
+    if args.max_samples < 2:
+        parser.error("--max-samples must be >= 2 (a variance needs two hypotheses)")
+
+    matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)
+    corruptions = parse_corruptions(args.corruptions)
+    subsets = build_subsets("synthetic", corruptions=corruptions, severity=args.severity, limit=args.limit, seed=args.seed)
+    generator = torch.Generator(device=matcher.device).manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    counts = range(1, args.max_samples + 1)
+    rows: dict[int, dict[str, list[float]]] = {n: {"aepe": [], "pck5": [], "ause": [], "ause_random": []} for n in counts}
+    panels: list[dict] = []
+    total = sum(len(s.dataset) for s in subsets)
+    every = max(1, total // max(args.figure_pairs, 1))
+    start, index = time.perf_counter(), 0
+    for subset in subsets:
+        for item in subset.dataset:
+            gt, mask = item["flow"][None].float(), item["mask"]
+            with torch.inference_mode():
+                samples = matcher.match(
+                    item["source"], item["target"], num_samples=args.max_samples, generator=generator
+                ).samples.cpu().float()
+            for n in counts:
+                flow, variance = samples_statistics(samples[:, :n])
+                errors, ranking = valid_errors(flow, gt, mask, variance if n > 1 else None)
+                if errors.size == 0:
+                    continue
+                rows[n]["aepe"].append(float(errors.mean()))
+                rows[n]["pck5"].append(float((errors <= 5).mean()))
+                if ranking is not None:
+                    rows[n]["ause"].append(ause(errors, ranking))
+                    rows[n]["ause_random"].append(ause(errors, rng.random(errors.size)))
+            if index % every == 0 and len(panels) < args.figure_pairs:
+                flow, variance = samples_statistics(samples)
+                panels.append(
+                    {
+                        "name": item["name"] + (f", {item['corruption']}" if "corruption" in item else ""),
+                        "source": _image(item["source"]),
+                        "target": _image(item["target"]),
+                        "flow": flow[0].permute(1, 2, 0).numpy(),
+                        "error": end_point_error(flow, gt)[0].numpy(),
+                        "variance": variance[0, 0].numpy(),
+                        "mask": mask.numpy(),
+                        "aepe": float(end_point_error(flow, gt)[0][mask].mean()),
+                        "samples": args.max_samples,
+                    }
+                )
+            index += 1
+    seconds = time.perf_counter() - start
+
+    summary = {
+        "checkpoint": args.checkpoint or "bundled",
+        "corruptions": list(corruptions),
+        "pairs": index,
+        "seconds": seconds,
+        "rows": {n: {key: float(np.mean(v)) if v else None for key, v in row.items()} for n, row in rows.items()},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "hypotheses.json", "w") as handle:
+        json.dump(summary, handle, indent=2)
+    save_figure(out / "error_vs_variance.png", error_vs_variance_figure(panels))
+    label = ", ".join(corruptions) if corruptions else "clean"
+    print(f"{index} pairs of the synthetic benchmark ({label}), {args.max_samples} hypotheses each, {seconds:.0f} s")
+    print(f"{'N':>2s} {'AEPE':>7s} {'PCK-5':>6s} {'AUSE-EPE':>9s} {'random':>7s}")
+    for n, row in summary["rows"].items():
+        fmt = lambda v: f"{v:9.3f}" if v is not None else f"{'-':>9s}"  # noqa: E731
+        print(f"{n:2d} {row['aepe']:7.2f} {100 * row['pck5']:6.2f} {fmt(row['ause'])} {fmt(row['ause_random'])[2:]}")
+    print(f"wrote {out / 'hypotheses.json'}, {out / 'error_vs_variance.png'}")
+
+
+if __name__ == "__main__":
+    main()
