@@ -15,7 +15,8 @@ per ``N``:
 * the same AUSE for a random ranking, the reference a useless uncertainty gets.
 
 It writes ``hypotheses.json`` and ``error_vs_variance.png`` (target, warped source, error map and
-variance map at the largest ``N``, on ``--figure-pairs`` pairs spread over the levels) into ``--out``.
+variance map at the largest ``N``, on ``--figure-pairs`` pairs of different photos spread over the
+levels) into ``--out``.
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x.
 """
 
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=30, help="pairs per difficulty level")
     parser.add_argument("--corruptions", default="none", help="'none', 'all' or a comma list of ImageNet-C types")
     parser.add_argument("--severity", type=int, default=5)
-    parser.add_argument("--figure-pairs", type=int, default=4)
+    parser.add_argument("--figure-pairs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", required=True, help="output folder")
@@ -90,8 +91,7 @@ def main() -> None:
     counts = range(1, args.max_samples + 1)
     rows: dict[int, dict[str, list[float]]] = {n: {"aepe": [], "pck5": [], "ause": [], "ause_random": []} for n in counts}
     panels: list[dict] = []
-    total = sum(len(s.dataset) for s in subsets)
-    every = max(1, total // max(args.figure_pairs, 1))
+    per_level = -(-args.figure_pairs // len(subsets))  # panels per level, each of a different photo
     start, index = time.perf_counter(), 0
     for subset in subsets:
         for item in subset.dataset:
@@ -110,7 +110,13 @@ def main() -> None:
                 if ranking is not None:
                     rows[n]["ause"].append(ause(errors, ranking))
                     rows[n]["ause_random"].append(ause(errors, rng.random(errors.size)))
-            if index % every == 0 and len(panels) < args.figure_pairs:
+            level, _, photo = item["name"].partition("/")
+            taken = [p["name"] for p in panels]
+            if (
+                len(panels) < args.figure_pairs
+                and sum(name.startswith(level + "/") for name in taken) < per_level
+                and not any(photo.split("_", 1)[-1] in name for name in taken)
+            ):
                 flow, variance = samples_statistics(samples)
                 panels.append(
                     {
