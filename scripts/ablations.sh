@@ -20,9 +20,9 @@ done
 
 evaluate() {  # name checkpoint samples
   python -m diffmatch.evaluate --dataset synthetic --methods checkpoint --checkpoint "$2" --samples "$3" \
-    --limit 30 --out "$out/eval/$1/clean"
+    --limit 20 --out "$out/eval/$1/clean"
   python -m diffmatch.evaluate --dataset synthetic --methods checkpoint --checkpoint "$2" --samples "$3" \
-    --corruptions all --severity 5 --limit 2 --out "$out/eval/$1/corrupted"
+    --corruptions all --severity 5 --limit 1 --out "$out/eval/$1/corrupted"
 }
 full="$demo_ckpts/epoch=0-step=$steps.ckpt"
 evaluate full "$full" 3
