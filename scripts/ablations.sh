@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's ablations at demo scale (README, "Ablations"): every variant is configs/demo.yaml with one
-# change, trained for the same 200 steps from the same seed on 2 CPU cores (~12 min each), then scored
+# change, trained for the same 200 steps from the same seed on 2 CPU cores (12-25 min each, depending on what else runs), then scored
 # by the evaluation tool on the held-out synthetic benchmark, clean and with all 15 ImageNet-C
 # corruptions at severity 5. The full model is the demo run's own step-200 checkpoint (same config,
 # same seed, same data order), so it is not trained again.
@@ -35,7 +35,8 @@ evaluate full-1-hypothesis "$full" 1
 evaluate full-2-hypotheses "$full" 2
 
 for split in clean corrupted; do
-  python scripts/summarize_evals.py "full=$out/eval/full/$split" "no local cost=$out/eval/no_local_cost/$split" \
-    "no F_init=$out/eval/no_init_flow/$split" "regression=$out/eval/regression/$split" \
-    "1 hypothesis=$out/eval/full-1-hypothesis/$split" "2 hypotheses=$out/eval/full-2-hypotheses/$split"
+  python scripts/summarize_evals.py "full (3 hypotheses)=$out/eval/full/$split" \
+    "w/o local cost=$out/eval/no_local_cost/$split" "w/o F_init=$out/eval/no_init_flow/$split" \
+    "regression (no diffusion)=$out/eval/regression/$split" \
+    "full, 1 hypothesis=$out/eval/full-1-hypothesis/$split" "full, 2 hypotheses=$out/eval/full-2-hypotheses/$split"
 done

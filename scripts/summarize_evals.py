@@ -4,7 +4,8 @@
         no-local-cost=outputs/ablations/eval/no_local_cost/clean
 
 One row per run and method: AEPE (px) over all pairs and per difficulty level, PCK-5 (%, pooled over
-pixels) and AUSE-EPE (methods with an uncertainty only), plus the number of pairs.
+pixels) and AUSE-EPE (methods with an uncertainty only), plus the number of pairs. This is how the
+ablation tables in the README were made (``scripts/ablations.sh`` prints them).
 """
 
 from __future__ import annotations
@@ -21,18 +22,24 @@ def _cell(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def table(runs: list[tuple[str, Path]]) -> str:
-    """The Markdown table of ``(label, folder)`` runs, in the given order."""
+    """The Markdown table of ``(label, folder)`` runs, in the given order.
+
+    The method column is left out when every run scored a single method.
+    """
+    summaries = [(label, json.loads((folder / "summary.json").read_text())) for label, folder in runs]
+    by_method = any(len(summary["results"]) > 1 for _, summary in summaries)
+    head = "| run | method |" if by_method else "| run |"
     lines = [
-        "| run | method | AEPE all | easy | medium | hard | PCK-5 % | AUSE-EPE | pairs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        head + " AEPE all | easy | medium | hard | PCK-5 % | AUSE-EPE | pairs |",
+        "|---|" + ("---|" if by_method else "") + "---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, folder in runs:
-        summary = json.loads((folder / "summary.json").read_text())
+    for label, summary in summaries:
         for method, groups in summary["results"].items():
             aepe = [_cell(groups.get(level, {}).get("aepe")) for level in LEVELS]
             overall = groups["all"]
+            name = f"| {label} | {method} |" if by_method else f"| {label} |"
             lines.append(
-                f"| {label} | {method} | {' | '.join(aepe)} | {_cell(overall.get('pck5'), 100, 1)} "
+                f"{name} {' | '.join(aepe)} | {_cell(overall.get('pck5'), 100, 1)} "
                 f"| {_cell(overall.get('ause_epe'), digits=3)} | {overall['num_pairs']} |"
             )
     return "\n".join(lines)
