@@ -18,7 +18,6 @@ channel 0 = x, pixel centres at integers, ``align_corners=False``) and ``mask`` 
 
 from diffmatch.data.benchmark import BENCHMARK_LEVELS, SyntheticBenchmark
 from diffmatch.data.corruptions import CORRUPTIONS, SEVERITIES, Corrupted, corrupt
-from diffmatch.data.datamodule import DataConfig, PairDataModule, build_dataset
 from diffmatch.data.eth3d import ETH3D, ETH3D_RATES, ETH3D_SCENES, load_eth3d_pairs
 from diffmatch.data.generic import GenericPairs
 from diffmatch.data.hpatches import HPATCHES_SUBSETS, HPatches
@@ -56,3 +55,16 @@ __all__ = [
     "sample_elastic",
     "sample_mapping",
 ]
+
+_LAZY = {"DataConfig", "PairDataModule", "build_dataset"}
+
+
+def __getattr__(name: str) -> object:
+    # The DataModule needs Lightning, whose import takes seconds: load it only when asked for, so
+    # that inference and evaluation start fast.
+    if name in _LAZY:
+        from diffmatch.data import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
