@@ -65,7 +65,7 @@ def main() -> None:
     left.plot(steps, smooth, lw=1.5, label=f"mean of last {window}")
     left.set(xlabel="step", ylabel="masked MSE (normalised flow)", yscale="log", title="training loss")
     left.legend()
-    for key in ("val/aepe", "val/aepe_init"):
+    for key in ("val/aepe", "val/aepe_init", "val/aepe_stage1"):
         if key in series:
             right.plot(*zip(*series[key]), marker="o", label=key)
     right.set(xlabel="step", ylabel="AEPE [px]", title="validation (synthetic benchmark, medium)")
