@@ -29,12 +29,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from _effnet_lite0 import EfficientNetLite0Features
 from torch.utils.data import default_collate
 
 from diffmatch.cost_volume import argmax_flow, global_correlation, l2_normalize, soft_argmax_flow
 from diffmatch.data import SyntheticBenchmark, SyntheticPairs, bundled_photos
 from diffmatch.features import FeatureExtractor, build_features
+from diffmatch.features.efficientnet import EfficientNetLite0Features
 from diffmatch.geometry import from_grid, to_grid
 
 FROZEN: dict[str, Callable[[int], FeatureExtractor]] = {

