@@ -33,8 +33,8 @@ class DataConfig:
     Args:
         dataset: ``synthetic`` (:class:`SyntheticPairs`), ``benchmark`` (:class:`SyntheticBenchmark`),
             ``generic`` (:class:`GenericPairs`), ``hpatches`` or ``eth3d``.
-        root: image folder (synthetic, benchmark), pair list file (generic) or dataset folder;
-            ``None`` uses the bundled photos (``train`` for synthetic, ``val`` for benchmark).
+        root: image folder (synthetic, benchmark; synthetic also takes a list of folders), pair
+            list file (generic) or dataset folder; ``None`` uses the bundled photos (``train`` for synthetic, ``val`` for benchmark).
         size: ``(H, W)`` for synthetic, benchmark and hpatches (``None``: original size, hpatches
             only); must be ``None`` for generic and eth3d, which keep their sizes.
         length: synthetic: number of pairs; benchmark: ``num_pairs`` (default 100).
@@ -50,7 +50,7 @@ class DataConfig:
     """
 
     dataset: DatasetName = "synthetic"
-    root: str | None = None
+    root: str | list[str] | None = None
     size: tuple[int, int] | None = (256, 256)
     length: int | None = None
     level: Literal["easy", "medium", "hard"] = "medium"
@@ -72,6 +72,8 @@ def build_dataset(config: DataConfig) -> Dataset:
         raise InputError(f"dataset {name!r} needs a size (H, W), got None")
     if name in ("generic", "hpatches", "eth3d") and config.root is None:
         raise InputError(f"dataset {name!r} needs a root")
+    if isinstance(config.root, (list, tuple)) and name != "synthetic":
+        raise InputError(f"dataset {name!r} takes one root, got a list of {len(config.root)}")
     if name == "synthetic":
         root = config.root if config.root is not None else bundled_photos("train")
         dataset: Dataset = SyntheticPairs(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,15 +60,20 @@ def bundled_photos(split: str = "train") -> Path:
     return folder
 
 
-def list_images(image_dir: str | os.PathLike, required: bool = True) -> list[Path]:
+def list_images(image_dir: str | os.PathLike | Sequence[str | os.PathLike], required: bool = True) -> list[Path]:
     """Sorted image files directly inside ``image_dir`` (by extension, case-insensitive).
 
+    ``image_dir`` may also be a list of folders: their images are concatenated, folder by folder.
+
     Raises:
-        InputError: ``image_dir`` is not a folder, or (if ``required``) holds no image.
+        InputError: a folder is missing, or (if ``required``) one holds no image.
     """
+    if not isinstance(image_dir, (str, os.PathLike)):
+        return [image for folder in image_dir for image in list_images(folder, required)]
     folder = Path(image_dir)
     if not folder.is_dir():
-        raise InputError(f"{folder}: image folder not found")
+        hint = "; run `python scripts/fetch_photos.py` to download them" if folder.parts[-2:] == ("photos", "extra") else ""
+        raise InputError(f"{folder}: image folder not found{hint}")
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if required and not images:
         raise InputError(f"{folder}: no images with extensions {IMAGE_EXTENSIONS}")

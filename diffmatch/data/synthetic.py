@@ -52,7 +52,7 @@ class SyntheticPairs(Dataset):
 
     Args:
         image_dir: folder of photos (any size, colour or gray), e.g.
-            :func:`diffmatch.data.bundled_photos`.
+            :func:`diffmatch.data.bundled_photos`, or a list of such folders.
         size: ``(H, W)`` of both images.
         seed: base seed.
         length: number of items; default ``pairs_per_image * num_images``.
@@ -71,7 +71,7 @@ class SyntheticPairs(Dataset):
 
     def __init__(
         self,
-        image_dir: str | os.PathLike,
+        image_dir: str | os.PathLike | list[str | os.PathLike],
         size: tuple[int, int] = (256, 256),
         seed: int = 0,
         length: int | None = None,

@@ -8,6 +8,7 @@ name                    extractor                                               
 ``dino``                DINOv2 last-layer patch tokens                          :mod:`.dino`
 ``fused``               SD + DINOv2, L2-normalised, weighted and concatenated   :mod:`.fused`
 ``efficientnet_lite0``  frozen EfficientNet-Lite0 (ImageNet), strides 8 and 16  :mod:`.efficientnet`
+``xfeat``               frozen XFeat matching descriptors (64-d, stride 8)      :mod:`.xfeat`
 ======================  ======================================================  ====================
 """
 
@@ -27,6 +28,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     "dino": ("diffmatch.features.dino", "DINOv2Extractor"),
     "fused": ("diffmatch.features.fused", "FusedExtractor"),
     "efficientnet_lite0": ("diffmatch.features.efficientnet", "EfficientNetLite0Features"),
+    "xfeat": ("diffmatch.features.xfeat", "XFeatFeatures"),
 }
 
 
