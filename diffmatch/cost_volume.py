@@ -100,14 +100,27 @@ def argmax_flow(
     return match - coords_grid(correlation.shape[0], ht, wt, correlation.device, correlation.dtype)
 
 
+def _window_offsets(radius: int, x_major: bool, like: torch.Tensor) -> torch.Tensor:
+    """``(2, K)`` window offsets ``(dx, dy)`` over ``[-R, R]²``; ``x_major``: ``dx`` is the slow index."""
+    steps = torch.arange(-radius, radius + 1, device=like.device, dtype=like.dtype)
+    slow, fast = torch.meshgrid(steps, steps, indexing="ij")
+    dx, dy = (slow, fast) if x_major else (fast, slow)
+    return torch.stack((dx.flatten(), dy.flatten()))
+
+
 def local_correlation(
-    correlation: torch.Tensor, flow: torch.Tensor, source_size: tuple[int, int], radius: int = 4
+    correlation: torch.Tensor,
+    flow: torch.Tensor,
+    source_size: tuple[int, int],
+    radius: int = 4,
+    x_major: bool = False,
 ) -> torch.Tensor:
     """Local cost: the correlation in a ``(2R+1)²`` window around each target pixel's match.
 
     For target pixel ``x`` with match ``p = x + flow(x)`` in the source, channel ``k`` holds the
     correlation of ``x`` with source position ``p + d_k`` (bilinear, zero outside the source), where
-    the offsets ``d_k = (dx, dy)`` run over ``[-R, R]²`` row-major in ``dy`` then ``dx``. Sampling
+    the offsets ``d_k = (dx, dy)`` run over ``[-R, R]²``, ``dy`` the slow index (or ``dx`` with
+    ``x_major``, the order of the official code's ``local_Corr``). Sampling
     the correlation volume is cheap, and for cosine correlation it equals correlating with
     bilinearly sampled normalised features, since both are linear in the source features.
 
@@ -116,6 +129,7 @@ def local_correlation(
         flow: ``(B, 2, Ht, Wt)`` flow in source feature pixels, ``target(x) ≈ source(x + flow(x))``.
         source_size: ``(Hs, Ws)``.
         radius: window radius ``R``.
+        x_major: channel order with ``dx`` as the slow index (official DiffMatch).
 
     Returns:
         ``(B, (2R+1)², Ht, Wt)`` local cost.
@@ -127,9 +141,7 @@ def local_correlation(
     hs, ws = source_size
     if correlation.shape != (b, ht * wt, hs * ws):
         raise ValueError(f"correlation must be (B, Ht*Wt, Hs*Ws) = {(b, ht * wt, hs * ws)}, got {tuple(correlation.shape)}")
-    steps = torch.arange(-radius, radius + 1, device=flow.device, dtype=flow.dtype)
-    dy, dx = torch.meshgrid(steps, steps, indexing="ij")
-    offsets = torch.stack((dx, dy)).view(1, 2, -1, 1)  # (1, 2, K, 1)
+    offsets = _window_offsets(radius, x_major, flow).view(1, 2, -1, 1)  # (1, 2, K, 1)
     centres = rearrange(coords_grid(b, ht, wt, flow.device, flow.dtype) + flow, "b c h w -> (b h w) c 1 1")
     grid = pixel_to_normalized(centres + offsets, (hs, ws))  # (B*Ht*Wt, 2, K, 1)
     volume = rearrange(correlation, "b n (h w) -> (b n) 1 h w", h=hs, w=ws)
@@ -138,7 +150,12 @@ def local_correlation(
 
 
 def local_feature_correlation(
-    source: torch.Tensor, target: torch.Tensor, flow: torch.Tensor, radius: int = 4
+    source: torch.Tensor,
+    target: torch.Tensor,
+    flow: torch.Tensor,
+    radius: int = 4,
+    x_major: bool = False,
+    normalize_after_sampling: bool = False,
 ) -> torch.Tensor:
     """Local cost computed from features, without a global volume: memory ``O(B C H W)``.
 
@@ -147,13 +164,19 @@ def local_feature_correlation(
     L2-normalised source features each, so it works at 256² where a global volume (``256⁴`` entries)
     cannot be built. Channel ``k`` holds the cosine similarity of target pixel ``x`` with the source at
     ``x + flow(x) + d_k`` (bilinear, zero outside the source), offsets ``d_k = (dx, dy)`` over
-    ``[-R, R]²`` row-major in ``dy`` then ``dx``.
+    ``[-R, R]²``, ``dy`` the slow index (``dx`` with ``x_major``).
+
+    With ``normalize_after_sampling`` the source features are sampled first and the samples
+    L2-normalised (the official stage-2 cost, ``build_local_corr_sr``); between pixels this differs
+    from sampling normalised features.
 
     Args:
         source: ``(B, C, Hs, Ws)`` source features.
         target: ``(B, C, Ht, Wt)`` target features.
         flow: ``(B, 2, Ht, Wt)`` flow in source feature pixels, ``target(x) ≈ source(x + flow(x))``.
         radius: window radius ``R``.
+        x_major: channel order with ``dx`` as the slow index (official DiffMatch).
+        normalize_after_sampling: L2-normalise the sampled source features instead of the map.
 
     Returns:
         ``(B, (2R+1)², Ht, Wt)`` local cost.
@@ -165,10 +188,12 @@ def local_feature_correlation(
         raise ValueError(f"features must be (B, C, H, W) alike, got {tuple(source.shape)} and {tuple(target.shape)}")
     if flow.shape[0] != target.shape[0] or flow.shape[-2:] != target.shape[-2:]:
         raise ValueError(f"flow must be (B, 2, Ht, Wt) = {(target.shape[0], 2, *target.shape[-2:])}, got {tuple(flow.shape)}")
-    src, tgt = l2_normalize(source), l2_normalize(target)
+    src = source if normalize_after_sampling else l2_normalize(source)
+    tgt = l2_normalize(target)
     costs = []
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            offset = flow.new_tensor([dx, dy]).view(1, 2, 1, 1)
-            costs.append((warp(src, flow + offset)[0] * tgt).sum(1))
+    for dx, dy in _window_offsets(radius, x_major, flow).t():
+        sampled = warp(src, flow + torch.stack((dx, dy)).view(1, 2, 1, 1))[0]
+        if normalize_after_sampling:
+            sampled = l2_normalize(sampled)
+        costs.append((sampled * tgt).sum(1))
     return torch.stack(costs, dim=1)

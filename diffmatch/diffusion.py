@@ -46,13 +46,24 @@ class FlowDiffusion:
     predicts ``x0`` (the clean flow). Sampling uses the "trailing" spacing, so any number of steps
     starts at ``t = T - 1`` and ends with ``alpha_bar_prev = 1``.
 
+    The process runs on ``flow_scale`` times the normalised flow: clean flows go in and come out
+    normalised, and only the noisy samples ``F_t`` live in the scaled space. Normalised flows are
+    small (a 10 px shift at 256² is 0.04) next to unit-variance noise; a scale of about 10 puts the
+    flow and the noise on a par, as latent diffusion scales its latents. ``1`` is the paper's setting.
+
     Args:
         num_train_timesteps: ``T``.
         beta_schedule: diffusers beta schedule name.
+        flow_scale: factor from normalised flow to the diffusion space.
     """
 
-    def __init__(self, num_train_timesteps: int = 5, beta_schedule: str = "squaredcos_cap_v2") -> None:
+    def __init__(
+        self, num_train_timesteps: int = 5, beta_schedule: str = "squaredcos_cap_v2", flow_scale: float = 1.0
+    ) -> None:
+        if flow_scale <= 0:
+            raise ValueError(f"flow_scale must be > 0, got {flow_scale}")
         self.num_train_timesteps = num_train_timesteps
+        self.flow_scale = float(flow_scale)
         self.scheduler = DDIMScheduler(
             num_train_timesteps=num_train_timesteps,
             beta_schedule=beta_schedule,
@@ -63,8 +74,8 @@ class FlowDiffusion:
         )
 
     def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """``F_t = sqrt(ᾱ_t) F_0 + sqrt(1 - ᾱ_t) z`` (paper Eq. 6), per item ``timestep`` of shape ``(B,)``."""
-        return self.scheduler.add_noise(clean, noise, timestep)
+        """``F_t = sqrt(ᾱ_t) s F_0 + sqrt(1 - ᾱ_t) z`` (paper Eq. 6, ``s = flow_scale``), per item ``timestep`` ``(B,)``."""
+        return self.scheduler.add_noise(clean * self.flow_scale, noise, timestep)
 
     def sample_timesteps(
         self, batch: int, device: torch.device, generator: torch.Generator | None = None
@@ -81,34 +92,40 @@ class FlowDiffusion:
         generator: Generators = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        init_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run DDIM from pure noise (paper Eq. 3 / Eq. 7).
 
         Args:
-            denoise: ``denoise(F_t, t) -> F_0`` with ``F_t`` of ``shape`` and ``t`` of shape ``(B,)``.
+            denoise: ``denoise(F_t, t) -> F_0`` with ``F_t`` (scaled) of ``shape``, ``t`` of shape ``(B,)``
+                and ``F_0`` normalised.
             shape: ``(B, 2, h, w)``.
             num_steps: number of DDIM steps, ``1 <= num_steps <= T``.
             eta: DDIM stochasticity (0: deterministic given the initial noise).
             generator: seeds, see :func:`draw_noise`.
             device: device of the samples.
             dtype: dtype of the samples.
+            init_noise: starting noise ``F_T`` of ``shape`` (``None``: drawn from ``generator``).
 
         Returns:
-            The final ``F_0`` estimate, of ``shape``.
+            The final normalised ``F_0`` estimate, of ``shape``.
         """
         if not 1 <= num_steps <= self.num_train_timesteps:
             raise ValueError(f"num_steps must be in [1, {self.num_train_timesteps}], got {num_steps}")
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
+        if init_noise is not None and tuple(init_noise.shape) != tuple(shape):
+            raise ValueError(f"init_noise must have shape {tuple(shape)}, got {tuple(init_noise.shape)}")
         device = torch.device(device)
         # All noise is drawn up front, per item, so results do not depend on the batch composition.
         noise = draw_noise((shape[0], num_steps + 1, *shape[1:]), generator, device, dtype)
         self.scheduler.set_timesteps(num_steps, device=device)
-        sample = noise[:, 0] * self.scheduler.init_noise_sigma
+        start = noise[:, 0] if init_noise is None else init_noise.to(device=device, dtype=dtype)
+        sample = start * self.scheduler.init_noise_sigma
         for i, t in enumerate(self.scheduler.timesteps):
             timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-            clean = denoise(sample, timestep)
+            clean = denoise(sample, timestep) * self.flow_scale
             sample = self.scheduler.step(
                 clean, t, sample, eta=eta, variance_noise=noise[:, i + 1]
             ).prev_sample
-        return sample
+        return sample / self.flow_scale

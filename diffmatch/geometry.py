@@ -183,8 +183,14 @@ def to_grid(flow: torch.Tensor, size: int, source_size: tuple[int, int]) -> torc
     return resize_flow(flow, (size, size), source_scale=(size / hs, size / ws)) / size
 
 
-def from_grid(flow: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int]) -> torch.Tensor:
+def from_grid(
+    flow: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int], align_corners: bool = False
+) -> torch.Tensor:
     """Inverse of :func:`to_grid`: normalised ``(B, 2, s, s)`` flow to pixel flow at ``target_size``.
+
+    With ``align_corners`` the normalised field is resized with ``align_corners=True`` and scaled
+    by the source size, as the official DiffMatch evaluation does (the one exception to this
+    module's ``align_corners=False``, kept for parity with it).
 
     Returns:
         ``(B, 2, Ht, Wt)`` flow in pixels of the source of ``source_size = (Hs, Ws)``.
@@ -192,6 +198,9 @@ def from_grid(flow: torch.Tensor, target_size: tuple[int, int], source_size: tup
     check_flow(flow)
     size = flow.shape[-1]
     hs, ws = source_size
+    if align_corners:
+        resized = F.interpolate(flow, size=tuple(target_size), mode="bilinear", align_corners=True)
+        return resized * flow.new_tensor([ws, hs]).view(1, 2, 1, 1)
     return resize_flow(flow * size, tuple(target_size), source_scale=(hs / size, ws / size))
 
 

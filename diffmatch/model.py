@@ -22,13 +22,25 @@ from diffmatch.cost_volume import (
     local_correlation,
     soft_argmax_flow,
 )
-from diffmatch.denoiser import DenoiserConfig, FlowDenoiser
+from diffmatch.denoiser import LEGACY_DENOISER, DenoiserConfig, FlowDenoiser
 from diffmatch.diffusion import FlowDiffusion, Generators
 from diffmatch.features import Features, build_features
 from diffmatch.geometry import check_flow, from_grid, to_grid
 from diffmatch.result import MatchResult
 
-__all__ = ["DiffMatchConfig", "Condition", "DiffMatch", "config_from_dict", "expand_generators"]
+__all__ = [
+    "DiffMatchConfig",
+    "Condition",
+    "DiffMatch",
+    "LEGACY_MODEL",
+    "config_from_dict",
+    "config_from_stored",
+    "expand_generators",
+]
+
+# Values of settings added after the first checkpoints were written: stored settings without one of
+# these keys were trained with this value (see :func:`config_from_stored`).
+LEGACY_MODEL = {"local_cost_order": "y_major", "resize": "antialias", "clamp_flow": False}
 
 
 @dataclass
@@ -40,11 +52,22 @@ class DiffMatchConfig:
         feature_kwargs: keyword arguments of the feature extractor (e.g. ``{"weights": "random"}``).
         image_size: both images are resized to this square size before feature extraction.
         cost_size: side of the square cost/flow grid the diffusion runs on.
-        init_flow: ``soft`` (soft-argmax, as the paper says) or ``hard`` (argmax, as the official code does).
+        init_flow: ``soft`` (soft-argmax, as the paper's text says) or ``hard`` (argmax, what the
+            official code does in training and evaluation; its soft-argmax is never called).
         temperature: soft-argmax temperature on cosine similarities (0.005, as the official code's
             ``get_flow``; VGG features are non-negative, so their cosine similarities crowd near 1 and
             a higher temperature pulls F_init toward the image centre).
         radius: local-cost radius ``R``; the local cost has ``(2R+1)²`` channels.
+        local_cost_order: order of the local-cost channels: ``x_major`` (the x offset is the slow
+            index, as the official ``local_Corr``) or ``y_major`` (the first checkpoints).
+        resize: ``antialias`` resizes images to ``image_size`` with antialiasing and feature maps to
+            the cost grid with ``align_corners=False``; ``official`` resizes images without
+            antialiasing, and feature maps to the cost grid, coarse flows to the stage-2 grid and
+            output flows to the image with ``align_corners=True``, as the official code.
+        flow_scale: the diffusion runs on this multiple of the normalised flow (see
+            :class:`~diffmatch.diffusion.FlowDiffusion`); 1 is the paper's setting.
+        clamp_flow: clamp every sampled normalised flow to ``[-1, 1]`` (the official code clamps the
+            mean of its hypotheses; the two agree unless hypotheses straddle the bound).
         use_local_cost: condition on the local cost (ablation: Table 4 II).
         use_init_flow: condition on ``F_init`` and predict a residual on it (ablation: Table 4 III).
         diffusion: train and sample as a diffusion model; ``False`` is direct regression (Table 3).
@@ -60,6 +83,10 @@ class DiffMatchConfig:
     init_flow: Literal["soft", "hard"] = "soft"
     temperature: float = 0.005
     radius: int = 4
+    local_cost_order: Literal["x_major", "y_major"] = "x_major"
+    resize: Literal["antialias", "official"] = "antialias"
+    flow_scale: float = 1.0
+    clamp_flow: bool = False
     use_local_cost: bool = True
     use_init_flow: bool = True
     diffusion: bool = True
@@ -74,6 +101,10 @@ class DiffMatchConfig:
         self.denoiser.attention_resolutions = tuple(self.denoiser.attention_resolutions)
         if self.init_flow not in ("soft", "hard"):
             raise ValueError(f"init_flow must be 'soft' or 'hard', got {self.init_flow!r}")
+        if self.local_cost_order not in ("x_major", "y_major"):
+            raise ValueError(f"local_cost_order must be 'x_major' or 'y_major', got {self.local_cost_order!r}")
+        if self.resize not in ("antialias", "official"):
+            raise ValueError(f"resize must be 'antialias' or 'official', got {self.resize!r}")
         if self.image_size <= 0 or self.cost_size <= 0 or self.cost_size > self.image_size:
             raise ValueError(f"need 0 < cost_size <= image_size, got {self.cost_size} and {self.image_size}")
 
@@ -98,6 +129,22 @@ def config_from_dict(data: dict[str, Any] | DiffMatchConfig) -> DiffMatchConfig:
     if isinstance(data, DiffMatchConfig):
         return data
     return _dataclass_from_dict(DiffMatchConfig, dict(data), "DiffMatch config")
+
+
+def config_from_stored(data: dict[str, Any] | DiffMatchConfig) -> DiffMatchConfig:
+    """Build the config of *stored* settings (a checkpoint's): a missing newer key means its legacy value.
+
+    Settings written before a key existed were trained with the behaviour in :data:`LEGACY_MODEL` and
+    :data:`~diffmatch.denoiser.LEGACY_DENOISER`, not with today's defaults; files written since
+    store every key, so for them this equals :func:`config_from_dict`.
+    """
+    if isinstance(data, DiffMatchConfig):
+        return data
+    data = {**LEGACY_MODEL, **data}
+    denoiser = data.get("denoiser", {})
+    if isinstance(denoiser, dict):
+        data["denoiser"] = {**LEGACY_DENOISER, **denoiser}
+    return config_from_dict(data)
 
 
 @dataclass
@@ -128,8 +175,10 @@ class DiffMatch(nn.Module):
         cfg = self.config
         self.features = build_features(cfg.features, **cfg.feature_kwargs)
         cost_channels = (2 * cfg.radius + 1) ** 2 if cfg.use_local_cost else 0
-        self.denoiser = FlowDenoiser(cfg.denoiser, cfg.cost_size, cost_channels, cfg.use_init_flow)
-        self.diffusion = FlowDiffusion(cfg.num_train_timesteps, cfg.beta_schedule)
+        self.denoiser = FlowDenoiser(
+            cfg.denoiser, cfg.cost_size, cost_channels, cfg.use_init_flow, cfg.num_train_timesteps, cfg.flow_scale
+        )
+        self.diffusion = FlowDiffusion(cfg.num_train_timesteps, cfg.beta_schedule, cfg.flow_scale)
         if not self.features.stores_weights:
             self._register_state_dict_hook(_drop_feature_weights)
             self.register_load_state_dict_post_hook(_ignore_missing_feature_weights)
@@ -141,12 +190,14 @@ class DiffMatch(nn.Module):
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(image.shape)}")
         if image.shape[-2:] == (size, size):
             return image
-        return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        antialias = self.config.resize == "antialias"
+        return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
 
     def _cost_maps(self, features: Features) -> list[torch.Tensor]:
         c = self.config.cost_size
+        corners = self.config.resize == "official"
         return [
-            l2_normalize(F.interpolate(f, size=(c, c), mode="bilinear", align_corners=False))
+            l2_normalize(F.interpolate(f, size=(c, c), mode="bilinear", align_corners=corners))
             for f in features.coarse
         ]
 
@@ -180,12 +231,25 @@ class DiffMatch(nn.Module):
             source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
             target: ``(B, 3, Ht, Wt)`` RGB in ``[0, 1]``.
         """
-        c = self.config.cost_size
         feats = self.extract(source, target)
-        corr = self.correlation(self._cost_maps(feats[0]), self._cost_maps(feats[1]))
+        return self.condition_from_maps(self._cost_maps(feats[0]), self._cost_maps(feats[1]), feats)
+
+    def condition_from_maps(
+        self,
+        source_maps: list[torch.Tensor],
+        target_maps: list[torch.Tensor],
+        features: tuple[Features, Features] | None = None,
+    ) -> Condition:
+        """``F_init`` and the local cost from feature maps already on the cost grid, ``(B, C_l, c, c)`` each."""
+        c = self.config.cost_size
+        corr = self.correlation(source_maps, target_maps)
         init_px = self.initial_flow(corr)
-        local = local_correlation(corr, init_px, (c, c), self.config.radius) if self.config.use_local_cost else None
-        return Condition(init_flow=init_px / c, local_cost=local, features=feats)
+        local = None
+        if self.config.use_local_cost:
+            x_major = self.config.local_cost_order == "x_major"
+            local = local_correlation(corr, init_px, (c, c), self.config.radius, x_major=x_major)
+        empty = Features(coarse=[], fine=None)
+        return Condition(init_flow=init_px / c, local_cost=local, features=features or (empty, empty))
 
     # ------------------------------------------------------------------------------------ flow units
     def to_cost_grid(self, flow: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
@@ -196,7 +260,7 @@ class DiffMatch(nn.Module):
         self, flow: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int]
     ) -> torch.Tensor:
         """Normalised flow on the cost grid to pixel flow at ``target_size``, pointing into ``source_size``."""
-        return from_grid(flow, target_size, source_size)
+        return from_grid(flow, target_size, source_size, align_corners=self.config.resize == "official")
 
     # ------------------------------------------------------------------------------------- training
     def loss(
@@ -249,8 +313,12 @@ class DiffMatch(nn.Module):
         num_steps: int = 5,
         eta: float = 0.0,
         generator: Generators = None,
+        init_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``N`` flow hypotheses on the cost grid, normalised, as ``(B, N, 2, c, c)``; one batched run."""
+        """``N`` flow hypotheses on the cost grid, normalised, as ``(B, N, 2, c, c)``; one batched run.
+
+        ``init_noise`` (``(B, N, 2, c, c)``) replaces the drawn starting noise ``F_T``.
+        """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         init, local = cond.init_flow, cond.local_cost
@@ -267,9 +335,12 @@ class DiffMatch(nn.Module):
         def denoise(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.denoiser(sample, t, init_n, local_n)
 
+        start = None if init_noise is None else init_noise.reshape(b * num_samples, 2, c, c)
         out = self.diffusion.sample(
-            denoise, (b * num_samples, 2, c, c), num_steps, eta, generators, init.device, init.dtype
+            denoise, (b * num_samples, 2, c, c), num_steps, eta, generators, init.device, init.dtype, start
         )
+        if self.config.clamp_flow:
+            out = out.clamp(-1.0, 1.0)
         return out.view(b, num_samples, 2, c, c)
 
     @torch.no_grad()

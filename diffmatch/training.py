@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from diffmatch.io import atomic_open, atomic_write_bytes
 from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict
 from diffmatch.upsampler import CascadeDiffMatch, UpsamplerConfig, upsampler_config_from_dict
-from diffmatch.weights import load_model_weights
+from diffmatch.weights import load_model_weights, without_pretrained_features
 
 __all__ = ["DiffMatchModule", "AtomicCheckpointIO", "endpoint_error_stats"]
 
@@ -94,7 +94,10 @@ class DiffMatchModule(L.LightningModule):
         self.save_hyperparameters(ignore=["model", "upsampler"])
         self.hparams["model"] = config.to_dict()  # plain data, so checkpoints load with weights_only
         self.hparams["upsampler"] = None if stage2 is None else stage2.to_dict()
-        self.model = DiffMatch(config) if stage2 is None else CascadeDiffMatch(config, stage2)
+        # Backbone weights that init_from restores need not (and may not be able to) be loaded first.
+        built = without_pretrained_features(config) if init_from else config
+        self.model = DiffMatch(built) if stage2 is None else CascadeDiffMatch(built, stage2)
+        self.model.config = config
         if init_from:
             load_model_weights(self.model, init_from)
         if stage2 is not None:

@@ -15,7 +15,7 @@ displacement across the whole image is about 1).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +51,18 @@ class UpsamplerConfig:
         init_noise: std, in normalised units, of Gaussian noise added to the downsampled
             ground-truth flow *on the coarse grid* before it is upsampled to the training ``F_init``,
             so that it carries smooth errors like a stage-1 sample (paper: 0, none).
+        refine: at inference, ``each`` upsamples every stage-1 hypothesis into one fine sample;
+            ``mean`` upsamples the (clamped, with ``clamp_flow``) mean of the stage-1 hypotheses and
+            draws ``N`` new fine samples from it, as the official code does.
+        normalize_after_sampling: L2-normalise the source features after sampling them for the
+            local cost (the official ``build_local_corr_sr``) rather than before.
     """
 
     size: int = 256
     radius: int = 4
     init_noise: float = 0.0
+    refine: Literal["each", "mean"] = "each"
+    normalize_after_sampling: bool = False
 
     def __post_init__(self) -> None:
         if self.size <= 0:
@@ -64,6 +71,8 @@ class UpsamplerConfig:
             raise ValueError(f"upsampler radius must be >= 0, got {self.radius}")
         if self.init_noise < 0:
             raise ValueError(f"upsampler init_noise must be >= 0, got {self.init_noise}")
+        if self.refine not in ("each", "mean"):
+            raise ValueError(f"upsampler refine must be 'each' or 'mean', got {self.refine!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form, as stored in checkpoints and exported weights."""
@@ -114,13 +123,19 @@ class FlowUpsampler(nn.Module):
         if cfg.size < stage1.cost_size:
             raise ValueError(f"upsampler size {cfg.size} must be >= the stage-1 cost_size {stage1.cost_size}")
         self.coarse_size = stage1.cost_size
+        # Conditions shared with stage 1: channel order, resizing and clamping.
+        self.x_major = stage1.local_cost_order == "x_major"
+        self.align_corners = stage1.resize == "official"
+        self.clamp_flow = stage1.clamp_flow
         self.denoiser_config = stage2_denoiser_config(stage1.denoiser, stage1.cost_size, cfg.size)
-        self.denoiser = FlowDenoiser(self.denoiser_config, cfg.size, (2 * cfg.radius + 1) ** 2, use_init_flow=True)
-        self.diffusion = FlowDiffusion(stage1.num_train_timesteps, stage1.beta_schedule)
+        self.denoiser = FlowDenoiser(
+            self.denoiser_config, cfg.size, (2 * cfg.radius + 1) ** 2, True, stage1.num_train_timesteps, stage1.flow_scale
+        )
+        self.diffusion = FlowDiffusion(stage1.num_train_timesteps, stage1.beta_schedule, stage1.flow_scale)
 
     # ---------------------------------------------------------------------------------- conditions
     def fine_features(self, features: Features) -> torch.Tensor:
-        """``(B, C, s, s)`` L2-normalised fine features.
+        """``(B, C, s, s)`` fine features, L2-normalised unless ``normalize_after_sampling``.
 
         ``Features.fine`` (VGG pool1) resized to the fine grid; extractors without one (e.g. the
         zero-shot DIFT/DINO features) fall back to their first coarse map, resized.
@@ -128,18 +143,27 @@ class FlowUpsampler(nn.Module):
         s = self.config.size
         fine = features.fine if features.fine is not None else features.coarse[0]
         if fine.shape[-2:] != (s, s):
-            fine = F.interpolate(fine, size=(s, s), mode="bilinear", align_corners=False)
-        return l2_normalize(fine)
+            fine = F.interpolate(fine, size=(s, s), mode="bilinear", align_corners=self.align_corners)
+        return fine if self.config.normalize_after_sampling else l2_normalize(fine)
 
     def upsample(self, coarse: torch.Tensor) -> torch.Tensor:
         """Normalised ``(B, 2, c, c)`` coarse flow to normalised ``(B, 2, s, s)`` fine flow (bilinear)."""
         check_flow(coarse, "coarse")
         c, s = coarse.shape[-1], self.config.size
+        if self.align_corners:  # official: the normalised field itself, corner pixels aligned
+            return F.interpolate(coarse, size=(s, s), mode="bilinear", align_corners=True)
         return resize_flow(coarse * c, (s, s)) / s
 
     def local_cost(self, source: torch.Tensor, target: torch.Tensor, init_flow: torch.Tensor) -> torch.Tensor:
         """``(B, (2R+1)², s, s)`` cost of fine features ``(B, C, s, s)`` around normalised ``init_flow``."""
-        return local_feature_correlation(source, target, init_flow * self.config.size, self.config.radius)
+        return local_feature_correlation(
+            source,
+            target,
+            init_flow * self.config.size,
+            self.config.radius,
+            x_major=self.x_major,
+            normalize_after_sampling=self.config.normalize_after_sampling,
+        )
 
     def to_fine_grid(self, flow: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
         """Pixel flow at a target's size to normalised flow on the fine grid."""
@@ -149,7 +173,7 @@ class FlowUpsampler(nn.Module):
         self, flow: torch.Tensor, target_size: tuple[int, int], source_size: tuple[int, int]
     ) -> torch.Tensor:
         """Normalised flow on the fine grid to pixel flow at ``target_size``, pointing into ``source_size``."""
-        return from_grid(flow, target_size, source_size)
+        return from_grid(flow, target_size, source_size, align_corners=self.align_corners)
 
     # ------------------------------------------------------------------------------------ training
     def loss(
@@ -204,6 +228,7 @@ class FlowUpsampler(nn.Module):
         num_steps: int = 5,
         eta: float = 0.0,
         generator: Generators = None,
+        init_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One fine sample per coarse hypothesis, all in one batched DDIM run.
 
@@ -213,6 +238,7 @@ class FlowUpsampler(nn.Module):
             num_steps: DDIM steps.
             eta: DDIM eta.
             generator: ``None``, one generator, or one per hypothesis (``B * N``, item-major).
+            init_noise: ``(B, N, 2, s, s)`` starting noise (``None``: drawn from ``generator``).
 
         Returns:
             ``(B, N, 2, s, s)`` normalised fine flows.
@@ -227,7 +253,12 @@ class FlowUpsampler(nn.Module):
         def denoise(sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.denoiser(sample, t, init, local)
 
-        out = self.diffusion.sample(denoise, (b * n, 2, s, s), num_steps, eta, generator, init.device, init.dtype)
+        start = None if init_noise is None else init_noise.reshape(b * n, 2, s, s)
+        out = self.diffusion.sample(
+            denoise, (b * n, 2, s, s), num_steps, eta, generator, init.device, init.dtype, start
+        )
+        if self.clamp_flow:
+            out = out.clamp(-1.0, 1.0)
         return out.view(b, n, 2, s, s)
 
 
@@ -313,10 +344,15 @@ class CascadeDiffMatch(DiffMatch):
 
         Returns:
             :class:`MatchResult` at ``target_size`` in pixels; ``init_flow`` is the coarse mean flow,
-            bilinearly upsampled.
+            bilinearly upsampled. With ``refine="mean"`` every fine sample starts from that mean.
         """
         b, n = coarse.shape[:2]
         generators = expand_generators(generator, b, n, coarse.device)
+        if self.upsampler.config.refine == "mean":
+            mean = coarse.mean(1, keepdim=True)
+            if self.config.clamp_flow:
+                mean = mean.clamp(-1.0, 1.0)
+            coarse = mean.expand_as(coarse)
         fine = self.upsampler.sample(features, coarse, num_steps, eta, generators)
         samples = self.upsampler.from_fine_grid(fine.flatten(0, 1), target_size, source_size)
         init = self.from_cost_grid(coarse.mean(1), target_size, source_size)
@@ -332,7 +368,10 @@ class CascadeDiffMatch(DiffMatch):
         eta: float = 0.0,
         generator: Generators = None,
     ) -> MatchResult:
-        """Dense flow from ``target`` into ``source``: ``N`` stage-1 hypotheses, each upsampled by stage 2.
+        """Dense flow from ``target`` into ``source``: ``N`` stage-1 hypotheses, upsampled by stage 2.
+
+        Stage 2 refines each hypothesis (``refine="each"``) or draws ``N`` samples from their mean
+        (``refine="mean"``, the official scheme).
 
         Args:
             source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.

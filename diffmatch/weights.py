@@ -12,14 +12,19 @@ stage-2 settings too: exported files get an ``"upsampler": {...}`` entry and Lig
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from diffmatch.features import FEATURES
 from diffmatch.io import InputError, atomic_open
-from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict
+from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict, config_from_stored
 from diffmatch.upsampler import CascadeDiffMatch, UpsamplerConfig, upsampler_config_from_dict
 
 __all__ = [
@@ -27,9 +32,11 @@ __all__ = [
     "export_weights",
     "load_checkpoint",
     "load_model_weights",
+    "read_calibration",
     "read_checkpoint",
     "read_cascade_checkpoint",
     "save_weights",
+    "without_pretrained_features",
 ]
 
 FORMAT = "diffmatch-weights"
@@ -58,21 +65,23 @@ def read_cascade_checkpoint(
         InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]})") from None
+        raise InputError(f"{path}: not a diffmatch checkpoint ({_load_failure(path, err)})") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: not a diffmatch checkpoint")
+        raise InputError(f"{path}: not a diffmatch checkpoint (holds a {type(data).__name__}, not a dict)")
     try:
         if data.get("format") == FORMAT:
             if data.get("version") != VERSION:
                 raise InputError(f"{path}: weights format version {data.get('version')}, this code reads {VERSION}")
-            return config_from_dict(data["config"]), _upsampler_or_none(data.get("upsampler")), data["state_dict"]
+            return config_from_stored(data["config"]), _upsampler_or_none(data.get("upsampler")), data["state_dict"]
         if "state_dict" in data and "hyper_parameters" in data and "model" in data["hyper_parameters"]:
-            config = config_from_dict(data["hyper_parameters"]["model"])
+            config = config_from_stored(data["hyper_parameters"]["model"])
             upsampler = _upsampler_or_none(data["hyper_parameters"].get("upsampler"))
             state = data["state_dict"]
             prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else None
@@ -86,6 +95,43 @@ def read_cascade_checkpoint(
     except (ValueError, TypeError) as err:
         raise InputError(f"{path}: settings do not fit this version of diffmatch ({err})") from None
     raise InputError(f"{path}: not a diffmatch checkpoint (no model settings and weights)")
+
+
+def read_calibration(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The calibration dict stored in a checkpoint (``python -m diffmatch.calibrate``), or ``None``.
+
+    It is kept as plain numbers under the top-level key ``"calibration"`` of an exported weights file
+    or a Lightning ``.ckpt``; :func:`diffmatch.confidence.calibrator_from_dict` turns it into a
+    :class:`~diffmatch.confidence.Calibrator`.
+
+    Raises:
+        InputError: the file is missing or not a diffmatch checkpoint.
+    """
+    read_cascade_checkpoint(path)  # the same checks and messages as loading the model
+    data = torch.load(Path(path), map_location="cpu", weights_only=True)
+    return data.get("calibration")
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """The first cause of a failed ``torch.load``, in a few words (PyTorch's advice text left out)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "empty file"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return f"holds a Python object ({unsupported.group(1)}) that a weights-only load refuses"
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return "truncated or damaged PyTorch file"
+    if not zipfile.is_zipfile(path) and not isinstance(err, OSError):
+        return "not a PyTorch file"
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    line = next((part.strip() for part in text.splitlines() if part.strip()), type(err).__name__)
+    cause = line.split(". ", 1)[0].rstrip(".")
+    if len(cause) > 100:  # cut at a word, never inside one
+        cause = cause[:100].rsplit(" ", 1)[0] + " …"
+    return cause
 
 
 def _upsampler_or_none(data: dict[str, Any] | None) -> UpsamplerConfig | None:
@@ -163,16 +209,19 @@ def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, half: 
     model = _build(config, upsampler)
     load_model_weights(model, checkpoint)  # validates before writing anything
     model.config = config
-    return save_weights(model, out, half=half)
+    return save_weights(model, out, half=half, calibration=read_calibration(checkpoint))
 
 
-def save_weights(model: DiffMatch, out: str | os.PathLike, half: bool = False) -> Path:
+def save_weights(
+    model: DiffMatch, out: str | os.PathLike, half: bool = False, calibration: dict[str, Any] | None = None
+) -> Path:
     """Write a model's settings and weights as an exported inference file, atomically.
 
     Args:
         model: the model to save (a :class:`~diffmatch.upsampler.CascadeDiffMatch` adds its ``upsampler`` settings).
         out: destination ``.pt`` file.
         half: store floating-point tensors as float16 (loaded back as float32).
+        calibration: a confidence calibration (:meth:`~diffmatch.confidence.Calibrator.to_dict`) to keep.
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
@@ -180,6 +229,8 @@ def save_weights(model: DiffMatch, out: str | os.PathLike, half: bool = False) -
     payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "state_dict": state}
     if isinstance(model, CascadeDiffMatch):
         payload["upsampler"] = model.upsampler.config.to_dict()
+    if calibration is not None:
+        payload["calibration"] = calibration
     out = Path(out)
     with atomic_open(out, "wb") as handle:
         torch.save(payload, handle)
@@ -187,13 +238,22 @@ def save_weights(model: DiffMatch, out: str | os.PathLike, half: bool = False) -
 
 
 def _build(config: DiffMatchConfig, upsampler: UpsamplerConfig | None) -> DiffMatch:
-    offline = config_from_dict({**config.to_dict(), "feature_kwargs": _offline_kwargs(config)})
+    offline = without_pretrained_features(config)
     return DiffMatch(offline) if upsampler is None else CascadeDiffMatch(offline, upsampler)
 
 
-def _offline_kwargs(config: DiffMatchConfig) -> dict[str, Any]:
-    # CNN backbone weights are restored from the file, so never fetch pretrained ones to build the model.
-    kwargs = dict(config.feature_kwargs)
-    if config.features in ("vgg16", "efficientnet_lite0"):
-        kwargs["weights"] = "random"
-    return kwargs
+def without_pretrained_features(config: DiffMatchConfig) -> DiffMatchConfig:
+    """``config`` with ``weights: random`` for a backbone whose weights a checkpoint will restore.
+
+    Use it to build a model that a checkpoint fills next: the backbone's pretrained weights (and the
+    package or download that supplies them) are not needed, as the checkpoint holds them. Extractors
+    whose weights stay outside checkpoints (``stores_weights = False``: DIFT, DINOv2) are unchanged,
+    and so is a config of an extractor without a ``weights`` argument.
+    """
+    module, name = FEATURES.get(config.features, (None, None))
+    if module is None:
+        return config
+    extractor = getattr(importlib.import_module(module), name)
+    if not extractor.stores_weights or "weights" not in inspect.signature(extractor).parameters:
+        return config
+    return config_from_dict({**config.to_dict(), "feature_kwargs": {**config.feature_kwargs, "weights": "random"}})

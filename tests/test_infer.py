@@ -105,7 +105,7 @@ def test_pairs_file_skips_failed_pair(tmp_path, checkpoint, images, capsys):
     [
         (["--samples", "0"], "--samples must be >= 1"),
         (["--steps", "9"], "--steps must be"),
-        (["--checkpoint", "CORRUPT"], "not a readable checkpoint"),
+        (["--checkpoint", "CORRUPT"], r"corrupt\.pt: not a diffmatch checkpoint \(not a PyTorch file\)"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--samples", "-1"], "cuda|--samples"),
     ],
 )

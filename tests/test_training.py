@@ -27,16 +27,17 @@ def _fit(tmp_path: Path, *extra: str) -> Path:
     return next(p for p in ckpts if p.name == "last.ckpt")
 
 
-def test_fast_dev_run_cpu_config_parses_and_runs():
+def test_fast_dev_run_cpu_config_parses_and_runs(tmp_path):
     train_main(["fit", "--config", str(ROOT / "configs" / "cpu_small.yaml"), "--trainer.fast_dev_run=true",
+                f"--trainer.default_root_dir={tmp_path}",
                 "--data.num_workers=0", "--data.batch_size=1", "--data.val_batch_size=1",
                 "--model.model.image_size=128", "--model.model.cost_size=16", "--model.val_samples=1"])
 
 
 @pytest.mark.parametrize("ablation", ["no_local_cost", "no_init_flow", "regression"])
-def test_ablation_configs_stack(ablation):
+def test_ablation_configs_stack(tmp_path, ablation):
     cli = train_main(["fit", "--config", TINY, "--config", str(ROOT / "configs" / "ablations" / f"{ablation}.yaml"),
-                      "--trainer.fast_dev_run=true"])
+                      "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}"])
     cfg = cli.model.model.config
     assert {"no_local_cost": not cfg.use_local_cost, "no_init_flow": not cfg.use_init_flow, "regression": not cfg.diffusion}[ablation]
 
@@ -66,7 +67,7 @@ def test_checkpoint_reload_samples_identically_and_resumes(tmp_path):
 def test_bad_checkpoints_raise_clear_errors(tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00not a checkpoint")
-    with pytest.raises(InputError, match="corrupt.pt: not a readable checkpoint"):
+    with pytest.raises(InputError, match=r"corrupt\.pt: not a diffmatch checkpoint \(not a PyTorch file\)"):
         DiffMatcher.from_checkpoint(corrupt, device="cpu")
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
