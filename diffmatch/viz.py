@@ -2,25 +2,53 @@
 
 All functions take numpy arrays: images ``(H, W, 3)`` uint8 RGB, flows ``(H, W, 2)`` in pixels on the
 target grid with ``target(x) ≈ source(x + flow(x))``, uncertainty ``(H, W)`` in px².
+
+The single pictures (:func:`flow_to_color`, :func:`blend_warp`, :func:`uncertainty_to_color`) are
+array operations; matplotlib, which takes about a second to import and more to draw, is imported only
+for the figures (:func:`panel_figure`, :func:`uncertainty_figure`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import cv2
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import flow_to_image  # noqa: E402
+from diffmatch.geometry import warp
+from diffmatch.io import atomic_write_bytes
 
-from diffmatch.geometry import warp  # noqa: E402
-from diffmatch.io import atomic_write_bytes  # noqa: E402
+if TYPE_CHECKING:  # pragma: no cover
+    import matplotlib.pyplot as plt
 
-__all__ = ["flow_to_color", "warp_image", "blend_warp", "uncertainty_figure", "panel_figure", "save_figure"]
+__all__ = [
+    "flow_to_color",
+    "warp_image",
+    "blend_warp",
+    "uncertainty_to_color",
+    "uncertainty_figure",
+    "panel_figure",
+    "save_figure",
+]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def __getattr__(name: str) -> Any:
+    # ``from diffmatch.viz import plt`` still works, importing matplotlib only then.
+    if name == "plt":
+        return _pyplot()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def flow_to_color(flow: np.ndarray, max_radius: float | None = None) -> np.ndarray:
@@ -45,6 +73,8 @@ def flow_to_color(flow: np.ndarray, max_radius: float | None = None) -> np.ndarr
         pin = torch.zeros(2, tensor.shape[1], 1)
         pin[0] = max_radius
         tensor = torch.cat((tensor, pin), dim=2)
+    from torchvision.utils import flow_to_image
+
     image = flow_to_image(tensor).permute(1, 2, 0).numpy()
     return image[:, : flow.shape[1]] if max_radius is not None else image
 
@@ -65,10 +95,53 @@ def blend_warp(source: np.ndarray, target: np.ndarray, flow: np.ndarray, alpha: 
     return blend.round().astype(np.uint8)
 
 
+def uncertainty_to_color(uncertainty: np.ndarray, vmax: float | None = None, legend: bool = True) -> np.ndarray:
+    """Colour an uncertainty map with matplotlib's ``inferno`` colour map (OpenCV's copy of it).
+
+    Args:
+        uncertainty: ``(H, W)`` variance in px².
+        vmax: variance shown at the top of the scale; ``None`` uses the map's maximum.
+        legend: append a colour bar on the right, labelled with ``0`` and ``vmax`` in px².
+
+    Returns:
+        ``(H, W[+bar], 3)`` uint8 RGB image; NaN and negative values show as 0.
+    """
+    values = np.nan_to_num(np.asarray(uncertainty, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if values.ndim != 2:
+        raise ValueError(f"uncertainty must be an (H, W) array, got shape {values.shape}")
+    top = float(vmax) if vmax else max(float(values.max(initial=0.0)), 1e-6)
+    levels = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    image = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    return _with_color_bar(image, top) if legend else image
+
+
+def _with_color_bar(image: np.ndarray, top: float) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = image.shape[:2]
+    if h < 32:  # too small to label legibly
+        return image
+    size = int(np.clip(h // 28, 10, 24))
+    font = ImageFont.load_default(size=size)
+    unit = "px²" if isinstance(font, ImageFont.FreeTypeFont) else "px^2"  # the bitmap font lacks "²"
+    labels = (f"{top:.3g} {unit}", "0")
+    gap, bar = max(3, h // 64), max(8, h // 24)
+    width = int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font) for t in labels)) + 6
+    ramp = np.linspace(255, 0, h).round().astype(np.uint8)[:, None].repeat(bar, axis=1)
+    colors = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    canvas = Image.new("RGB", (w + gap + bar + width, h), "white")
+    canvas.paste(Image.fromarray(image), (0, 0))
+    canvas.paste(Image.fromarray(colors), (w + gap, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((w + gap + bar + 3, 0), labels[0], fill="black", font=font)
+    draw.text((w + gap + bar + 3, h - size - 3), labels[1], fill="black", font=font)
+    return np.asarray(canvas)
+
+
 def _figure_to_png(fig: plt.Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -89,7 +162,7 @@ def uncertainty_figure(
 ) -> plt.Figure:
     """A heatmap of the per-pixel flow variance (px²) with a colour bar."""
     h, w = uncertainty.shape
-    fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1) + 0.3))
+    fig, ax = _pyplot().subplots(figsize=(6, 6 * h / max(w, 1) + 0.3))
     _show_uncertainty(ax, fig, uncertainty, vmax)
     ax.set_title(title)
     ax.axis("off")
@@ -111,7 +184,7 @@ def panel_figure(
         ("flow", flow_to_color(flow, max_radius)),
     ]
     n = len(tiles) + (uncertainty is not None)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.8))
+    fig, axes = _pyplot().subplots(1, n, figsize=(3.6 * n, 3.8))
     for ax, (title, image) in zip(axes, tiles):
         ax.imshow(image)
         ax.set_title(title)

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,3 +22,54 @@ def photo() -> np.ndarray:
     from skimage import data
 
     return cv2.resize(data.astronaut(), (128, 128), interpolation=cv2.INTER_AREA)
+
+
+# ------------------------------------------------------------------------------ the tree stays clean
+# Every test writes under its tmp_path. A run that leaves a new file in the checkout (ignored ones
+# included: outputs/, lightning_logs/, stray checkpoints) fails, naming the files.
+_ROOT = Path(__file__).resolve().parents[1]
+_CACHES = ("__pycache__/", ".pytest_cache/", ".ruff_cache/", ".mypy_cache/")
+_TREE_KEY = pytest.StashKey[set]()
+_LITTER_KEY = pytest.StashKey[list]()
+
+
+def _untracked_paths() -> set[str] | None:
+    """New (untracked or ignored) files in the checkout, caches aside; ``None`` outside a git checkout."""
+    try:
+        proc = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+            cwd=_ROOT, capture_output=True, text=True, timeout=120,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    paths = {line[3:] for line in proc.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not any(f"/{c}" in f"/{p}" for c in _CACHES) and not p.endswith(".pyc")}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_TREE_KEY] = _untracked_paths()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_TREE_KEY, None)
+    after = _untracked_paths() if before is not None else None
+    if before is None or after is None:
+        return
+    added = sorted(after - before)
+    session.config.stash[_LITTER_KEY] = added
+    if added and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    added = config.stash.get(_LITTER_KEY, [])
+    if added:
+        shown = ", ".join(added[:10]) + (f" and {len(added) - 10} more" if len(added) > 10 else "")
+        terminalreporter.write_line(
+            f"FAILED: the test run wrote {len(added)} file(s) into the checkout (tests must write under "
+            f"tmp_path): {shown}",
+            red=True,
+        )
