@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from diffmatch.data.glunet_warps import render_pair, sample_warp_row
 from diffmatch.data.photometric import PhotometricConfig, photometric_augment
 from diffmatch.data.photos import list_images
 from diffmatch.data.warps import WarpConfig, sample_elastic, sample_mapping
@@ -57,7 +58,10 @@ class SyntheticPairs(Dataset):
         seed: base seed.
         length: number of items; default ``pairs_per_image * num_images``.
         pairs_per_image: items per photo when ``length`` is not given.
-        warp: warp ranges and type mix (DenseMatching defaults); see :class:`WarpConfig`.
+        warp: warp ranges and type mix (DenseMatching defaults); see :class:`WarpConfig`. With
+            ``preset='glunet'`` the pair is rendered by DGC-Net's generator
+            (:func:`diffmatch.data.glunet_warps.render_pair`: its crops, parameters drawn from the
+            distributions of the DPED-CityScape-ADE CSV), and ``context`` is not used.
         photometric: augmentation ranges; ``None`` gives :class:`PhotometricConfig` defaults.
         augment: apply photometric augmentation (independently to source and target).
         context: range of the working-image scale, relative to the smallest scale at which a
@@ -131,6 +135,24 @@ class SyntheticPairs(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for dataset of length {len(self)}")
         geometry, photo_source, photo_target = self._generators(index)
+        if warp.preset == "glunet":
+            pair = self._glunet_pair(index, warp, geometry)
+        else:
+            pair = self._crop_pair(index, warp, geometry)
+        if photometric is not None:
+            pair["source"] = photometric_augment(pair["source"], photometric, photo_source)
+            pair["target"] = photometric_augment(pair["target"], photometric, photo_target)
+        pair["source"] = pair["source"].clamp(0.0, 1.0)
+        pair["target"] = pair["target"].clamp(0.0, 1.0)
+        return pair
+
+    def _glunet_pair(self, index: int, warp: WarpConfig, geometry: torch.Generator) -> dict[str, Any]:
+        """DGC-Net's generator with freshly drawn parameters: its own crops, ``context`` unused."""
+        kind, params = sample_warp_row(warp, geometry)
+        return render_pair(load_image(self.images[index % len(self.images)]), kind, params, self.size)
+
+    def _crop_pair(self, index: int, warp: WarpConfig, geometry: torch.Generator) -> dict[str, Any]:
+        """DenseMatching's generator: a crop of a rescaled photo and that photo seen through the warp."""
         h, w = self.size
         work = self._working_image(index, geometry)
         oy = int(torch.randint(0, work.shape[0] - h + 1, (), generator=geometry))
@@ -146,13 +168,9 @@ class SyntheticPairs(Dataset):
         grid = pixel_to_normalized(mapping + offset, work.shape[:2]).permute(0, 2, 3, 1)
         target = F.grid_sample(work_t, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         target = target[0]
-
-        if photometric is not None:
-            source = photometric_augment(source, photometric, photo_source)
-            target = photometric_augment(target, photometric, photo_target)
         return {
-            "source": source.clamp(0.0, 1.0),
-            "target": target.clamp(0.0, 1.0),
+            "source": source,
+            "target": target,
             "flow": (mapping - coords_grid(1, h, w))[0],
             "mask": inside_frame(mapping, self.size)[0],
         }

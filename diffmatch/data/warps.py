@@ -15,46 +15,112 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import kornia
 import torch
 
 from diffmatch.geometry import coords_grid, pixel_to_normalized
 
-__all__ = ["WARP_TYPES", "WarpConfig", "sample_mapping", "sample_elastic", "normalized_to_pixel"]
+__all__ = [
+    "WARP_PRESETS",
+    "WARP_TYPES",
+    "WarpConfig",
+    "sample_mapping",
+    "sample_elastic",
+    "normalized_to_pixel",
+    "random_affine",
+]
 
 WARP_TYPES: tuple[str, ...] = ("homography", "affine", "tps", "afftps")
+WARP_PRESETS: tuple[str, ...] = ("densematching", "glunet")
+
+# Ranges each preset gives to the fields left as None (normalised units, radians).
+# densematching: the on-the-fly generator of DenseMatching (GLU-Net-GOCor*, WarpC).
+# glunet: the distributions behind DGC-Net's homo_aff_tps CSV rows, which GLU-Net reuses for
+# DPED-CityScape-ADE (measured on the public test CSV, see diffmatch.data.glunet_warps):
+# homography corners of the crop move by U(±1/3 of its side), affine R(α)R(-φ)D R(φ) with
+# α ~ U(±π/12), φ ~ U(±π/6), D ~ U(0.75, 1.25)², t ~ U(±0.25), TPS control points N(0, 0.2²),
+# and types homography : affine : TPS = 2 : 1 : 1.
+_PRESETS: dict[str, dict[str, object]] = {
+    "densematching": {
+        "translation": 0.25,
+        "scale": 0.45,
+        "rotation": math.pi / 12,
+        "scale_angle": math.pi / 12,
+        "homography": 0.5,
+        "tps": 0.5,
+        "afftps": 0.15,
+        "tps_distribution": "uniform",
+        "types": WARP_TYPES,
+        "weights": None,
+    },
+    "glunet": {
+        "translation": 0.25,
+        "scale": 0.25,
+        "rotation": math.pi / 12,
+        "scale_angle": math.pi / 6,
+        "homography": 2.0 / 3.0,
+        "tps": 0.2,
+        "afftps": 0.15,
+        "tps_distribution": "normal",
+        "types": ("homography", "affine", "tps"),
+        "weights": (2.0, 1.0, 1.0),
+    },
+}
 
 
 @dataclass(frozen=True)
 class WarpConfig:
-    """Ranges of the random warps; every parameter is drawn uniformly from ``[-r, r]`` (normalised units).
+    """Distributions of the random warps (normalised units: the image spans ``[-1, 1]``).
+
+    Every field left as ``None`` takes the value of ``preset``; set a field to override it.
 
     Args:
-        translation: affine translation range ``t``.
-        scale: affine scale range ``s``: each axis scale is in ``[1 - s, 1 + s]``.
-        rotation: affine rotation and shear angle range ``α`` (radians).
-        homography: displacement range of the four corners, ``t_hom``.
-        tps: displacement range of the TPS control points, ``t_tps``.
+        preset: ``densematching`` (default; DenseMatching's on-the-fly generator) or ``glunet``
+            (the distributions of DGC-Net's CSV rows, i.e. of GLU-Net's DPED-CityScape-ADE, rendered
+            with that generator's crops by :mod:`diffmatch.data.glunet_warps`).
+        translation: affine translation range ``t``: uniform in ``[-t, t]``.
+        scale: affine scale range ``s``: each axis scale is uniform in ``[1 - s, 1 + s]``.
+        rotation: range of the affine rotation angle ``α`` (radians).
+        scale_angle: range of ``φ``, the direction of the anisotropic scaling (radians).
+        homography: displacement range of the four corners, ``t_hom``; for ``glunet`` the corners of
+            the crop move from source to target (the target-to-source mapping is the inverse).
+        tps: TPS control-point displacement: range ``t_tps`` (uniform) or standard deviation (normal).
         afftps: TPS control-point range when composed with an affine warp.
         tps_grid: the TPS control points form a ``tps_grid × tps_grid`` regular grid.
+        tps_distribution: ``uniform`` or ``normal`` control-point displacements.
         types: warp types to draw from, a subset of :data:`WARP_TYPES`.
-        weights: relative probability of each entry of ``types``; ``None`` means uniform.
+        weights: relative probability of each entry of ``types``; uniform when ``types`` is given
+            without weights.
         elastic_probability: chance of adding local elastic perturbations to a warp.
     """
 
-    translation: float = 0.25
-    scale: float = 0.45
-    rotation: float = math.pi / 12
-    homography: float = 0.5
-    tps: float = 0.5
-    afftps: float = 0.15
+    preset: Literal["densematching", "glunet"] = "densematching"
+    translation: float | None = None
+    scale: float | None = None
+    rotation: float | None = None
+    scale_angle: float | None = None
+    homography: float | None = None
+    tps: float | None = None
+    afftps: float | None = None
     tps_grid: int = 3
-    types: tuple[str, ...] = WARP_TYPES
+    tps_distribution: Literal["uniform", "normal"] | None = None
+    types: tuple[str, ...] | None = None
     weights: tuple[float, ...] | None = None
     elastic_probability: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.preset not in _PRESETS:
+            raise ValueError(f"preset must be one of {WARP_PRESETS}, got {self.preset!r}")
+        defaults = _PRESETS[self.preset]
+        # The preset's type weights belong to its types: a config naming its own types without
+        # weights draws them uniformly.
+        if self.types is None and self.weights is None:
+            object.__setattr__(self, "weights", defaults["weights"])
+        for name, value in defaults.items():
+            if name != "weights" and getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         object.__setattr__(self, "types", tuple(self.types))
         if not self.types or any(kind not in WARP_TYPES for kind in self.types):
             raise ValueError(f"types must be a non-empty subset of {WARP_TYPES}, got {self.types}")
@@ -68,8 +134,17 @@ class WarpConfig:
             raise ValueError(f"scale must be in [0, 1), got {self.scale}")
         if self.tps_grid < 2:
             raise ValueError(f"tps_grid must be >= 2, got {self.tps_grid}")
+        if self.tps_distribution not in ("uniform", "normal"):
+            raise ValueError(f"tps_distribution must be 'uniform' or 'normal', got {self.tps_distribution!r}")
         if not 0.0 <= self.elastic_probability <= 1.0:
             raise ValueError(f"elastic_probability must be in [0, 1], got {self.elastic_probability}")
+        if self.preset == "glunet" and (
+            "afftps" in self.types or self.elastic_probability > 0 or self.tps_grid != 3
+        ):
+            raise ValueError(
+                "preset 'glunet' supports types homography/affine/tps, tps_grid 3 and no elastic warps, "
+                f"got types={self.types}, tps_grid={self.tps_grid}, elastic_probability={self.elastic_probability}"
+            )
 
     def choose(self, generator: torch.Generator) -> str:
         """Draw a warp type according to ``weights``."""
@@ -88,9 +163,18 @@ def normalized_to_pixel(coords: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return (coords + 1.0) * scale - 0.5
 
 
-def _affine_matrix(config: WarpConfig, generator: torch.Generator) -> torch.Tensor:
-    """``(3, 3)`` affine ``R(α) R(-φ) D R(φ)`` plus translation, as in DenseMatching."""
-    alpha, phi = _uniform(generator, config.rotation, 2)
+def _angle_ranges(config: WarpConfig) -> torch.Tensor:
+    """``(2,)`` float64 ranges of the affine angles ``α`` (rotation) and ``φ`` (scaling direction)."""
+    return torch.tensor([config.rotation, config.scale_angle], dtype=torch.float64)
+
+
+def random_affine(config: WarpConfig, generator: torch.Generator) -> torch.Tensor:
+    """Draw a ``(3, 3)`` float64 affine ``R(α) R(-φ) D R(φ)`` plus translation (normalised units).
+
+    ``α``, ``φ``, the two scales of ``D`` and the translation are uniform in the ranges of ``config``
+    (DenseMatching's and DGC-Net's parameterisation).
+    """
+    alpha, phi = _uniform(generator, 1.0, 2) * _angle_ranges(config)
     lam = 1.0 + _uniform(generator, config.scale, 2)
     t = _uniform(generator, config.translation, 2)
 
@@ -110,7 +194,9 @@ def _homography_matrix(config: WarpConfig, generator: torch.Generator) -> torch.
     return kornia.geometry.transform.get_perspective_transform(corners[None], moved[None])[0]
 
 
-def _tps(points: torch.Tensor, grid: int, bound: float, generator: torch.Generator) -> torch.Tensor:
+def _tps(
+    points: torch.Tensor, grid: int, bound: float, generator: torch.Generator, distribution: str = "uniform"
+) -> torch.Tensor:
     """Thin-plate spline through a perturbed regular grid of control points, evaluated at ``points``.
 
     kornia's ``get_tps_transform`` centres its kernels on the destination points, which is not the
@@ -125,7 +211,10 @@ def _tps(points: torch.Tensor, grid: int, bound: float, generator: torch.Generat
     axis = torch.linspace(-1.0, 1.0, grid, dtype=torch.float64)
     ys, xs = torch.meshgrid(axis, axis, indexing="ij")
     ctrl = torch.stack((xs.flatten(), ys.flatten()), dim=1)  # (N, 2)
-    moved = ctrl + _uniform(generator, bound, *ctrl.shape)
+    if distribution == "normal":
+        moved = ctrl + torch.randn(*ctrl.shape, generator=generator, dtype=torch.float64) * bound
+    else:
+        moved = ctrl + _uniform(generator, bound, *ctrl.shape)
 
     def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         r2 = torch.cdist(a, b).square()
@@ -165,19 +254,21 @@ def sample_mapping(
     grid = pixel_to_normalized(coords_grid(1, h, w, dtype=torch.float64), size)  # (1, 2, H, W)
     points = grid.flatten(2)[0].T  # (HW, 2)
     if kind == "homography":
-        mapped = kornia.geometry.linalg.transform_points(
-            _homography_matrix(config, generator)[None], points[None]
-        )[0]
+        matrix = _homography_matrix(config, generator)
+        if config.preset == "glunet":
+            # DGC-Net moves the corners from source to target; the mapping goes the other way.
+            matrix = torch.linalg.inv(matrix)
+        mapped = kornia.geometry.linalg.transform_points(matrix[None], points[None])[0]
     elif kind == "affine":
         mapped = kornia.geometry.linalg.transform_points(
-            _affine_matrix(config, generator)[None], points[None]
+            random_affine(config, generator)[None], points[None]
         )[0]
     elif kind == "tps":
-        mapped = _tps(points, config.tps_grid, config.tps, generator)
+        mapped = _tps(points, config.tps_grid, config.tps, generator, config.tps_distribution)
     else:  # afftps: a mild TPS followed by an affine warp
         mapped = _tps(points, config.tps_grid, config.afftps, generator)
         mapped = kornia.geometry.linalg.transform_points(
-            _affine_matrix(config, generator)[None], mapped[None]
+            random_affine(config, generator)[None], mapped[None]
         )[0]
     normalized = mapped.T.reshape(1, 2, h, w)
     return normalized_to_pixel(normalized, size).float()
