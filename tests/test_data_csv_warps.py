@@ -100,7 +100,9 @@ def test_homography_row_flow_is_the_analytic_homography_flow(csv_root: Path):
     scale = np.diag([r, r, 1.0])
     frame_h, frame_w = int(576 * r), int(768 * r)
     shift = np.array([[1, 0, frame_w // 2 - SIZE[1] // 2], [0, 1, frame_h // 2 - SIZE[0] // 2], [0, 0, 1.0]])
-    target_to_source = np.linalg.inv(shift) @ np.linalg.inv(scale @ _homography() @ np.linalg.inv(scale)) @ shift
+    target_to_source = (
+        np.linalg.inv(shift) @ np.linalg.inv(scale @ _homography() @ np.linalg.inv(scale)) @ shift
+    )
     expected = homography_to_flow(torch.from_numpy(target_to_source), SIZE)[0].float()
     assert (item["flow"] - expected).abs().max() < 1e-3
     assert _warp_ncc(item) > 0.95
@@ -185,7 +187,9 @@ def test_glunet_preset_draws_the_csv_distributions():
 
 def test_glunet_preset_renders_consistent_pairs(tmp_path: Path):
     save_image(tmp_path / "a.png", _texture((260, 340), 2))
-    dataset = SyntheticPairs(tmp_path, size=(72, 72), length=6, warp=WarpConfig(preset="glunet"), augment=False)
+    dataset = SyntheticPairs(
+        tmp_path, size=(72, 72), length=6, warp=WarpConfig(preset="glunet"), augment=False
+    )
     for index in range(len(dataset)):
         assert _warp_ncc(dataset[index]) > 0.95
     assert torch.equal(dataset[3]["flow"], dataset[3]["flow"])

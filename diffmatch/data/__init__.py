@@ -7,6 +7,8 @@ channel 0 = x, pixel centres at integers, ``align_corners=False``) and ``mask`` 
 
 =========================  ==================================================================
 ``SyntheticPairs``         on-the-fly warped pairs from any photo folder (training)
+``CSVWarpPairs``           DGC-Net/GLU-Net CSV rows over original photos (DPED-CityScape-ADE)
+``MovingObjects``          independently moving COCO objects pasted onto any pair dataset
 ``SyntheticBenchmark``     fixed HPatches-like easy/medium/hard homography pairs (evaluation)
 ``GenericPairs``           pairs listed in a text file with flow files
 ``HPatches``, ``ETH3D``    the standard real benchmarks
@@ -17,10 +19,13 @@ channel 0 = x, pixel centres at integers, ``align_corners=False``) and ``mask`` 
 """
 
 from diffmatch.data.benchmark import BENCHMARK_LEVELS, SyntheticBenchmark
+from diffmatch.data.coco import CocoObjects
 from diffmatch.data.corruptions import CORRUPTIONS, SEVERITIES, Corrupted, corrupt
+from diffmatch.data.csv_pairs import CSVWarpPairs
 from diffmatch.data.eth3d import ETH3D, ETH3D_RATES, ETH3D_SCENES, load_eth3d_pairs
 from diffmatch.data.generic import GenericPairs
 from diffmatch.data.hpatches import HPATCHES_SUBSETS, HPatches
+from diffmatch.data.moving_objects import MovingObjects, MovingObjectsConfig
 from diffmatch.data.photometric import PhotometricConfig, photometric_augment
 from diffmatch.data.photos import bundled_photos, list_images, load_image_tensor
 from diffmatch.data.synthetic import SyntheticPairs, inside_frame
@@ -29,6 +34,8 @@ from diffmatch.data.warps import WARP_TYPES, WarpConfig, sample_elastic, sample_
 __all__ = [
     "BENCHMARK_LEVELS",
     "CORRUPTIONS",
+    "CSVWarpPairs",
+    "CocoObjects",
     "Corrupted",
     "DataConfig",
     "ETH3D",
@@ -37,6 +44,8 @@ __all__ = [
     "GenericPairs",
     "HPATCHES_SUBSETS",
     "HPatches",
+    "MovingObjects",
+    "MovingObjectsConfig",
     "PairDataModule",
     "PhotometricConfig",
     "SEVERITIES",

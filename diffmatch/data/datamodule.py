@@ -5,16 +5,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from diffmatch.data.benchmark import SyntheticBenchmark
+from diffmatch.data.coco import CocoObjects
 from diffmatch.data.corruptions import Corrupted
+from diffmatch.data.csv_pairs import CSVWarpPairs
 from diffmatch.data.eth3d import ETH3D, ETH3D_RATES
 from diffmatch.data.generic import GenericPairs
 from diffmatch.data.hpatches import HPatches
+from diffmatch.data.moving_objects import MovingObjects, MovingObjectsConfig
 from diffmatch.data.photos import bundled_photos
 from diffmatch.data.synthetic import SyntheticPairs
 from diffmatch.data.warps import WarpConfig
@@ -22,7 +26,24 @@ from diffmatch.io import InputError
 
 __all__ = ["DataConfig", "PairDataModule", "build_dataset"]
 
-DatasetName = Literal["synthetic", "benchmark", "generic", "hpatches", "eth3d"]
+DatasetName = Literal["synthetic", "csv", "benchmark", "generic", "hpatches", "eth3d"]
+
+# What a missing root means, per dataset: what it is, where to get it, the layout expected.
+_NEEDS = {
+    "csv": (
+        "DPED-CityScape-ADE = one folder with original_images/ (DPED, http://people.ee.ethz.ch/~ihnatova/), "
+        "CityScape/ and CityScape_extra/ (Cityscapes leftImg8bit trainvaltest and trainextra, "
+        "https://www.cityscapes-dataset.com/) and ADE20K_2016_07_26/ (ADE20K 2016, link in GLU-Net's README), plus GLU-Net's "
+        "homo_aff_tps_{train,test}_DPED_CityScape_ADE.csv (github.com/PruneTruong/GLU-Net, datasets/csv_files/)"
+    ),
+    "objects": (
+        "COCO 2014 = a folder with annotations/instances_train2014.json and images/train2014/ "
+        "(https://cocodataset.org/#download)"
+    ),
+    "hpatches": "HPatches = hpatches-sequences-release/ (https://github.com/hpatches/hpatches-dataset)",
+    "eth3d": "ETH3D = GLU-Net's ETH3D folder (datasets/download_ETH3D.sh in github.com/PruneTruong/GLU-Net)",
+    "generic": "a pair list file",
+}
 
 
 @dataclass
@@ -31,10 +52,14 @@ class DataConfig:
     ``target(x) ≈ source(x + flow(x))``, pixels) and ``mask``.
 
     Args:
-        dataset: ``synthetic`` (:class:`SyntheticPairs`), ``benchmark`` (:class:`SyntheticBenchmark`),
-            ``generic`` (:class:`GenericPairs`), ``hpatches`` or ``eth3d``.
-        root: image folder (synthetic, benchmark; synthetic also takes a list of folders), pair
-            list file (generic) or dataset folder; ``None`` uses the bundled photos (``train`` for synthetic, ``val`` for benchmark).
+        dataset: ``synthetic`` (:class:`SyntheticPairs`), ``csv`` (:class:`CSVWarpPairs`, e.g.
+            DPED-CityScape-ADE), ``benchmark`` (:class:`SyntheticBenchmark`), ``generic``
+            (:class:`GenericPairs`), ``hpatches`` or ``eth3d``.
+        root: image folder (synthetic, benchmark, csv; synthetic also takes a list of folders), pair
+            list file (generic) or dataset folder; ``None`` uses the bundled photos (``train`` for
+            synthetic, ``val`` for benchmark) and, for the others, raises :class:`InputError` at
+            construction naming the dataset, its download and its layout.
+        csv: csv only: the warp CSV, relative to ``root`` unless absolute.
         size: ``(H, W)`` for synthetic, benchmark and hpatches (``None``: original size, hpatches
             only); must be ``None`` for generic and eth3d, which keep their sizes.
         length: synthetic: number of pairs; benchmark: ``num_pairs`` (default 100).
@@ -42,7 +67,10 @@ class DataConfig:
         subset: hpatches sequences, ``viewpoint``, ``illumination`` or ``all``.
         rates: eth3d frame intervals.
         augment: synthetic photometric augmentation.
-        warp: synthetic warp ranges; ``None`` gives the DenseMatching defaults.
+        warp: synthetic warp ranges; ``None`` gives the DenseMatching defaults
+            (``{preset: glunet}`` gives DPED-CityScape-ADE's distributions).
+        objects: paste independently moving COCO objects (:class:`MovingObjects`) onto synthetic
+            or csv pairs; ``None`` for none.
         corruptions: ImageNet-C corruptions applied to both images (see :class:`Corrupted`);
             ``None`` for none.
         severity: corruption severity 1–5.
@@ -51,6 +79,7 @@ class DataConfig:
 
     dataset: DatasetName = "synthetic"
     root: str | list[str] | None = None
+    csv: str | None = None
     size: tuple[int, int] | None = (256, 256)
     length: int | None = None
     level: Literal["easy", "medium", "hard"] = "medium"
@@ -58,20 +87,41 @@ class DataConfig:
     rates: tuple[int, ...] = ETH3D_RATES
     augment: bool = True
     warp: WarpConfig | None = None
+    objects: MovingObjectsConfig | None = None
     corruptions: list[str] | None = None
     severity: int = 5
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Fail when the config is read (LightningCLI builds it before the model), in one line naming
+        # what is missing, where to download it and its layout.
+        missing = []
+        if self.dataset in _NEEDS and self.root is None:
+            name = f"root of dataset {self.dataset!r} (data.train.root / data.val.root)"
+            missing.append((name, _NEEDS[self.dataset]))
+        if self.objects is not None and self.objects.root is None:
+            missing.append(("objects.root (data.train.objects.root)", _NEEDS["objects"]))
+        if missing:
+            names = " and ".join(name for name, _ in missing)
+            needs = "; ".join(need for _, need in missing)
+            raise InputError(f"{names} not set: {needs}; see data/README.md")
+
 
 def build_dataset(config: DataConfig) -> Dataset:
-    """Instantiate the dataset a :class:`DataConfig` describes (corruption wrapper included)."""
+    """Instantiate the dataset a :class:`DataConfig` describes (objects and corruption wrappers included)."""
     name = config.dataset
     if name in ("generic", "eth3d") and config.size is not None:
         raise InputError(f"size must be None for dataset {name!r} (it keeps image sizes), got {config.size}")
-    if name in ("synthetic", "benchmark") and config.size is None:
+    if name in ("synthetic", "benchmark", "csv") and config.size is None:
         raise InputError(f"dataset {name!r} needs a size (H, W), got None")
     if name in ("generic", "hpatches", "eth3d") and config.root is None:
         raise InputError(f"dataset {name!r} needs a root")
+    if config.objects is not None and name not in ("synthetic", "csv"):
+        raise InputError(f"objects can be added to synthetic or csv pairs, not to {name!r}")
+    if (config.csv is None) != (name != "csv"):
+        raise InputError(
+            f"csv must be set for dataset 'csv' and only for it, got dataset {name!r}, csv {config.csv!r}"
+        )
     if isinstance(config.root, (list, tuple)) and name != "synthetic":
         raise InputError(f"dataset {name!r} takes one root, got a list of {len(config.root)}")
     if name == "synthetic":
@@ -83,6 +133,11 @@ def build_dataset(config: DataConfig) -> Dataset:
             length=config.length,
             warp=config.warp,
             augment=config.augment,
+        )
+    elif name == "csv":
+        dataset = CSVWarpPairs(
+            config.root, Path(config.root) / config.csv, size=config.size, length=config.length,
+            seed=config.seed,
         )
     elif name == "benchmark":
         root = config.root if config.root is not None else bundled_photos("val")
@@ -97,8 +152,13 @@ def build_dataset(config: DataConfig) -> Dataset:
         dataset = ETH3D(config.root, rates=tuple(config.rates))
     else:
         raise InputError(
-            f"unknown dataset {name!r}, expected one of synthetic, benchmark, generic, hpatches, eth3d"
+            f"unknown dataset {name!r}, expected one of synthetic, csv, benchmark, generic, hpatches, eth3d"
         )
+    if config.objects is not None:
+        objects = CocoObjects(
+            config.objects.root, config.objects.split, config.objects.version, config.objects.min_area
+        )
+        dataset = MovingObjects(dataset, objects, config.objects, seed=config.seed)
     if config.corruptions:
         dataset = Corrupted(
             dataset, corruptions=config.corruptions, severity=config.severity, seed=config.seed
