@@ -27,6 +27,11 @@ def l2_normalize(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return features / features.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
+def _official_normalize(features: torch.Tensor) -> torch.Tensor:
+    # The official build_local_corr_sr's arithmetic: the epsilon is added to the norm, not a floor.
+    return features / (features.norm(dim=1, keepdim=True) + 1e-5)
+
+
 def _check_pair(source: torch.Tensor, target: torch.Tensor) -> None:
     if source.ndim != 4 or target.ndim != 4:
         raise ValueError(
@@ -167,8 +172,8 @@ def local_feature_correlation(
     ``[-R, R]²``, ``dy`` the slow index (``dx`` with ``x_major``).
 
     With ``normalize_after_sampling`` the source features are sampled first and the samples
-    L2-normalised (the official stage-2 cost, ``build_local_corr_sr``); between pixels this differs
-    from sampling normalised features.
+    L2-normalised, both as ``x / (|x| + 1e-5)`` (the official stage-2 cost, ``build_local_corr_sr``);
+    between pixels this differs from sampling normalised features.
 
     Args:
         source: ``(B, C, Hs, Ws)`` source features.
@@ -189,11 +194,11 @@ def local_feature_correlation(
     if flow.shape[0] != target.shape[0] or flow.shape[-2:] != target.shape[-2:]:
         raise ValueError(f"flow must be (B, 2, Ht, Wt) = {(target.shape[0], 2, *target.shape[-2:])}, got {tuple(flow.shape)}")
     src = source if normalize_after_sampling else l2_normalize(source)
-    tgt = l2_normalize(target)
+    tgt = _official_normalize(target) if normalize_after_sampling else l2_normalize(target)
     costs = []
     for dx, dy in _window_offsets(radius, x_major, flow).t():
         sampled = warp(src, flow + torch.stack((dx, dy)).view(1, 2, 1, 1))[0]
         if normalize_after_sampling:
-            sampled = l2_normalize(sampled)
+            sampled = _official_normalize(sampled)
         costs.append((sampled * tgt).sum(1))
     return torch.stack(costs, dim=1)

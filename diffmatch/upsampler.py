@@ -330,6 +330,7 @@ class CascadeDiffMatch(DiffMatch):
         num_steps: int = 5,
         eta: float = 0.0,
         generator: Generators = None,
+        init_noise: torch.Tensor | None = None,
     ) -> MatchResult:
         """Run stage 2 on given coarse hypotheses (from stage 1 or any other coarse matcher).
 
@@ -341,6 +342,7 @@ class CascadeDiffMatch(DiffMatch):
             num_steps: DDIM steps.
             eta: DDIM eta.
             generator: a generator, one per item, or ``None``.
+            init_noise: ``(B, N, 2, s, s)`` starting noise of the fine samples (``None``: drawn).
 
         Returns:
             :class:`MatchResult` at ``target_size`` in pixels; ``init_flow`` is the coarse mean flow,
@@ -353,7 +355,7 @@ class CascadeDiffMatch(DiffMatch):
             if self.config.clamp_flow:
                 mean = mean.clamp(-1.0, 1.0)
             coarse = mean.expand_as(coarse)
-        fine = self.upsampler.sample(features, coarse, num_steps, eta, generators)
+        fine = self.upsampler.sample(features, coarse, num_steps, eta, generators, init_noise)
         samples = self.upsampler.from_fine_grid(fine.flatten(0, 1), target_size, source_size)
         init = self.from_cost_grid(coarse.mean(1), target_size, source_size)
         return MatchResult.from_samples(samples.view(b, n, 2, *target_size), init_flow=init)
