@@ -25,7 +25,14 @@ from typing import Any, NoReturn
 import cv2
 import torch
 
-from diffmatch.evaluation.datasets import DATASETS, build_subsets, parse_corruptions
+from diffmatch.evaluation.datasets import (
+    DATASETS,
+    PAPER_SAMPLES,
+    PROTOCOLS,
+    build_subsets,
+    default_protocol,
+    parse_corruptions,
+)
 from diffmatch.evaluation.methods import (
     MethodOptions,
     available_methods,
@@ -67,7 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", required=True, help=f"comma list of: {', '.join(available_methods())}")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--checkpoint", help="DiffMatch checkpoint (default: the bundled one)")
-    parser.add_argument("--samples", type=int, default=3, help="DiffMatch hypotheses per pair (default 3)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="hpatches/eth3d: 'paper' (default; the paper's Table 2: HPatches at the original resolution, "
+        "ETH3D AEPE averaged over scenes) or '240' (HPatches at 240x240, ETH3D AEPE over images)",
+    )
+    parser.add_argument(
+        "--samples", type=int, help="DiffMatch hypotheses per pair (default 3; paper protocol: 3 hpatches, 4 eth3d)"
+    )
     parser.add_argument("--steps", type=int, default=5, help="DiffMatch sampling steps (default 5)")
     parser.add_argument("--limit", type=int, help="at most N pairs per level/rate/subset (before corruption)")
     parser.add_argument("--seed", type=int, default=0, help="seed of DiffMatch sampling and corruption noise")
@@ -87,6 +102,7 @@ def _settings(
         "severity": args.severity if corruptions else None,
         "methods": list(names),
         "checkpoint": args.checkpoint,
+        "protocol": args.protocol,
         "samples": args.samples,
         "steps": args.steps,
         "limit": args.limit,
@@ -107,10 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.dataset not in DATASETS:
             raise InputError(f"unknown dataset {args.dataset!r}, expected one of {', '.join(DATASETS)}")
+        args.protocol = default_protocol(args.dataset, args.protocol)
+        if args.samples is None:
+            args.samples = PAPER_SAMPLES[args.dataset] if args.protocol == "paper" else 3
         names = parse_methods(args.methods)
         corruptions = parse_corruptions(args.corruptions)
         device = resolve_device(args.device)
-        subsets = build_subsets(args.dataset, args.root, corruptions, args.severity, args.limit, args.seed)
+        subsets = build_subsets(
+            args.dataset, args.root, corruptions, args.severity, args.limit, args.seed, args.protocol
+        )
         options = MethodOptions(
             checkpoint=args.checkpoint,
             num_samples=args.samples,
@@ -127,20 +148,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     records = run_evaluation(methods, subsets, device)
-    results = summarize_records(records)
+    results = summarize_records(records, args.protocol)
     failures = [r for r in records if r.error is not None]
     summary = {
         **_settings(args, names, corruptions, device),
         "command": ["python", "-m", "diffmatch.evaluate", *(sys.argv[1:] if argv is None else argv)],
         "seconds_total": time.perf_counter() - start,
         "pck_definition": "pck1/3/5: per dataset, all valid pixels pooled; pck*_per_image: mean of per-image PCK",
-        "aepe_definition": "mean over images of each image's mean end-point error on valid pixels (px)",
+        "aepe_definition": (
+            "ETH3D, paper protocol: per rate, mean over scenes of each scene's mean per-image AEPE; "
+            "'all': mean over rates (aepe_per_image: mean over images)"
+            if args.protocol == "paper" and args.dataset == "eth3d"
+            else "mean over images of each image's mean end-point error on valid pixels (px)"
+        ),
         "ause_definition": "DenseMatching compute_aucs per image, averaged; ause_pck is PCK-1",
         "results": results,
         "failures": [
             {"method": r.method, "name": r.name, "tags": r.tags, "error": r.error} for r in failures
         ],
     }
+    if args.protocol is not None:
+        print(f"protocol: {args.protocol}")
     print(format_table(results))
     try:
         written = write_outputs(args.out, summary, records)
