@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffmatch.confidence import MissingCalibrationError
+
 __all__ = ["MatchResult", "samples_statistics"]
 
 
@@ -40,12 +42,31 @@ class MatchResult:
         uncertainty: ``(B, 1, H, W)`` per-pixel variance across hypotheses in px² (zeros for one sample).
         samples: ``(B, N, 2, H, W)`` the individual hypotheses.
         init_flow: optional ``(B, 2, H, W)`` initial flow (e.g. DiffMatch's soft-argmax ``F_init``).
+        confidence: ``(B, 1, H, W)`` calibrated probability in ``[0, 1]`` that the match is within
+            ``confidence_tau`` px of the truth; ``None`` when the model has no calibration
+            (``python -m diffmatch.calibrate`` adds one).
+        confidence_tau: the threshold ``τ`` in px that ``confidence`` refers to.
     """
 
     flow: torch.Tensor
     uncertainty: torch.Tensor
     samples: torch.Tensor
     init_flow: torch.Tensor | None = None
+    confidence: torch.Tensor | None = None
+    confidence_tau: float | None = None
+
+    def require_confidence(self) -> torch.Tensor:
+        """``confidence``, or a clear error when the model that made this result has none.
+
+        Raises:
+            ValueError: no calibrated confidence (a :class:`~diffmatch.confidence.MissingCalibrationError`).
+        """
+        if self.confidence is None:
+            raise MissingCalibrationError(
+                "this result has no confidence: the checkpoint is not calibrated "
+                "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
+            )
+        return self.confidence
 
     @classmethod
     def from_samples(cls, samples: torch.Tensor, init_flow: torch.Tensor | None = None) -> MatchResult:
@@ -54,7 +75,10 @@ class MatchResult:
         return cls(flow=flow, uncertainty=uncertainty, samples=samples, init_flow=init_flow)
 
     def numpy(self, index: int = 0) -> dict[str, np.ndarray]:
-        """Item ``index`` as arrays on disk layout: ``flow`` (H, W, 2), ``uncertainty`` (H, W), ``samples`` (N, H, W, 2)."""
+        """Item ``index`` as arrays on disk layout: ``flow`` (H, W, 2), ``uncertainty`` (H, W), ``samples`` (N, H, W, 2).
+
+        Also ``init_flow`` (H, W, 2) and ``confidence`` (H, W) when present.
+        """
         out = {
             "flow": self.flow[index].permute(1, 2, 0).float().cpu().numpy(),
             "uncertainty": self.uncertainty[index, 0].float().cpu().numpy(),
@@ -62,4 +86,6 @@ class MatchResult:
         }
         if self.init_flow is not None:
             out["init_flow"] = self.init_flow[index].permute(1, 2, 0).float().cpu().numpy()
+        if self.confidence is not None:
+            out["confidence"] = self.confidence[index, 0].float().cpu().numpy()
         return out

@@ -1,0 +1,201 @@
+"""Sparse matches from a dense result, and two-view geometry estimated from them (OpenCV).
+
+Flow convention: flow on the target grid, ``target(x) ≈ source(x + flow(x))``, in pixels, channel
+0 = x; tensors ``(B, 2, H, W)``. Pixel ``(x, y)`` is column ``x``, row ``y``; a match pairs target
+pixel ``(x, y)`` with source point ``(x, y) + flow(x, y)``.
+
+A homography ``H`` (3×3) maps target pixels to source pixels, ``source ~ H @ [x, y, 1]``, like the
+flow (:func:`diffmatch.geometry.homography_to_flow` is its inverse operation). A fundamental matrix
+``F`` satisfies ``[xs, ys, 1] @ F @ [xt, yt, 1] = 0`` for a target point and its source match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from diffmatch.result import MatchResult
+
+__all__ = ["GeometryEstimate", "estimate_fundamental", "estimate_homography", "match_weights", "sample_matches"]
+
+Mode = Literal["sample", "top_k"]
+_METHODS = ("magsac", "ransac")
+
+
+@dataclass
+class GeometryEstimate:
+    """A matrix estimated robustly from sparse matches.
+
+    Attributes:
+        matrix: ``(3, 3)`` float64: a homography (target → source) or a fundamental matrix.
+        inliers: ``(K,)`` bool, which of the matches the estimator kept.
+        target_xy: ``(K, 2)`` the target pixels used.
+        source_xy: ``(K, 2)`` their source points.
+    """
+
+    matrix: np.ndarray
+    inliers: np.ndarray
+    target_xy: np.ndarray
+    source_xy: np.ndarray
+
+
+def match_weights(result: MatchResult, index: int = 0) -> tuple[torch.Tensor, bool]:
+    """Per-pixel weight of a match, ``(H, W)`` in ``[0, 1]``, and whether it is a calibrated confidence.
+
+    The calibrated ``result.confidence`` when there is one; else ``1 / (1 + variance)`` (a ranking
+    only: it is no probability).
+    """
+    if result.confidence is not None:
+        return result.confidence[index, 0].float().cpu(), True
+    return 1.0 / (1.0 + result.uncertainty[index, 0].float().cpu()), False
+
+
+def sample_matches(
+    result: MatchResult,
+    num: int = 5000,
+    generator: torch.Generator | None = None,
+    max_uncertainty: float | None = None,
+    index: int = 0,
+    source_size: tuple[int, int] | None = None,
+    mode: Mode = "sample",
+    min_confidence: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse matches, drawn by confidence (``mode="sample"``) or the most confident first (``"top_k"``).
+
+    The confidence is the calibrated ``result.confidence`` when the model has one, else
+    ``1 / (1 + variance)`` (:func:`match_weights`). Only pixels whose match lies inside the source
+    frame are used (``x, y >= -0.5``, and below the size with ``source_size``).
+
+    Args:
+        result: a :class:`MatchResult`.
+        num: number of matches at most.
+        generator: RNG of the draw (``mode="sample"``) and of the order of ties (``"top_k"``).
+        max_uncertainty: drop pixels whose variance exceeds this, px².
+        index: which pair of the batch.
+        source_size: ``(Hs, Ws)``; when given, matches falling outside the source are dropped.
+        mode: ``"sample"``: drawn without replacement with probability ∝ confidence (like RoMa's
+            ``sample``), in draw order; ``"top_k"``: the ``num`` most confident, most confident first.
+        min_confidence: drop pixels whose confidence is lower.
+
+    Returns:
+        ``(target_xy, source_xy, confidence)``: ``(K, 2)`` pixel coordinates in each image and the
+        ``(K,)`` confidence of each match.
+
+    Raises:
+        ValueError: unknown ``mode``, ``num < 1``.
+    """
+    if mode not in ("sample", "top_k"):
+        raise ValueError(f"mode must be 'sample' or 'top_k', got {mode!r}")
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    flow = result.flow[index].float().cpu()
+    confidence, _ = match_weights(result, index)
+    h, w = flow.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    src_x, src_y = xs + flow[0], ys + flow[1]
+    ok = (src_x >= -0.5) & (src_y >= -0.5) & torch.isfinite(src_x) & torch.isfinite(src_y)
+    if source_size is not None:
+        ok &= (src_x <= source_size[1] - 0.5) & (src_y <= source_size[0] - 0.5)
+    if max_uncertainty is not None:
+        ok &= result.uncertainty[index, 0].float().cpu() <= max_uncertainty
+    if min_confidence is not None:
+        ok &= confidence >= min_confidence
+    weights = (confidence * ok).flatten()
+    count = int(min(num, int(ok.sum()) if mode == "top_k" else int((weights > 0).sum())))
+    if count == 0:
+        empty = np.zeros((0, 2), np.float32)
+        return empty, empty, np.zeros(0, np.float32)
+    if mode == "top_k":
+        ranked = torch.where(ok.flatten(), confidence.flatten(), torch.full_like(weights, -1.0))
+        shuffle = torch.randperm(ranked.numel(), generator=generator)  # ties in random, not raster, order
+        picked = shuffle[torch.argsort(ranked[shuffle], descending=True, stable=True)[:count]]
+    else:
+        picked = torch.multinomial(weights, count, replacement=False, generator=generator)
+    tgt = torch.stack((xs.flatten()[picked], ys.flatten()[picked]), 1)
+    src = torch.stack((src_x.flatten()[picked], src_y.flatten()[picked]), 1)
+    return tgt.numpy(), src.numpy(), confidence.flatten()[picked].numpy()
+
+
+def _cv_method(method: str) -> int:
+    import cv2
+
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    return cv2.USAC_MAGSAC if method == "magsac" else cv2.RANSAC
+
+
+def estimate_homography(
+    result: MatchResult,
+    num: int = 2000,
+    mode: Mode = "top_k",
+    method: str = "magsac",
+    threshold: float = 3.0,
+    index: int = 0,
+    source_size: tuple[int, int] | None = None,
+    min_confidence: float | None = None,
+    generator: torch.Generator | None = None,
+    max_iters: int = 10000,
+) -> GeometryEstimate:
+    """Homography (target → source pixels) from the most confident matches, by OpenCV's MAGSAC++ or RANSAC.
+
+    Args:
+        result: a :class:`MatchResult` (calibrated ``confidence`` used when present).
+        num: matches given to the estimator (see :func:`sample_matches`).
+        mode: ``"top_k"`` (the most confident) or ``"sample"`` (drawn by confidence).
+        method: ``"magsac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``).
+        threshold: inlier reprojection threshold in source pixels.
+        index: which pair of the batch.
+        source_size: ``(Hs, Ws)``: drop matches outside the source.
+        min_confidence: drop matches below this confidence.
+        generator: RNG of ``mode="sample"``.
+        max_iters: the estimator's iteration cap.
+
+    Returns:
+        :class:`GeometryEstimate` with ``matrix`` normalised to ``H[2, 2] = 1``.
+
+    Raises:
+        ValueError: fewer than 4 matches, or the estimator found no homography.
+    """
+    import cv2
+
+    tgt, src, _ = sample_matches(result, num, generator, None, index, source_size, mode, min_confidence)
+    if len(tgt) < 4:
+        raise ValueError(f"a homography needs at least 4 matches, got {len(tgt)}")
+    matrix, mask = cv2.findHomography(tgt, src, _cv_method(method), threshold, maxIters=max_iters, confidence=0.999)
+    if matrix is None:
+        raise ValueError(f"{method} found no homography from {len(tgt)} matches")
+    return GeometryEstimate(matrix / matrix[2, 2], mask.ravel().astype(bool), tgt, src)
+
+
+def estimate_fundamental(
+    result: MatchResult,
+    num: int = 2000,
+    mode: Mode = "top_k",
+    method: str = "magsac",
+    threshold: float = 1.0,
+    index: int = 0,
+    source_size: tuple[int, int] | None = None,
+    min_confidence: float | None = None,
+    generator: torch.Generator | None = None,
+    max_iters: int = 10000,
+) -> GeometryEstimate:
+    """Fundamental matrix (``source^T F target = 0``) from the most confident matches, by OpenCV.
+
+    Arguments as :func:`estimate_homography`; ``threshold`` is the distance to the epipolar line in
+    pixels.
+
+    Raises:
+        ValueError: fewer than 8 matches, or the estimator found no matrix.
+    """
+    import cv2
+
+    tgt, src, _ = sample_matches(result, num, generator, None, index, source_size, mode, min_confidence)
+    if len(tgt) < 8:
+        raise ValueError(f"a fundamental matrix needs at least 8 matches, got {len(tgt)}")
+    matrix, mask = cv2.findFundamentalMat(tgt, src, _cv_method(method), threshold, 0.999, max_iters)
+    if matrix is None or matrix.shape != (3, 3):
+        raise ValueError(f"{method} found no fundamental matrix from {len(tgt)} matches")
+    return GeometryEstimate(matrix, mask.ravel().astype(bool), tgt, src)

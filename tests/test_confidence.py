@@ -1,0 +1,145 @@
+"""Calibrated confidence: the calibrator, its export round trip, the cues, and ECE on hand-made numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffmatch.confidence import (
+    CUES,
+    MissingCalibrationError,
+    calibrator_from_dict,
+    fit_calibrator,
+    isotonic_fit,
+)
+from diffmatch.cues import match_with_cues
+from diffmatch.evaluation.calibration import expected_calibration_error, reliability
+from diffmatch.matcher import DiffMatcher
+from diffmatch.model import DiffMatch
+from diffmatch.weights import export_weights, read_calibration, save_weights
+from tests.helpers import tiny_config
+
+
+def _synthetic_cues(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cues in the order of CUES whose errors grow with variance, init distance and fb error."""
+    rng = np.random.default_rng(seed)
+    variance = rng.gamma(1.0, 4.0, n)
+    init_distance = rng.gamma(1.0, 3.0, n)
+    cost_peak = rng.uniform(0.2, 1.0, n)
+    fb_error = rng.gamma(1.0, 2.0, n)
+    errors = 0.4 * np.sqrt(variance) + 0.5 * init_distance + 0.3 * fb_error + rng.gamma(1.0, 1.0, n) * (1.5 - cost_peak)
+    return np.stack((variance, init_distance, cost_peak, fb_error), 1), errors
+
+
+def test_isotonic_fit_is_monotone_and_fits_a_step():
+    scores = np.linspace(-3, 3, 1000)
+    labels = (scores > 0).astype(float)
+    xs, ys = isotonic_fit(scores, labels)
+    assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0)
+    assert np.interp(-2.0, xs, ys) == pytest.approx(0.0) and np.interp(2.0, xs, ys) == pytest.approx(1.0)
+
+
+def test_calibration_is_monotone_in_each_error_cue():
+    cues, errors = _synthetic_cues()
+    cal = fit_calibrator(cues, errors)
+    base = np.tile(np.median(cues, 0), (50, 1))
+    for k, name in enumerate(CUES):
+        if name == "cost_peak":
+            continue
+        probe = base.copy()
+        probe[:, k] = np.linspace(0, np.quantile(cues[:, k], 0.99), 50)
+        for tau in cal.taus:
+            prob = cal.predict_numpy(probe, tau)
+            assert np.all(np.diff(prob) <= 1e-12), (name, tau)  # more variance/distance: never more confident
+            assert prob.min() >= 0 and prob.max() <= 1
+    # Larger τ is an easier event: higher probability at every pixel on average.
+    means = [cal.predict_numpy(cues, tau).mean() for tau in cal.taus]
+    assert means == sorted(means)
+
+
+def test_calibration_holds_on_fresh_data():
+    cues, errors = _synthetic_cues(seed=0)
+    cal = fit_calibrator(cues, errors)
+    fresh, fresh_errors = _synthetic_cues(seed=1)
+    for tau in cal.taus:
+        assert expected_calibration_error(cal.predict_numpy(fresh, tau), fresh_errors < tau) < 0.03
+
+
+def test_calibrator_rejects_unfitted_tau_and_bad_dicts():
+    cues, errors = _synthetic_cues(500)
+    cal = fit_calibrator(cues, errors)
+    with pytest.raises(ValueError, match="calibrated for tau"):
+        cal.predict_numpy(cues, 2.0)
+    with pytest.raises(ValueError, match="format"):
+        calibrator_from_dict({"cues": []})
+    data = cal.to_dict()
+    data["knots_y"][0] = data["knots_y"][0][::-1]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        calibrator_from_dict(data)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> DiffMatch:
+    torch.manual_seed(0)
+    return DiffMatch(tiny_config()).eval()
+
+
+def test_match_with_cues_equals_forward_and_has_every_cue(tiny_model):
+    src, tgt = torch.rand(1, 3, 40, 48), torch.rand(1, 3, 36, 44)
+    plain = tiny_model(src, tgt, num_samples=2, num_steps=2, generator=torch.Generator().manual_seed(3))
+    result, cues = match_with_cues(tiny_model, src, tgt, 2, 2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(result.flow, plain.flow)
+    assert set(cues) == set(CUES)
+    for value in cues.values():
+        assert value.shape == (1, 1, 36, 44) and torch.isfinite(value).all()
+    torch.testing.assert_close(cues["variance"], plain.uncertainty)
+
+
+def test_calibration_round_trips_through_export(tiny_model, tmp_path):
+    cues, errors = _synthetic_cues(2000)
+    cal = fit_calibrator(cues, errors, info={"photos": "test"})
+    path = save_weights(tiny_model, tmp_path / "cal.pt", calibration=cal.to_dict())
+    assert read_calibration(path) == cal.to_dict()
+    assert torch.load(path, weights_only=True)["calibration"]["cues"] == list(CUES)
+    exported = export_weights(path, tmp_path / "again.pt", half=True)
+    assert read_calibration(exported) == cal.to_dict()
+
+    matcher = DiffMatcher.from_checkpoint(exported, device="cpu")
+    assert matcher.calibrator == cal
+    src, tgt = torch.rand(3, 40, 40), torch.rand(3, 40, 40)
+    result = matcher.match(src, tgt, num_samples=2, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert result.confidence.shape == (1, 1, 40, 40) and result.confidence_tau == 3.0
+    assert 0 <= result.confidence.min() and result.confidence.max() <= 1
+    assert result.require_confidence() is result.confidence
+    loose = matcher.match(src, tgt, 2, 2, generator=torch.Generator().manual_seed(0), confidence_tau=5.0)
+    torch.testing.assert_close(loose.flow, result.flow)
+    assert loose.confidence_tau == 5.0 and (loose.confidence >= result.confidence - 1e-6).float().mean() > 0.9
+    assert result.numpy()["confidence"].shape == (40, 40)
+
+
+def test_checkpoint_without_calibration_has_no_confidence_and_says_so(tiny_model, tmp_path):
+    matcher = DiffMatcher.from_checkpoint(save_weights(tiny_model, tmp_path / "plain.pt"), device="cpu")
+    assert matcher.calibrator is None
+    result = matcher.match(torch.rand(3, 40, 40), torch.rand(3, 40, 40), num_samples=2, num_steps=2)
+    assert result.confidence is None and "confidence" not in result.numpy()
+    with pytest.raises(MissingCalibrationError, match="diffmatch.calibrate"):
+        result.require_confidence()
+    with pytest.raises(ValueError, match="no confidence calibration"):
+        matcher.match(torch.rand(3, 40, 40), torch.rand(3, 40, 40), num_samples=2, num_steps=2, confidence_tau=3.0)
+
+
+def test_ece_on_hand_made_numbers():
+    prob = np.array([0.1, 0.1, 0.9, 0.9, 0.9])
+    labels = np.array([0, 1, 1, 1, 0])
+    # bin [0.1, 0.2): confidence 0.1, frequency 1/2; bin [0.9, 1]: confidence 0.9, frequency 2/3.
+    expected = 2 / 5 * abs(0.5 - 0.1) + 3 / 5 * abs(2 / 3 - 0.9)
+    assert expected_calibration_error(prob, labels, bins=10) == pytest.approx(expected)
+    diagram = reliability(prob, labels, bins=10)
+    assert diagram.count.tolist() == [0, 2, 0, 0, 0, 0, 0, 0, 0, 3]
+    assert diagram.frequency[1] == pytest.approx(0.5) and diagram.confidence[9] == pytest.approx(0.9)
+    # Perfectly calibrated, and the edge p = 1 falls in the last bin.
+    assert expected_calibration_error([0.25] * 4 + [1.0] * 2, [1, 0, 0, 0, 1, 1], bins=4) == pytest.approx(0.0)
+    assert expected_calibration_error([0.0, 1.0], [1, 0], bins=5) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        expected_calibration_error([1.5], [1])

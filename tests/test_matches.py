@@ -1,0 +1,102 @@
+"""Sparse matches and geometry from dense results: top-k order, draws by confidence, homography, fundamental."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffmatch.evaluation.calibration import corner_error, homography_accuracy, homography_from_flow
+from diffmatch.geometry import homography_to_flow
+from diffmatch.matcher import DiffMatcher
+from diffmatch.matches import sample_matches
+from diffmatch.result import MatchResult
+
+H_TRUE = np.array([[0.95, 0.04, 6.0], [-0.03, 1.02, -4.0], [2e-4, -1e-4, 1.0]])
+
+
+def _result(flow: torch.Tensor, confidence: torch.Tensor | None = None) -> MatchResult:
+    result = MatchResult.from_samples(flow[:, None])
+    result.confidence = confidence
+    return result
+
+
+@pytest.mark.parametrize("method", ["magsac", "ransac"])
+@pytest.mark.parametrize("mode", ["top_k", "sample"])
+def test_estimate_homography_recovers_a_known_homography(method, mode):
+    size = (96, 128)
+    flow = homography_to_flow(torch.from_numpy(H_TRUE)[None].float(), size)
+    confidence = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(0))
+    result = _result(flow, confidence)
+    estimate = DiffMatcher.estimate_homography(
+        result, 500, mode=mode, method=method, source_size=size, generator=torch.Generator().manual_seed(1)
+    )
+    assert corner_error(estimate.matrix, H_TRUE, size) < 0.1
+    assert estimate.inliers.mean() > 0.95 and estimate.target_xy.shape == (len(estimate.inliers), 2)
+
+
+def test_confident_matches_survive_outliers():
+    size = (80, 80)
+    flow = homography_to_flow(torch.from_numpy(H_TRUE)[None].float(), size)
+    noise = torch.randn(1, 2, *size, generator=torch.Generator().manual_seed(0)) * 20
+    wrong = torch.rand(1, 1, *size, generator=torch.Generator().manual_seed(1)) < 0.7  # 70 % outliers
+    confidence = torch.where(wrong, 0.05, 0.9)
+    result = _result(flow + noise * wrong, confidence)
+    estimate = DiffMatcher.estimate_homography(result, 300, min_confidence=0.5, source_size=size)
+    assert corner_error(estimate.matrix, H_TRUE, size) < 0.1
+
+
+def test_top_k_is_ordered_and_sampling_follows_confidence():
+    size = (20, 30)
+    confidence = torch.linspace(0, 1, 600).view(1, 1, *size)
+    result = _result(torch.zeros(1, 2, *size), confidence)
+    tgt, src, conf = sample_matches(result, 50, mode="top_k")
+    assert np.all(np.diff(conf) <= 0) and conf[0] == pytest.approx(1.0)
+    np.testing.assert_allclose(tgt, src)  # zero flow
+    assert tgt[0].tolist() == [29.0, 19.0]  # the last pixel is the most confident
+    _, _, drawn = sample_matches(result, 200, generator=torch.Generator().manual_seed(0))
+    assert drawn.mean() > 0.6 and (drawn > 0).all()  # ∝ confidence: mean 2/3 for a uniform ramp
+    _, _, kept = sample_matches(result, 1000, mode="top_k", min_confidence=0.75)
+    assert kept.min() >= 0.75 and len(kept) == int((confidence >= 0.75).sum())
+
+
+def test_sample_matches_without_confidence_ranks_by_variance_and_checks_args():
+    samples = torch.zeros(1, 2, 2, 10, 10)
+    samples[0, 1, :, :5] = 4.0  # disagreeing hypotheses in the top half
+    result = MatchResult.from_samples(samples)
+    tgt, _, conf = sample_matches(result, 50, mode="top_k", source_size=(100, 100))
+    assert (tgt[:, 1] >= 5).all() and conf.max() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="mode"):
+        sample_matches(result, 5, mode="best")
+    with pytest.raises(ValueError, match="at least 4"):
+        DiffMatcher.estimate_homography(result, 3)
+
+
+def test_estimate_fundamental_satisfies_the_epipolar_constraint():
+    h, w, f = 60, 80, 70.0
+    k = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]])
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    depth = 4.0 + np.sin(xs / 9.0) + np.cos(ys / 7.0)  # a bumpy scene: no single homography
+    rays = np.linalg.inv(k) @ np.stack((xs.ravel(), ys.ravel(), np.ones(h * w)))
+    angle = 0.05
+    rot = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    proj = k @ (rot @ (rays * depth.ravel()) + np.array([[0.4], [0.1], [0.0]]))
+    src = (proj[:2] / proj[2]).T.reshape(h, w, 2)
+    flow = torch.from_numpy(src - np.stack((xs, ys), -1)).permute(2, 0, 1)[None].float()
+    estimate = DiffMatcher.estimate_fundamental(_result(flow), 800, method="ransac", threshold=0.5)
+    ones = np.ones((len(estimate.target_xy), 1))
+    xt, xsrc = np.hstack((estimate.target_xy, ones)), np.hstack((estimate.source_xy, ones))
+    lines = xt @ estimate.matrix.T  # epipolar lines in the source
+    distance = np.abs((xsrc * lines).sum(1)) / np.linalg.norm(lines[:, :2], axis=1)
+    assert np.median(distance) < 0.1
+
+
+def test_homography_from_flow_and_accuracy_summary():
+    size = (50, 70)
+    flow = homography_to_flow(torch.from_numpy(H_TRUE)[None].float(), size)[0].permute(1, 2, 0).numpy()
+    matrix, rms = homography_from_flow(flow)
+    assert rms < 1e-3 and corner_error(matrix, H_TRUE, size) < 1e-2
+    assert corner_error(None, H_TRUE, size) == float("inf")
+    summary = homography_accuracy([0.5, 2.0, 4.0, float("inf")])
+    assert summary["acc@1"] == 0.25 and summary["acc@3"] == 0.5 and summary["acc@5"] == 0.75
+    assert summary["failed"] == 1 and summary["mean"] == pytest.approx((0.5 + 2 + 4 + 100) / 4)
