@@ -11,6 +11,9 @@ type) and writes, atomically, ``summary.json``, ``per_pair.csv``, ``sparsificati
 corruptions, ``corruptions.png`` to ``--out``. A pair that fails is reported on stderr and in
 ``per_pair.csv`` and the run goes on; the exit status is then 1. Bad arguments exit with status 2
 and a one-line error. Metrics are defined in :mod:`diffmatch.metrics`; see ``docs/evaluation.md``.
+
+The calibrated confidence (reliability diagram, ECE per τ) and homography accuracy from confident
+matches have their own command, ``python -m diffmatch.evaluate_confidence``.
 """
 
 from __future__ import annotations

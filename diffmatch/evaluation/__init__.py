@@ -4,6 +4,8 @@
 * :mod:`~diffmatch.evaluation.methods`: method names to :class:`~diffmatch.baselines.Method` objects;
 * :mod:`~diffmatch.evaluation.runner`: the loop over pairs and methods, tolerant of failed pairs;
 * :mod:`~diffmatch.evaluation.report`: ``summary.json``, ``per_pair.csv``, the table and the plots.
+* :mod:`~diffmatch.evaluation.calibration`: reliability, ECE and homography accuracy, for
+  ``python -m diffmatch.evaluate_confidence``.
 
 The metrics themselves are pure functions in :mod:`diffmatch.metrics`.
 """
