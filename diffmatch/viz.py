@@ -157,6 +157,36 @@ def _show_uncertainty(ax: plt.Axes, fig: plt.Figure, uncertainty: np.ndarray, vm
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="variance [px²]")
 
 
+def _shrink(image: np.ndarray, side: int) -> tuple[np.ndarray, float, float]:
+    h, w = image.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1.0 else image
+    return small, small.shape[0] / h, small.shape[1] / w
+
+
+def _for_display(
+    source: np.ndarray,
+    target: np.ndarray,
+    flow: np.ndarray,
+    uncertainty: np.ndarray | None,
+    max_radius: float | None,
+    side: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, float | None]:
+    """Shrunk copies for a picture; the flow is re-expressed in pixels of the shrunk images."""
+    source, sy, sx = _shrink(source, side)
+    target, ty, tx = _shrink(target, side)
+    flow_small = cv2.resize(flow.astype(np.float32), (target.shape[1], target.shape[0]), interpolation=cv2.INTER_AREA)
+    # align_corners=False: target x' sits at (x' + 0.5) / t - 0.5, a source point p moves to (p + 0.5) * s - 0.5.
+    ys, xs = np.mgrid[: target.shape[0], : target.shape[1]].astype(np.float32)
+    flow_small[..., 0] = flow_small[..., 0] * sx + (xs + 0.5) * (sx / tx - 1.0)
+    flow_small[..., 1] = flow_small[..., 1] * sy + (ys + 0.5) * (sy / ty - 1.0)
+    if uncertainty is not None:
+        size = (target.shape[1], target.shape[0])
+        uncertainty = cv2.resize(uncertainty.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return source, target, flow_small, uncertainty, None if max_radius is None else max_radius * (sx + sy) / 2
+
+
 def uncertainty_figure(
     uncertainty: np.ndarray, vmax: float | None = None, title: str = "uncertainty"
 ) -> plt.Figure:
@@ -175,8 +205,23 @@ def panel_figure(
     flow: np.ndarray,
     uncertainty: np.ndarray | None = None,
     max_radius: float | None = None,
+    display_size: int | None = 720,
 ) -> plt.Figure:
-    """Side-by-side panel: source, target, warped source over target, flow colours, uncertainty."""
+    """Side-by-side panel: source, target, warped source over target, flow colours, uncertainty.
+
+    Args:
+        source: ``(Hs, Ws, 3)`` uint8 RGB.
+        target: ``(Ht, Wt, 3)`` uint8 RGB.
+        flow: ``(Ht, Wt, 2)`` px, target grid, ``target(x) ≈ source(x + flow(x))``.
+        uncertainty: ``(Ht, Wt)`` variance in px² (shown in px² of the full-size images).
+        max_radius: flow magnitude (px) of full colour saturation; ``None``: the flow's maximum.
+        display_size: shrink every tile to at most this many pixels on its longer side first: a
+            tile is drawn about 360 px wide, and full-size arrays of a large image only cost time.
+    """
+    if display_size is not None and max(*source.shape[:2], *target.shape[:2]) > display_size:
+        source, target, flow, uncertainty, max_radius = _for_display(
+            source, target, flow, uncertainty, max_radius, display_size
+        )
     tiles = [
         ("source", source),
         ("target", target),

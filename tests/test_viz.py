@@ -29,3 +29,19 @@ def test_figures_write_png(tmp_path, photo):
     for name in ("panel.png", "unc.png"):
         image = load_image(tmp_path / name)
         assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_panel_shrinks_large_inputs_and_their_flow_consistently():
+    from diffmatch.viz import _for_display
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (800, 1000, 3), dtype=np.uint8)
+    flow = np.zeros((800, 1000, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 10.0, -4.0
+    source, target, small, unc, radius = _for_display(image, image, flow, flow[..., 0], 20.0, 250)
+    assert source.shape == target.shape == (200, 250, 3) and small.shape == (200, 250, 2)
+    np.testing.assert_allclose(small[..., 0], 2.5, atol=1e-4)  # a shift in pixels of the shrunk images
+    np.testing.assert_allclose(small[..., 1], -1.0, atol=1e-4)
+    np.testing.assert_allclose(unc, 10.0)  # the variance stays in full-size px²
+    assert radius == 5.0
+    panel_figure(image, image, flow, flow[..., 0], display_size=250)

@@ -10,20 +10,39 @@ written atomically. A failed pair is reported and skipped; the exit status is 1 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
 from diffmatch.io import FLOW_FORMATS, InputError, atomic_open, load_image, save_image, write_flow
-from diffmatch.result import MatchResult
 
-__all__ = ["main", "parse_args", "read_pairs_file", "write_outputs"]
+if TYPE_CHECKING:  # pragma: no cover
+    from diffmatch.result import MatchResult
+
+# torch, the model and matplotlib are imported where they are used: `--help`, bad arguments and an
+# unwritable --out answer in a fraction of a second instead of the ~10 s those imports take.
+
+__all__ = [
+    "LARGE_IMAGE_MP",
+    "check_out_folder",
+    "main",
+    "parse_args",
+    "read_pairs_file",
+    "remove_empty_folders",
+    "upsample_result",
+    "write_outputs",
+]
 
 MATCHERS = ("diffmatch", "dift", "dino", "fused")
+# Above this many megapixels (source or target) a run warns: memory and output grow with the pixels
+# (README, "Inference on your own images": about 1.1 GB plus 0.14 GB of RAM and 20 MB of output per megapixel).
+LARGE_IMAGE_MP = 12.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,11 +58,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--checkpoint", help="Lightning .ckpt or exported weights (default: the bundled demo model)")
     parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
-    parser.add_argument("--steps", type=int, default=5, help="DDIM steps (default 5)")
+    parser.add_argument(
+        "--steps", type=int, default=5,
+        help="DDIM steps K, 1..T where T is the model's num_train_timesteps (5 for the bundled models; default 5)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--flow-format", default="flo", choices=[f[1:] for f in FLOW_FORMATS])
     parser.add_argument("--no-viz", action="store_true", help="skip the PNG pictures")
+    parser.add_argument(
+        "--max-size", type=int, metavar="PX",
+        help="match downscaled copies whose longer side is at most PX, then upsample the flow to the "
+        "target's full size (for large images: memory and time follow the matched size)",
+    )
     parser.add_argument("--matcher", default="diffmatch", choices=MATCHERS, help="zero-shot matchers need --sd-model/--dino-model")
     parser.add_argument("--sd-model", help="Stable Diffusion folder or hub id (dift, fused)")
     parser.add_argument("--dino-model", help="DINOv2 folder or hub id (dino, fused)")
@@ -56,7 +83,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--samples must be >= 1, got {args.samples}")
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.max_size is not None and args.max_size < 16:
+        parser.error(f"--max-size must be >= 16 px, got {args.max_size}")
     return args
+
+
+def check_out_folder(out: Path) -> list[Path]:
+    """Make sure files can be written in ``out``, creating it (and missing parents) if needed.
+
+    Returns:
+        The folders this created, deepest first, for :func:`remove_empty_folders` if the run stops early.
+
+    Raises:
+        InputError: one line naming ``out`` and why it cannot take the outputs.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        remove_empty_folders(created)
+        raise InputError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
+    return created
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that exists and is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def read_pairs_file(path: str | Path) -> list[tuple[Path, Path]]:
@@ -79,11 +139,24 @@ def read_pairs_file(path: str | Path) -> list[tuple[Path, Path]]:
 
 
 def write_outputs(
-    out: Path, result: MatchResult, source: np.ndarray, target: np.ndarray, flow_format: str, viz: bool
-) -> None:
-    """Write one pair's arrays and pictures into ``out``, each file atomically."""
+    out: Path,
+    result: MatchResult,
+    source: np.ndarray,
+    target: np.ndarray,
+    flow_format: str,
+    viz: bool,
+) -> list[str]:
+    """Write one pair's arrays and pictures into ``out``, each file atomically.
+
+    ``flow.png``, ``warp.png`` and ``uncertainty.png`` are array operations saved with OpenCV;
+    matplotlib draws only ``panel.png``, the composite with titles.
+
+    Returns:
+        The names of the files written, in order.
+    """
     arrays = result.numpy(0)
     flow, uncertainty = arrays["flow"], arrays["uncertainty"]
+    written = ["flow.npy", "uncertainty.npy"]
     for name, value in (("flow.npy", flow), ("uncertainty.npy", uncertainty)):
         with atomic_open(out / name) as handle:
             np.save(handle, value.astype(np.float32))
@@ -91,13 +164,70 @@ def write_outputs(
         write_flow(out / "flow.npz", flow, uncertainty=uncertainty, samples=arrays["samples"])
     elif flow_format != "npy":
         write_flow(out / f"flow.{flow_format}", flow)
+    if flow_format != "npy":
+        written.append(f"flow.{flow_format}")
     if viz:
-        from diffmatch.viz import blend_warp, flow_to_color, panel_figure, save_figure, uncertainty_figure
+        from diffmatch.viz import blend_warp, flow_to_color, panel_figure, save_figure, uncertainty_to_color
 
         save_image(out / "flow.png", flow_to_color(flow))
         save_image(out / "warp.png", blend_warp(source, target, flow))
-        save_figure(out / "uncertainty.png", uncertainty_figure(uncertainty))
+        save_image(out / "uncertainty.png", uncertainty_to_color(uncertainty))
         save_figure(out / "panel.png", panel_figure(source, target, flow, uncertainty))
+        written += ["flow.png", "warp.png", "uncertainty.png", "panel.png"]
+    return written
+
+
+def _downscaled(image: np.ndarray, max_size: int | None) -> np.ndarray:
+    """``image`` shrunk (area interpolation) so that its longer side is at most ``max_size``."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if max_size is None or max(h, w) <= max_size:
+        return image
+    scale = max_size / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def upsample_result(
+    result: MatchResult, target_size: tuple[int, int], source_scale: tuple[float, float], samples: bool = True
+) -> MatchResult:
+    """A result computed on downscaled images, brought to the full-size target grid.
+
+    Args:
+        result: flows ``(B, 2, h, w)`` on the small target, in pixels of the small source.
+        target_size: ``(H, W)`` of the full-size target.
+        source_scale: ``(sy, sx)``, full-size source pixels per small source pixel.
+        samples: bring the hypotheses to full size too; ``False`` keeps only the mean as the one
+            sample (N full-size flows are most of the memory of a large image, and only ``.npz`` keeps them).
+
+    Returns:
+        The same result with flows (mean, samples, initial) in full-size pixels
+        (:func:`diffmatch.geometry.resize_flow`, ``align_corners=False``), the variance scaled by
+        ``sy * sx`` and every map bilinearly resized to ``target_size``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from diffmatch.geometry import resize_flow
+
+    if tuple(result.flow.shape[-2:]) == tuple(target_size) and source_scale == (1.0, 1.0):
+        return result
+    flows = lambda f: resize_flow(f, target_size, source_scale=source_scale)  # noqa: E731
+    maps = lambda m: F.interpolate(m, size=target_size, mode="bilinear", align_corners=False)  # noqa: E731
+    flow = flows(result.flow)
+    changes = {
+        "flow": flow,
+        "uncertainty": maps(result.uncertainty) * (source_scale[0] * source_scale[1]),
+        "samples": torch.stack([flows(result.samples[:, i]) for i in range(result.samples.shape[1])], dim=1)
+        if samples
+        else flow.unsqueeze(1),
+    }
+    if result.init_flow is not None:
+        changes["init_flow"] = flows(result.init_flow)
+    if getattr(result, "confidence", None) is not None:
+        changes["confidence"] = maps(result.confidence).clamp(0.0, 1.0)
+    return dataclasses.replace(result, **changes)
 
 
 def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray, int], MatchResult]:
@@ -110,6 +240,8 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
             raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
 
         def run(source: np.ndarray, target: np.ndarray, index: int) -> MatchResult:
+            import torch
+
             gen = torch.Generator(device=matcher.device).manual_seed(args.seed)
             return matcher.match(source, target, num_samples=args.samples, num_steps=args.steps, generator=gen)
 
@@ -122,15 +254,32 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
     return lambda source, target, index: zero.match(source, target)
 
 
+def _large_image_warning(path: Path, image: np.ndarray) -> str | None:
+    h, w = image.shape[:2]
+    megapixels = h * w / 1e6
+    if megapixels <= LARGE_IMAGE_MP:
+        return None
+    return (
+        f"warning: {path} is {w}x{h} ({megapixels:.0f} MP); full-size matching needs about "
+        f"{1.1 + 0.14 * megapixels:.1f} GB of memory and writes about {20 * megapixels:.0f} MB; "
+        "--max-size 2048 matches a downscaled copy"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
+    created: list[Path] = []
     try:
+        created = check_out_folder(out)  # before the model loads: a bad --out costs nothing
         pairs = read_pairs_file(args.pairs) if args.pairs else [(Path(args.source), Path(args.target))]
-        run = _build_matcher(args)
+        run = _build_matcher(args)  # once, for every pair
     except (InputError, ValueError) as err:
+        remove_empty_folders(created)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from tqdm import tqdm
+
     if args.samples == 1 and args.matcher == "diffmatch":
         print("note: --samples 1 gives an all-zero uncertainty map (the variance needs >= 2 hypotheses)", file=sys.stderr)
     failed = 0
@@ -138,14 +287,23 @@ def main(argv: list[str] | None = None) -> int:
         folder = out if not args.pairs else out / f"{index:04d}_{src_path.stem}_{tgt_path.stem}"
         try:
             source, target = load_image(src_path), load_image(tgt_path)
-            result = run(source, target, index)
-            write_outputs(folder, result, source, target, args.flow_format, not args.no_viz)
+            if args.max_size is None:
+                for path, image in ((src_path, source), (tgt_path, target)):
+                    warning = _large_image_warning(path, image)
+                    if warning:
+                        tqdm.write(warning, file=sys.stderr)
+            small_source, small_target = _downscaled(source, args.max_size), _downscaled(target, args.max_size)
+            result = run(small_source, small_target, index)
+            scale = (source.shape[0] / small_source.shape[0], source.shape[1] / small_source.shape[1])
+            result = upsample_result(result, target.shape[:2], scale, samples=args.flow_format == "npz")
+            written = write_outputs(folder, result, source, target, args.flow_format, not args.no_viz)
         except (InputError, ValueError) as err:
             failed += 1
             tqdm.write(f"error: pair {index} ({src_path} -> {tgt_path}): {err}", file=sys.stderr)
             continue
-        tqdm.write(f"wrote {folder}/flow.npy, uncertainty.npy{'' if args.no_viz else ', flow.png, warp.png, uncertainty.png, panel.png'}")
+        tqdm.write(f"wrote {folder}{os.sep}{', '.join(written)}")
     if failed:
-        print(f"error: {failed} of {len(pairs)} pairs failed", file=sys.stderr)
+        if len(pairs) > 1:
+            print(f"error: {failed} of {len(pairs)} pairs failed", file=sys.stderr)
         return 1
     return 0
