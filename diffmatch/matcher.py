@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from diffmatch import matches
+from diffmatch.confidence import Calibrator, MissingCalibrationError, calibrator_from_dict
 from diffmatch.cost_volume import argmax_flow, soft_argmax_flow
+from diffmatch.cues import match_with_cues
 from diffmatch.diffusion import Generators
 from diffmatch.geometry import warp
 from diffmatch.inputs import ImageInput, resolve_device, to_image_batch
 from diffmatch.io import InputError
+from diffmatch.matches import GeometryEstimate
 from diffmatch.model import DiffMatch
 from diffmatch.result import MatchResult
-from diffmatch.weights import load_checkpoint
+from diffmatch.weights import load_checkpoint, read_calibration
 
 __all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT"]
 
@@ -39,22 +43,37 @@ class DiffMatcher:
     Args:
         model: a :class:`DiffMatch` model.
         device: where to run it.
+        calibrator: the model's confidence calibration (``python -m diffmatch.calibrate``);
+            ``None``: results have no ``confidence``.
     """
 
-    def __init__(self, model: DiffMatch, device: str | torch.device = "auto") -> None:
+    def __init__(
+        self, model: DiffMatch, device: str | torch.device = "auto", calibrator: Calibrator | None = None
+    ) -> None:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
+        self.calibrator = calibrator
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str | torch.device = "auto") -> DiffMatcher:
         """Load a Lightning ``.ckpt`` or an exported weights file (``None``: the bundled checkpoint).
 
+        A file with a confidence calibration (``python -m diffmatch.calibrate``) gives results with
+        ``confidence``; :attr:`calibrator` is ``None`` otherwise.
+
         Raises:
-            InputError: missing or corrupt file, or weights that do not fit the stored settings.
+            InputError: missing or corrupt file, weights that do not fit the stored settings, or a
+                damaged calibration.
         """
         path = BUNDLED_CHECKPOINT if path is None else Path(path)
         resolved = resolve_device(device)
-        return cls(load_checkpoint(path, device="cpu"), resolved)
+        model = load_checkpoint(path, device="cpu")
+        stored = read_calibration(path)
+        try:
+            calibrator = None if stored is None else calibrator_from_dict(stored)
+        except ValueError as err:
+            raise InputError(f"{path}: damaged confidence calibration ({err})") from None
+        return cls(model, resolved, calibrator)
 
     @property
     def stride(self) -> int:
@@ -85,6 +104,7 @@ class DiffMatcher:
         num_steps: int = 5,
         generator: Generators = None,
         eta: float = 0.0,
+        confidence_tau: float | None = None,
     ) -> MatchResult:
         """Match ``target`` to ``source``.
 
@@ -95,22 +115,39 @@ class DiffMatcher:
             num_steps: DDIM steps (1 to the model's ``T``).
             generator: a ``torch.Generator`` (or one per pair) for reproducible sampling.
             eta: DDIM eta (0: deterministic given the initial noise).
+            confidence_tau: the ``τ`` in px of ``confidence`` (one the calibration was fitted for;
+                ``None``: its default, normally 3 px).
 
         Returns:
             :class:`MatchResult`: ``flow`` ``(B, 2, Ht, Wt)`` px, ``uncertainty`` ``(B, 1, Ht, Wt)`` px²,
-            ``samples`` ``(B, N, 2, Ht, Wt)``.
+            ``samples`` ``(B, N, 2, Ht, Wt)``; with a calibrated model also ``confidence``
+            ``(B, 1, Ht, Wt)``, the probability that each match is within ``confidence_tau`` px.
 
         Raises:
             InputError: unreadable inputs, an image with a side below :attr:`stride`, or impossible
                 options (a ``ValueError``).
+            MissingCalibrationError: ``confidence_tau`` given to a model without calibration (a ``ValueError``).
         """
         if not isinstance(num_samples, int) or num_samples < 1:
             raise InputError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         limit = self.model.config.num_train_timesteps
         if not isinstance(num_steps, int) or not 1 <= num_steps <= limit:
             raise InputError(f"num_steps must be an integer in [1, {limit}], got {num_steps!r}")
+        if self.calibrator is None:
+            if confidence_tau is not None:
+                raise MissingCalibrationError(
+                    "this checkpoint has no confidence calibration "
+                    "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
+                )
+            src, tgt = self._pair(source, target)
+            return self.model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
+        tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
         src, tgt = self._pair(source, target)
-        return self.model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
+        reverse = "fb_error" in self.calibrator.cues
+        result, cues = match_with_cues(self.model, src, tgt, num_samples, num_steps, eta, generator, reverse)
+        result.confidence = self.calibrator.predict(cues, tau)
+        result.confidence_tau = tau
+        return result
 
     @torch.no_grad()
     def match_raw(
@@ -149,41 +186,35 @@ class DiffMatcher:
         max_uncertainty: float | None = None,
         index: int = 0,
         source_size: tuple[int, int] | None = None,
+        mode: Literal["sample", "top_k"] = "sample",
+        min_confidence: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Draw sparse matches, favouring confident pixels (like RoMa's ``sample``).
+        """Sparse matches drawn by confidence, or the ``top_k`` most confident in order.
 
-        Pixels are drawn without replacement with probability ``∝ 1 / (1 + uncertainty)``, among
-        those whose match lies inside the source frame (and below ``max_uncertainty`` px², if set).
-
-        Args:
-            result: a :class:`MatchResult`.
-            num: number of matches at most.
-            generator: RNG for the draw.
-            max_uncertainty: drop pixels with a larger variance.
-            index: which pair of the batch.
-            source_size: ``(Hs, Ws)``; when given, matches falling outside the source are dropped.
+        See :func:`diffmatch.matches.sample_matches`: the calibrated ``result.confidence`` when the
+        model has one, else ``1 / (1 + variance)``.
 
         Returns:
-            ``(target_xy, source_xy, confidence)``: ``(K, 2)`` pixel coordinates in each image and
-            ``(K,)`` confidence ``1 / (1 + variance)`` in ``(0, 1]``.
+            ``(target_xy, source_xy, confidence)``: ``(K, 2)`` pixel coordinates in each image
+            (``source_xy = target_xy + flow(target_xy)``) and ``(K,)`` confidences.
         """
-        flow = result.flow[index].float().cpu()
-        var = result.uncertainty[index, 0].float().cpu()
-        h, w = flow.shape[-2:]
-        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-        src_x, src_y = xs + flow[0], ys + flow[1]
-        ok = (src_x >= -0.5) & (src_y >= -0.5) & torch.isfinite(src_x) & torch.isfinite(src_y)
-        if source_size is not None:
-            ok &= (src_x <= source_size[1] - 0.5) & (src_y <= source_size[0] - 0.5)
-        if max_uncertainty is not None:
-            ok &= var <= max_uncertainty
-        confidence = 1.0 / (1.0 + var)
-        weights = (confidence * ok).flatten()
-        count = int(min(num, int(ok.sum())))
-        if count == 0:
-            empty = np.zeros((0, 2), np.float32)
-            return empty, empty, np.zeros(0, np.float32)
-        picked = torch.multinomial(weights, count, replacement=False, generator=generator)
-        tgt = torch.stack((xs.flatten()[picked], ys.flatten()[picked]), 1)
-        src = torch.stack((src_x.flatten()[picked], src_y.flatten()[picked]), 1)
-        return tgt.numpy(), src.numpy(), confidence.flatten()[picked].numpy()
+        return matches.sample_matches(
+            result, num, generator, max_uncertainty, index, source_size, mode, min_confidence
+        )
+
+    @staticmethod
+    def estimate_homography(result: MatchResult, num: int = 2000, **kwargs: Any) -> GeometryEstimate:
+        """Homography ``H`` (target → source pixels) by MAGSAC++ (or ``method="ransac"``) on the ``num`` most confident matches.
+
+        See :func:`diffmatch.matches.estimate_homography` for the options (``mode``, ``method``,
+        ``threshold``, ``source_size``, ``min_confidence``, ...).
+        """
+        return matches.estimate_homography(result, num, **kwargs)
+
+    @staticmethod
+    def estimate_fundamental(result: MatchResult, num: int = 2000, **kwargs: Any) -> GeometryEstimate:
+        """Fundamental matrix ``F`` (``source^T F target = 0``) by MAGSAC++ (or RANSAC) on the most confident matches.
+
+        See :func:`diffmatch.matches.estimate_fundamental` for the options.
+        """
+        return matches.estimate_fundamental(result, num, **kwargs)
