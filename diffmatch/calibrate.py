@@ -20,7 +20,7 @@ held-out ECE are printed and stored in the calibration's ``info``.
 
 Example:
     python scripts/fetch_photos.py          # once: data/photos/extra
-    python -m diffmatch.calibrate checkpoints/diffmatch_demo.pt --out checkpoints/diffmatch_demo.pt
+    python -m diffmatch.calibrate checkpoints/diffmatch_xfeat.pt --out checkpoints/diffmatch_xfeat.pt
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=240, help="square image side in px (default 240, as the benchmark)")
     parser.add_argument("--corrupted", type=float, default=0.5, help="share of pairs with an ImageNet-C corruption (default 0.5)")
     parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
-    parser.add_argument("--steps", type=int, default=5, help="DDIM steps (default 5)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's own, its sampling_steps or else T)")
     parser.add_argument("--pixels", type=int, default=3000, help="valid pixels kept per pair (default 3000)")
     parser.add_argument("--taus", default="1,3,5", help="thresholds τ in px (default 1,3,5)")
     parser.add_argument("--default-tau", type=float, default=3.0, help="τ of MatchResult.confidence (default 3)")
@@ -123,7 +123,7 @@ def collect_cues(
     model: torch.nn.Module,
     items: Sequence[dict[str, Any]],
     num_samples: int = 3,
-    num_steps: int = 5,
+    num_steps: int | None = None,
     pixels: int = 3000,
     seed: int = 1,
     device: torch.device | str = "cpu",

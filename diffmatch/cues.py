@@ -30,7 +30,7 @@ def match_with_cues(
     source: torch.Tensor,
     target: torch.Tensor,
     num_samples: int = 3,
-    num_steps: int = 5,
+    num_steps: int | None = None,
     eta: float = 0.0,
     generator: Generators = None,
     reverse: bool = True,
@@ -45,7 +45,7 @@ def match_with_cues(
         source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
         target: ``(B, 3, Ht, Wt)`` RGB in ``[0, 1]``.
         num_samples: hypotheses ``N``.
-        num_steps: DDIM steps.
+        num_steps: DDIM steps (``None``: the model's default).
         eta: DDIM eta.
         generator: a generator, one per item, or ``None``.
         reverse: also match ``source`` to ``target`` for the ``fb_error`` cue.
@@ -55,6 +55,7 @@ def match_with_cues(
         ``variance`` (px²), ``init_distance`` (px), ``cost_peak`` (cosine similarity) and, with
         ``reverse``, ``fb_error`` (px), each ``(B, 1, Ht, Wt)``.
     """
+    num_steps = model.default_steps() if num_steps is None else num_steps
     feats = model.extract(source, target)
     maps_s, maps_t = model._cost_maps(feats[0]), model._cost_maps(feats[1])
     cond = model.condition_from_maps(maps_s, maps_t, feats)

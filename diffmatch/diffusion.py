@@ -43,8 +43,9 @@ class FlowDiffusion:
 
     ``DDIMScheduler(num_train_timesteps=5, beta_schedule="squaredcos_cap_v2", prediction_type="sample")``
     reproduces the official DiffMatch betas (improved-DDPM cosine schedule, ``T = 5``); the network
-    predicts ``x0`` (the clean flow). Sampling uses the "trailing" spacing, so any number of steps
-    starts at ``t = T - 1`` and ends with ``alpha_bar_prev = 1``.
+    predicts ``x0`` (the clean flow). ``n`` sampling steps visit ``n`` timesteps evenly spaced from
+    ``T - 1`` down to ``0`` (:meth:`visited_timesteps`, the official code's respacing; one step visits
+    ``T - 1``) and end with ``alpha_bar_prev = 1``.
 
     The process runs on ``flow_scale`` times the normalised flow: clean flows go in and come out
     normalised, and only the noisy samples ``F_t`` live in the scaled space. Normalised flows are
@@ -119,13 +120,49 @@ class FlowDiffusion:
         device = torch.device(device)
         # All noise is drawn up front, per item, so results do not depend on the batch composition.
         noise = draw_noise((shape[0], num_steps + 1, *shape[1:]), generator, device, dtype)
-        self.scheduler.set_timesteps(num_steps, device=device)
         start = noise[:, 0] if init_noise is None else init_noise.to(device=device, dtype=dtype)
         sample = start * self.scheduler.init_noise_sigma
-        for i, t in enumerate(self.scheduler.timesteps):
-            timestep = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        timesteps = self.visited_timesteps(num_steps)
+        for i, t in enumerate(timesteps):
+            timestep = torch.full((shape[0],), t, device=device, dtype=torch.long)
             clean = denoise(sample, timestep) * self.flow_scale
-            sample = self.scheduler.step(
-                clean, t, sample, eta=eta, variance_noise=noise[:, i + 1]
-            ).prev_sample
+            prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+            sample = self.ddim_step(clean, sample, t, prev, eta, noise[:, i + 1])
         return sample / self.flow_scale
+
+    def visited_timesteps(self, num_steps: int) -> list[int]:
+        """The timesteps ``num_steps`` DDIM steps visit: evenly spaced from ``T - 1`` to ``0``, rounded.
+
+        E.g. ``[4, 3, 2, 1, 0]``, ``[4, 2, 0]``, ``[4, 0]`` and ``[4]`` for ``T = 5``.
+        """
+        last = self.num_train_timesteps - 1
+        if num_steps == 1:
+            return [last]
+        return [round(last - i * last / (num_steps - 1)) for i in range(num_steps)]
+
+    def ddim_step(
+        self, clean: torch.Tensor, sample: torch.Tensor, t: int, prev: int, eta: float, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """One DDIM update from timestep ``t`` to ``prev`` (paper Eq. 3); ``prev = -1`` means ``ᾱ = 1``.
+
+        ``prev`` is the next timestep the sampler visits. diffusers' ``DDIMScheduler.step`` assumes
+        ``prev = t - T // num_steps``, which is not the next visited timestep when the steps skip
+        unevenly (2, 3 or 4 of 5); the update is therefore written out here.
+
+        Args:
+            clean: the predicted ``x0`` (scaled like ``sample``).
+            sample: ``x_t``.
+            t: current timestep.
+            prev: next timestep, or ``-1`` after the last.
+            eta: DDIM stochasticity.
+            noise: standard normal noise of ``sample``'s shape (used when ``eta > 0``).
+        """
+        alphas = self.scheduler.alphas_cumprod
+        a_t = alphas[t].to(sample.device, torch.float32)
+        a_prev = alphas[prev].to(sample.device, torch.float32) if prev >= 0 else torch.ones_like(a_t)
+        sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+        eps = (sample - a_t.sqrt() * clean) / (1 - a_t).sqrt()
+        out = a_prev.sqrt() * clean + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+        if eta > 0:
+            out = out + sigma * noise
+        return out.to(sample.dtype)

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--samples", type=int, help="DiffMatch hypotheses per pair (default 3; paper protocol: 3 hpatches, 4 eth3d)"
     )
-    parser.add_argument("--steps", type=int, default=5, help="DiffMatch sampling steps (default 5)")
+    parser.add_argument("--steps", type=int, help="DiffMatch sampling steps (default: the checkpoint's own, its sampling_steps or else T)")
     parser.add_argument("--limit", type=int, help="at most N pairs per level/rate/subset (before corruption)")
     parser.add_argument("--seed", type=int, default=0, help="seed of DiffMatch sampling and corruption noise")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--severity", type=int, default=5, help="corruption severity 1..5 (default 5)")
     parser.add_argument("--limit", type=int, help="at most N pairs per level (before corruption)")
     parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
-    parser.add_argument("--steps", type=int, default=5, help="DDIM steps (default 5)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's own, its sampling_steps or else T)")
     parser.add_argument("--num", type=int, default=500, help="matches K given to the homography estimator (default 500)")
     parser.add_argument("--threshold", type=float, default=3.0, help="MAGSAC++ threshold in px (default 3)")
     parser.add_argument("--bins", type=int, default=10, help="reliability bins (default 10)")

@@ -28,14 +28,14 @@ from diffmatch.weights import load_checkpoint, read_calibration
 
 __all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT"]
 
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "diffmatch_demo.pt"
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "diffmatch_xfeat.pt"
 
 
 class DiffMatcher:
     """Dense matching with a trained DiffMatch model.
 
     Example:
-        >>> m = DiffMatcher.from_checkpoint()                       # the bundled demo model
+        >>> m = DiffMatcher.from_checkpoint()                       # the bundled default model
         >>> r = m.match("a.jpg", "b.jpg", num_samples=3)            # doctest: +SKIP
         >>> r.flow.shape, r.uncertainty.shape                       # doctest: +SKIP
         (torch.Size([1, 2, Ht, Wt]), torch.Size([1, 1, Ht, Wt]))
@@ -101,7 +101,7 @@ class DiffMatcher:
         source: ImageInput | list[ImageInput],
         target: ImageInput | list[ImageInput],
         num_samples: int = 3,
-        num_steps: int = 5,
+        num_steps: int | None = None,
         generator: Generators = None,
         eta: float = 0.0,
         confidence_tau: float | None = None,
@@ -112,7 +112,8 @@ class DiffMatcher:
             source: path, PIL image, ``(H, W, C)`` array, ``(C, H, W)``/``(B, C, H, W)`` tensor, or a list.
             target: same kinds; its size sets the output size. Sizes of source and target may differ.
             num_samples: hypotheses ``N``; their mean is the flow and their variance the uncertainty.
-            num_steps: DDIM steps (1 to the model's ``T``).
+            num_steps: DDIM steps, 1 to the model's ``T`` (``None``: the model's own default,
+                ``config.sampling_steps`` or ``T``).
             generator: a ``torch.Generator`` (or one per pair) for reproducible sampling.
             eta: DDIM eta (0: deterministic given the initial noise).
             confidence_tau: the ``τ`` in px of ``confidence`` (one the calibration was fitted for;
@@ -131,6 +132,7 @@ class DiffMatcher:
         if not isinstance(num_samples, int) or num_samples < 1:
             raise InputError(f"num_samples must be an integer >= 1, got {num_samples!r}")
         limit = self.model.config.num_train_timesteps
+        num_steps = self.model.default_steps() if num_steps is None else num_steps
         if not isinstance(num_steps, int) or not 1 <= num_steps <= limit:
             raise InputError(f"num_steps must be an integer in [1, {limit}], got {num_steps!r}")
         if self.calibrator is None:

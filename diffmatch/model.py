@@ -73,6 +73,11 @@ class DiffMatchConfig:
         diffusion: train and sample as a diffusion model; ``False`` is direct regression (Table 3).
         num_train_timesteps: diffusion steps ``T``.
         beta_schedule: diffusers beta schedule.
+        sampling_steps: DDIM steps used when a caller does not give a number (``None``: ``T``).
+            A checkpoint stores the count its model samples best with (the bundled XFeat model: 1).
+        loss: ``mse`` (squared error of the normalised flow, the paper's Eq. 9) or ``epe`` (its
+            Euclidean norm per pixel, as RAFT and GLU-Net train: less dominated by the few large
+            errors, so more of the gradient goes to sub-pixel accuracy).
         denoiser: U-Net settings.
     """
 
@@ -92,6 +97,8 @@ class DiffMatchConfig:
     diffusion: bool = True
     num_train_timesteps: int = 5
     beta_schedule: str = "squaredcos_cap_v2"
+    loss: Literal["mse", "epe"] = "mse"
+    sampling_steps: int | None = None
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
 
     def __post_init__(self) -> None:
@@ -103,6 +110,12 @@ class DiffMatchConfig:
             raise ValueError(f"init_flow must be 'soft' or 'hard', got {self.init_flow!r}")
         if self.local_cost_order not in ("x_major", "y_major"):
             raise ValueError(f"local_cost_order must be 'x_major' or 'y_major', got {self.local_cost_order!r}")
+        if self.sampling_steps is not None and not 1 <= self.sampling_steps <= self.num_train_timesteps:
+            raise ValueError(
+                f"sampling_steps must be in [1, {self.num_train_timesteps}] or None, got {self.sampling_steps}"
+            )
+        if self.loss not in ("mse", "epe"):
+            raise ValueError(f"loss must be 'mse' or 'epe', got {self.loss!r}")
         if self.resize not in ("antialias", "official"):
             raise ValueError(f"resize must be 'antialias' or 'official', got {self.resize!r}")
         if self.image_size <= 0 or self.cost_size <= 0 or self.cost_size > self.image_size:
@@ -271,7 +284,7 @@ class DiffMatch(nn.Module):
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The training loss: masked MSE between predicted and true clean flow (paper Eq. 9).
+        """The training loss between predicted and true clean flow, masked: MSE (paper Eq. 9) or EPE.
 
         Args:
             source: ``(B, 3, H, W)`` RGB in ``[0, 1]``.
@@ -301,26 +314,35 @@ class DiffMatch(nn.Module):
             t = torch.zeros(b, dtype=torch.long, device=gt.device)
             noisy = torch.zeros_like(gt)
         pred = self.denoiser(noisy, t, cond.init_flow, cond.local_cost)
-        sq = ((pred - gt) ** 2).sum(1, keepdim=True)
-        loss = (sq * grid_mask).sum() / grid_mask.sum().clamp_min(1)
+        per_pixel = ((pred - gt) ** 2).sum(1, keepdim=True)
+        if self.config.loss == "epe":
+            per_pixel = (per_pixel + 1e-12).sqrt()
+        loss = (per_pixel * grid_mask).sum() / grid_mask.sum().clamp_min(1)
         return {"loss": loss, "pred": pred, "target": gt, "mask": grid_mask[:, 0]}
 
     # ------------------------------------------------------------------------------------- sampling
+    def default_steps(self) -> int:
+        """The DDIM steps used when none are given: ``config.sampling_steps``, else ``T``."""
+        return self.config.sampling_steps or self.config.num_train_timesteps
+
     def sample_normalized(
         self,
         cond: Condition,
         num_samples: int = 1,
-        num_steps: int = 5,
+        num_steps: int | None = None,
         eta: float = 0.0,
         generator: Generators = None,
         init_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``N`` flow hypotheses on the cost grid, normalised, as ``(B, N, 2, c, c)``; one batched run.
 
+        ``num_steps=None`` uses :meth:`default_steps`.
+
         ``init_noise`` (``(B, N, 2, c, c)``) replaces the drawn starting noise ``F_T``.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        num_steps = self.default_steps() if num_steps is None else num_steps
         init, local = cond.init_flow, cond.local_cost
         b, _, c, _ = init.shape
         rep = lambda x: None if x is None else x.repeat_interleave(num_samples, dim=0)  # noqa: E731
@@ -349,7 +371,7 @@ class DiffMatch(nn.Module):
         source: torch.Tensor,
         target: torch.Tensor,
         num_samples: int = 1,
-        num_steps: int = 5,
+        num_steps: int | None = None,
         eta: float = 0.0,
         generator: Generators = None,
     ) -> MatchResult:
@@ -359,7 +381,7 @@ class DiffMatch(nn.Module):
             source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
             target: ``(B, 3, Ht, Wt)`` RGB in ``[0, 1]``.
             num_samples: hypotheses ``N`` (run as one batch).
-            num_steps: DDIM steps.
+            num_steps: DDIM steps (``None``: :meth:`default_steps`).
             eta: DDIM eta.
             generator: a generator, one per item, or ``None``.
 

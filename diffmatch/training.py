@@ -10,6 +10,7 @@ Inference never imports this module. Flows follow the project convention: target
 from __future__ import annotations
 
 import copy
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ class DiffMatchModule(L.LightningModule):
         model: model settings (see :class:`DiffMatchConfig`); a dict is accepted too.
         lr: AdamW learning rate (paper: 1e-4 for stage 1).
         weight_decay: AdamW weight decay.
+        lr_decay_steps: decay the learning rate to zero over this many optimiser steps along a
+            half cosine, stepped every step (``None``: constant, the paper's setting). Counted from
+            the start of this run, so a fine-tuning run started with ``init_from`` decays over its own steps.
         ema_decay: keep an exponential moving average of the denoiser with this decay (``None``: off).
             Validation and exported weights then use the average.
         val_samples: hypotheses per pair at validation.
@@ -81,6 +85,7 @@ class DiffMatchModule(L.LightningModule):
         model: DiffMatchConfig | None = None,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        lr_decay_steps: int | None = None,
         ema_decay: float | None = None,
         val_samples: int = 1,
         val_steps: int = 5,
@@ -114,9 +119,17 @@ class DiffMatchModule(L.LightningModule):
         """The U-Net this run trains: stage 1's, or the upsampler's in a stage-2 run."""
         return self.model.upsampler.denoiser if isinstance(self.model, CascadeDiffMatch) else self.model.denoiser
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        steps = self.hparams.get("lr_decay_steps")
+        if steps is None:
+            return optimizer
+        if steps < 1:
+            raise ValueError(f"lr_decay_steps must be >= 1 or None, got {steps}")
+        cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.model.loss(batch["source"], batch["target"], batch["flow"], batch.get("mask"))

@@ -366,7 +366,7 @@ class CascadeDiffMatch(DiffMatch):
         source: torch.Tensor,
         target: torch.Tensor,
         num_samples: int = 1,
-        num_steps: int = 5,
+        num_steps: int | None = None,
         eta: float = 0.0,
         generator: Generators = None,
     ) -> MatchResult:
@@ -379,7 +379,7 @@ class CascadeDiffMatch(DiffMatch):
             source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
             target: ``(B, 3, Ht, Wt)`` RGB in ``[0, 1]``.
             num_samples: hypotheses ``N`` (each stage runs them as one batch).
-            num_steps: DDIM steps of each stage.
+            num_steps: DDIM steps of each stage (``None``: :meth:`default_steps`).
             eta: DDIM eta of each stage.
             generator: a generator, one per item, or ``None``.
 
@@ -389,6 +389,7 @@ class CascadeDiffMatch(DiffMatch):
         """
         cond = self.condition(source, target)
         stage1_gen, stage2_gen = _split_generators(generator, source.shape[0])
+        num_steps = self.default_steps() if num_steps is None else num_steps
         coarse = self.sample_normalized(cond, num_samples, num_steps, eta, stage1_gen)
         size_t, size_s = tuple(target.shape[-2:]), tuple(source.shape[-2:])
         return self.upsample(cond.features, coarse, size_t, size_s, num_steps, eta, stage2_gen)

@@ -1,6 +1,6 @@
 """Plot a run's training curve from Lightning's CSV log(s).
 
-    python scripts/plot_training.py outputs/demo/lightning_logs/version_0/metrics.csv checkpoints/diffmatch_demo_curve.png
+    python scripts/plot_training.py outputs/demo/lightning_logs/version_0/metrics.csv checkpoints/diffmatch_xfeat_curve.png
 
 A resumed run logs to a new ``version_N`` folder: pass every part in order, the curves are joined by
 step (a later file wins where steps repeat). ``--merged PATH`` also writes the joined CSV.

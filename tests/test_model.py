@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import shifted_pair, tiny_config
 
@@ -96,3 +97,43 @@ def test_small_model_overfits_one_pair(photo):
     epe = (out.flow - flow).norm(dim=1)[0, 8:-8, 8:-8].mean()
     epe_init = (out.init_flow - flow).norm(dim=1)[0, 8:-8, 8:-8].mean()
     assert epe < 0.5 * epe_init and epe < 1.0, (epe, epe_init)
+
+
+def test_epe_loss_is_the_mean_endpoint_error_of_the_prediction(photo):
+    """Both losses are checked in closed form against the prediction they were computed from."""
+    source, target, flow = shifted_pair(photo, dx=3, dy=-2)
+    losses = {}
+    for kind in ("mse", "epe"):
+        torch.manual_seed(0)
+        model = DiffMatch(tiny_config(loss=kind, diffusion=False))
+        out = model.loss(source, target, flow)
+        diff = (out["pred"] - out["target"]).square().sum(1)[out["mask"]]
+        expected = diff.mean() if kind == "mse" else diff.sqrt().mean()
+        torch.testing.assert_close(out["loss"], expected)
+        losses[kind] = out["loss"]
+    assert losses["epe"] > losses["mse"]  # normalised errors are < 1, so the root is larger
+    with pytest.raises(ValueError, match="loss must be 'mse' or 'epe'"):
+        tiny_config(loss="l1")
+
+
+def test_ddim_with_fewer_steps_than_T_steps_to_the_next_visited_timestep():
+    """3 of 5 steps visit t = 4, 2, 0: each update must land on the next of those."""
+    diffusion = FlowDiffusion()
+    ab = diffusion.scheduler.alphas_cumprod
+    clean = torch.full((1, 2, 2, 2), 0.3)
+    seen = []
+
+    def denoise(sample, t):
+        seen.append((int(t[0]), sample.clone()))
+        return clean
+
+    start = torch.randn(1, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    out = diffusion.sample(denoise, (1, 2, 2, 2), num_steps=3, init_noise=start)
+    assert [t for t, _ in seen] == [4, 2, 0]
+    # A perfect x0 prediction keeps the implied noise fixed: x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps
+    # at every visited t, with eps the noise implied at the start.
+    eps = (start - ab[4].sqrt() * clean) / (1 - ab[4]).sqrt()
+    for t, sample in seen:
+        torch.testing.assert_close(sample, ab[t].sqrt() * clean + (1 - ab[t]).sqrt() * eps)
+    torch.testing.assert_close(out, clean)
+    assert [diffusion.visited_timesteps(n) for n in (1, 2, 4, 5)] == [[4], [4, 0], [4, 3, 1, 0], [4, 3, 2, 1, 0]]

@@ -129,3 +129,20 @@ def test_fused_features_train_and_reload_without_storing_backbones(tmp_path):
     matcher = DiffMatcher.from_checkpoint(exported, device="cpu")
     out = matcher.match(torch.rand(1, 3, 40, 48), torch.rand(1, 3, 40, 48), num_samples=2)
     assert out.flow.shape == (1, 2, 40, 48)
+
+
+def test_lr_decays_along_a_half_cosine_per_step():
+    from helpers import tiny_config
+
+    module = DiffMatchModule(model=tiny_config(), lr=1e-3, lr_decay_steps=4)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [1e-3, 1e-3 * (1 + 2**-0.5) / 2, 5e-4, 1e-3 * (1 - 2**-0.5) / 2, 0.0, 0.0]
+    assert seen == pytest.approx(expected, abs=1e-12)
+    assert isinstance(DiffMatchModule(model=tiny_config(), lr=1e-3).configure_optimizers(), torch.optim.AdamW)

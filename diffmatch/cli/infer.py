@@ -2,8 +2,12 @@
 
 Writes, per pair, ``flow.npy`` (float32 ``(H_t, W_t, 2)``: target grid, ``target(x) ≈ source(x +
 flow(x))``, pixels, at the target's original size), ``uncertainty.npy`` (float32 ``(H_t, W_t)``,
-variance across hypotheses in px²), the flow in ``--flow-format``, and PNG pictures. Every file is
-written atomically. A failed pair is reported and skipped; the exit status is 1 if any pair failed,
+variance across hypotheses in px²), the flow in ``--flow-format``, and PNG pictures. A calibrated
+checkpoint (``python -m diffmatch.calibrate``) adds ``confidence.npy`` (float32 ``(H_t, W_t)``, the
+probability that each match is within τ px, τ = 3 unless calibrated otherwise) and
+``confidence.png``; ``--min-confidence P`` then marks matches below ``P`` invalid in ``flow.npy``
+and the flow file (NaN in ``.npy``, ``.npz`` and ``.flo``; valid bit 0 in KITTI ``.png``, ``valid``
+in ``.npz``). Every file is written atomically. A failed pair is reported and skipped; the exit status is 1 if any pair failed,
 2 for bad arguments.
 """
 
@@ -56,16 +60,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", help="target image (the flow lives on its grid)")
     parser.add_argument("--pairs", help="text file with one 'source target' pair per line")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--checkpoint", help="Lightning .ckpt or exported weights (default: the bundled demo model)")
+    parser.add_argument("--checkpoint", help="Lightning .ckpt or exported weights (default: the bundled model, checkpoints/diffmatch_xfeat.pt)")
     parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
     parser.add_argument(
-        "--steps", type=int, default=5,
-        help="DDIM steps K, 1..T where T is the model's num_train_timesteps (5 for the bundled models; default 5)",
+        "--steps", type=int,
+        help="DDIM steps K, 1..T where T is the model's num_train_timesteps (5 for the bundled model); "
+        "default: the checkpoint's own, its sampling_steps or else T",
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--flow-format", default="flo", choices=[f[1:] for f in FLOW_FORMATS])
     parser.add_argument("--no-viz", action="store_true", help="skip the PNG pictures")
+    parser.add_argument(
+        "--min-confidence", type=float, metavar="P",
+        help="mark matches with a calibrated confidence below P (0..1) invalid in the flow files "
+        "(NaN; KITTI png: valid bit 0); needs a calibrated checkpoint",
+    )
     parser.add_argument(
         "--max-size", type=int, metavar="PX",
         help="match downscaled copies whose longer side is at most PX, then upsample the flow to the "
@@ -81,8 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--source and --target go together")
     if args.samples < 1:
         parser.error(f"--samples must be >= 1, got {args.samples}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
+        parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     if args.max_size is not None and args.max_size < 16:
         parser.error(f"--max-size must be >= 16 px, got {args.max_size}")
     return args
@@ -145,25 +157,44 @@ def write_outputs(
     target: np.ndarray,
     flow_format: str,
     viz: bool,
+    min_confidence: float | None = None,
 ) -> list[str]:
     """Write one pair's arrays and pictures into ``out``, each file atomically.
 
     ``flow.png``, ``warp.png`` and ``uncertainty.png`` are array operations saved with OpenCV;
-    matplotlib draws only ``panel.png``, the composite with titles.
+    matplotlib draws only ``panel.png``, the composite with titles. A result with ``confidence``
+    adds ``confidence.npy`` and ``confidence.png`` (inferno, black 0 to yellow 1). With
+    ``min_confidence``, pixels below it are invalid in ``flow.npy`` and the flow file: NaN
+    (``.npy``, ``.npz``, ``.flo``), KITTI ``.png`` valid bit 0, and ``valid`` in ``.npz``; the
+    pictures show the whole flow.
 
     Returns:
         The names of the files written, in order.
+
+    Raises:
+        InputError: ``min_confidence`` for a result without confidence.
     """
     arrays = result.numpy(0)
     flow, uncertainty = arrays["flow"], arrays["uncertainty"]
+    confidence = arrays.get("confidence")
+    valid = None
+    if min_confidence is not None:
+        if confidence is None:
+            raise InputError("--min-confidence needs a calibrated checkpoint (python -m diffmatch.calibrate)")
+        valid = confidence >= min_confidence
+    masked = flow if valid is None else np.where(valid[..., None], flow, np.nan).astype(np.float32)
     written = ["flow.npy", "uncertainty.npy"]
-    for name, value in (("flow.npy", flow), ("uncertainty.npy", uncertainty)):
+    saved = [("flow.npy", masked), ("uncertainty.npy", uncertainty)]
+    if confidence is not None:
+        saved.append(("confidence.npy", confidence))
+        written.append("confidence.npy")
+    for name, value in saved:
         with atomic_open(out / name) as handle:
             np.save(handle, value.astype(np.float32))
     if flow_format == "npz":
-        write_flow(out / "flow.npz", flow, uncertainty=uncertainty, samples=arrays["samples"])
+        write_flow(out / "flow.npz", masked, valid=valid, uncertainty=uncertainty, samples=arrays["samples"])
     elif flow_format != "npy":
-        write_flow(out / f"flow.{flow_format}", flow)
+        write_flow(out / f"flow.{flow_format}", masked, valid=valid)
     if flow_format != "npy":
         written.append(f"flow.{flow_format}")
     if viz:
@@ -174,6 +205,9 @@ def write_outputs(
         save_image(out / "uncertainty.png", uncertainty_to_color(uncertainty))
         save_figure(out / "panel.png", panel_figure(source, target, flow, uncertainty))
         written += ["flow.png", "warp.png", "uncertainty.png", "panel.png"]
+        if confidence is not None:
+            save_image(out / "confidence.png", uncertainty_to_color(confidence, vmax=1.0, legend=False))
+            written.append("confidence.png")
     return written
 
 
@@ -235,8 +269,13 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         from diffmatch.matcher import DiffMatcher
 
         matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)
+        if args.min_confidence is not None and matcher.calibrator is None:
+            raise InputError(
+                f"--min-confidence: {args.checkpoint or 'the bundled checkpoint'} has no confidence calibration "
+                "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
+            )
         limit = matcher.model.config.num_train_timesteps
-        if args.steps > limit:
+        if args.steps is not None and args.steps > limit:
             raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
 
         def run(source: np.ndarray, target: np.ndarray, index: int) -> MatchResult:
@@ -246,6 +285,8 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
             return matcher.match(source, target, num_samples=args.samples, num_steps=args.steps, generator=gen)
 
         return run
+    if args.min_confidence is not None:
+        raise InputError(f"--min-confidence needs --matcher diffmatch with a calibrated checkpoint, not {args.matcher}")
     from diffmatch.inputs import resolve_device
     from diffmatch.zeroshot import ZeroShotMatcher
 
@@ -296,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
             result = run(small_source, small_target, index)
             scale = (source.shape[0] / small_source.shape[0], source.shape[1] / small_source.shape[1])
             result = upsample_result(result, target.shape[:2], scale, samples=args.flow_format == "npz")
-            written = write_outputs(folder, result, source, target, args.flow_format, not args.no_viz)
+            written = write_outputs(
+                folder, result, source, target, args.flow_format, not args.no_viz, args.min_confidence
+            )
         except (InputError, ValueError) as err:
             failed += 1
             tqdm.write(f"error: pair {index} ({src_path} -> {tgt_path}): {err}", file=sys.stderr)

@@ -71,7 +71,7 @@ class MethodOptions:
     Attributes:
         checkpoint: DiffMatch checkpoint path; ``None`` uses the bundled one.
         num_samples: DiffMatch hypotheses per pair (their variance is the uncertainty).
-        num_steps: DiffMatch sampling steps.
+        num_steps: DiffMatch sampling steps (``None``: the checkpoint's default).
         seed: seed of DiffMatch's sampling generator.
         device: where models run.
         sd_model: Stable Diffusion folder or Hub id for ``dift``/``fused``.
@@ -80,7 +80,7 @@ class MethodOptions:
 
     checkpoint: str | None = None
     num_samples: int = 3
-    num_steps: int = 5
+    num_steps: int | None = None
     seed: int = 0
     device: torch.device = torch.device("cpu")
     sd_model: str | None = None
@@ -96,7 +96,7 @@ class CheckpointMethod:
 
     matcher: Any
     num_samples: int
-    num_steps: int
+    num_steps: int | None
     generator: torch.Generator
     name: str = "checkpoint"
 
@@ -148,7 +148,7 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
     Raises:
         InputError: bad options, or a model that cannot be loaded.
     """
-    if options.num_samples < 1 or options.num_steps < 1:
+    if options.num_samples < 1 or (options.num_steps is not None and options.num_steps < 1):
         raise InputError(
             f"--samples and --steps must be >= 1, got {options.num_samples} and {options.num_steps}"
         )

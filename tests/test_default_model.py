@@ -1,0 +1,80 @@
+"""Sanity checks of the bundled default model (``checkpoints/diffmatch_xfeat.pt``), slow-marked.
+
+Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, px. The thresholds are the
+measured behaviour with a margin (checkpoints/README.md, "Where it falls short"), so that a
+regression fails; the goals it does not reach yet are strict ``xfail`` tests, which fail once it
+reaches them so that the README gets updated.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from diffmatch.data.benchmark import SyntheticBenchmark
+from diffmatch.data.photos import bundled_photos
+from diffmatch.matcher import DiffMatcher
+
+pytestmark = pytest.mark.slow
+SIZE = 384
+
+
+@pytest.fixture(scope="module")
+def matcher() -> DiffMatcher:
+    return DiffMatcher.from_checkpoint(device="cpu")
+
+
+def _photo(name: str) -> np.ndarray:
+    image = cv2.cvtColor(cv2.imread(str(bundled_photos("val") / name)), cv2.COLOR_BGR2RGB)
+    side = min(image.shape[:2])
+    return cv2.resize(image[:side, :side], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+
+
+def _flow(matcher: DiffMatcher, source: np.ndarray, target: np.ndarray) -> torch.Tensor:
+    return matcher.match(source, target, generator=torch.Generator().manual_seed(0)).flow[0]
+
+
+def _identical_error(matcher: DiffMatcher) -> float:
+    image = _photo("coffee.jpg")
+    return _flow(matcher, image, image).norm(dim=0).mean().item()
+
+
+def _shift_error(matcher: DiffMatcher) -> float:
+    image = _photo("coffee.jpg")
+    target = np.zeros_like(image)
+    target[:, :-20] = image[:, 20:]  # target(x) = source(x + (20, 0))
+    error = (_flow(matcher, image, target) - torch.tensor([20.0, 0.0]).view(2, 1, 1)).norm(dim=0)
+    return error[:, :-40].mean().item()  # columns whose match is inside the source, with a margin
+
+
+def test_identical_images_give_a_small_flow(matcher):
+    assert _identical_error(matcher) < 4.0  # measured 3.1 px
+
+
+def test_a_20_px_shift_is_recovered_to_a_few_px(matcher):
+    assert _shift_error(matcher) < 4.0  # measured 3.0 px
+
+
+@pytest.mark.xfail(strict=True, reason="the default model is accurate to ~3 px (checkpoints/README.md)")
+def test_goal_identical_images_under_half_a_pixel(matcher):
+    assert _identical_error(matcher) < 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="the default model is accurate to ~3 px (checkpoints/README.md)")
+def test_goal_20_px_shift_under_1_5_px(matcher):
+    assert _shift_error(matcher) < 1.5
+
+
+def test_unet_beats_its_own_init_flow_at_every_level(matcher):
+    for level in ("easy", "medium", "hard"):
+        bench = SyntheticBenchmark(bundled_photos("val"), size=(240, 240), level=level, num_pairs=6)
+        final, init = [], []
+        for i in range(len(bench)):
+            item = bench[i]
+            result = matcher.match(item["source"], item["target"], generator=torch.Generator().manual_seed(i))
+            mask = item["mask"]
+            final.append((result.flow[0] - item["flow"]).norm(dim=0)[mask].mean().item())
+            init.append((result.init_flow[0] - item["flow"]).norm(dim=0)[mask].mean().item())
+        assert np.mean(final) < np.mean(init), (level, np.mean(final), np.mean(init))
