@@ -24,6 +24,20 @@ def photo() -> np.ndarray:
     return cv2.resize(data.astronaut(), (128, 128), interpolation=cv2.INTER_AREA)
 
 
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny random model saved through the public export path (hypotheses differ)."""
+    from helpers import tiny_config
+
+    from diffmatch.model import DiffMatch
+    from diffmatch.weights import save_weights
+
+    torch.manual_seed(0)
+    model = DiffMatch(tiny_config())
+    torch.nn.init.normal_(model.denoiser.unet.conv_out.weight, std=0.05)
+    return save_weights(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
 # ------------------------------------------------------------------------------ the tree stays clean
 # Every test writes under its tmp_path. A run that leaves a new file in the checkout (ignored ones
 # included: outputs/, lightning_logs/, stray checkpoints) fails, naming the files.

@@ -11,23 +11,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
 
 from diffmatch.cli import infer
 from diffmatch.cli.infer import main as infer_main
-from diffmatch.model import DiffMatch
 from diffmatch.result import MatchResult
-from diffmatch.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = DiffMatch(tiny_config())
-    torch.nn.init.normal_(model.denoiser.unet.conv_out.weight, std=0.05)  # hypotheses differ
-    return save_weights(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture

@@ -8,23 +8,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
 
 from diffmatch import DiffMatcher
 from diffmatch.cli.infer import main as infer_main
 from diffmatch.io import InputError
-from diffmatch.model import DiffMatch
-from diffmatch.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = DiffMatch(tiny_config())
-    torch.nn.init.normal_(model.denoiser.unet.conv_out.weight, std=0.05)  # hypotheses differ
-    return save_weights(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture
@@ -51,6 +40,18 @@ def test_cli_and_api_agree_and_write_everything(tmp_path, checkpoint, images):
     np.testing.assert_allclose(result.uncertainty[0, 0].numpy(), unc, atol=1e-5)
     assert unc.max() > 0
     assert not list(out.glob(".*tmp"))
+
+
+def test_kitti_flow_file_is_not_overwritten_by_the_colour_picture(tmp_path, checkpoint, images):
+    from diffmatch.io import read_flow_file
+
+    out = tmp_path / "out"
+    code = infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(out),
+                       "--checkpoint", str(checkpoint), "--device", "cpu", "--flow-format", "png"])
+    assert code == 0
+    kitti = read_flow_file(out / "flow.png")
+    np.testing.assert_allclose(kitti["flow"], np.load(out / "flow.npy"), atol=1 / 64)  # KITTI's 1/64 px steps
+    assert (out / "flow_color.png").stat().st_size > 0
 
 
 def test_api_batch_and_seed(checkpoint, photo):

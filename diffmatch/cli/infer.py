@@ -200,11 +200,13 @@ def write_outputs(
     if viz:
         from diffmatch.viz import blend_warp, flow_to_color, panel_figure, save_figure, uncertainty_to_color
 
-        save_image(out / "flow.png", flow_to_color(flow))
+        # With --flow-format png the KITTI flow file is flow.png: the colour picture steps aside.
+        picture = "flow_color.png" if flow_format == "png" else "flow.png"
+        save_image(out / picture, flow_to_color(flow))
         save_image(out / "warp.png", blend_warp(source, target, flow))
         save_image(out / "uncertainty.png", uncertainty_to_color(uncertainty))
         save_figure(out / "panel.png", panel_figure(source, target, flow, uncertainty))
-        written += ["flow.png", "warp.png", "uncertainty.png", "panel.png"]
+        written += [picture, "warp.png", "uncertainty.png", "panel.png"]
         if confidence is not None:
             save_image(out / "confidence.png", uncertainty_to_color(confidence, vmax=1.0, legend=False))
             written.append("confidence.png")
