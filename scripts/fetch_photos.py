@@ -42,6 +42,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from diffmatch.io import atomic_write_bytes
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "data" / "photos" / "extra"
 MANIFEST = "MANIFEST.csv"
@@ -211,22 +213,6 @@ def encode_jpeg(image: Image.Image, quality: int = QUALITY) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality, optimize=True)
     return buffer.getvalue()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def safe_name(text: str) -> str:
@@ -455,7 +441,7 @@ def select_and_write(
         if target.exists():
             outcome.existing.append(file)
         else:
-            atomic_write(target, encode_jpeg(downsize(image, max_side), quality))
+            atomic_write_bytes(target, encode_jpeg(downsize(image, max_side), quality))
             outcome.written.append(file)
         licence, attribution = file_licence(src, root, rel, meta)
         outcome.rows.append({
@@ -479,7 +465,7 @@ def write_manifest(out: Path, rows: list[dict[str, str]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["file"]))
-    atomic_write(out / MANIFEST, buffer.getvalue().encode("utf-8"))
+    atomic_write_bytes(out / MANIFEST, buffer.getvalue().encode("utf-8"))
 
 
 def reference_hashes(paths: Iterable[Path]) -> dict[int, str]:
