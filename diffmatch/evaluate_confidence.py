@@ -11,7 +11,8 @@ checkpoint calibrated by ``python -m diffmatch.calibrate``:
   the ranking;
 * **homography accuracy** (HPatches practice, mean corner error and the share of pairs under 1, 3,
   5 px) of MAGSAC++ (``cv2.USAC_MAGSAC``, 3 px) on ``--num`` matches: the most confident
-  (``top-k``), drawn by confidence (``sampled``), drawn uniformly (``random``), and SIFT + ratio
+  (``top-k``), the most confident per grid cell (``spread``), drawn by confidence (``sampled``),
+  drawn uniformly (``random``), and SIFT + ratio
   test + the same estimator (``sift``, OpenCV). The true homography is fitted to the exact
   benchmark flow.
 
@@ -47,7 +48,7 @@ from diffmatch.io import InputError, atomic_open
 
 __all__ = ["build_parser", "main", "sift_homography"]
 
-HOMOGRAPHY_METHODS = ("top-k", "sampled", "random", "sift")
+HOMOGRAPHY_METHODS = ("top-k", "spread", "sampled", "random", "sift")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +113,8 @@ def _homographies(result: Any, item: dict[str, Any], args: argparse.Namespace, s
     size = tuple(item["target"].shape[-2:])
     source_size = tuple(item["source"].shape[-2:])
     uniform = dataclasses.replace(result, confidence=torch.ones_like(result.confidence))
-    runs = {"top-k": (result, "top_k"), "sampled": (result, "sample"), "random": (uniform, "sample")}
+    runs = {"top-k": (result, "top_k"), "spread": (result, "spread"), "sampled": (result, "sample"),
+            "random": (uniform, "sample")}
     out = {}
     for name, (res, mode) in runs.items():
         gen = torch.Generator().manual_seed(seed)

@@ -188,7 +188,7 @@ class DiffMatcher:
         max_uncertainty: float | None = None,
         index: int = 0,
         source_size: tuple[int, int] | None = None,
-        mode: Literal["sample", "top_k"] = "sample",
+        mode: Literal["sample", "top_k", "spread"] = "sample",
         min_confidence: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sparse matches drawn by confidence, or the ``top_k`` most confident in order.
@@ -206,7 +206,7 @@ class DiffMatcher:
 
     @staticmethod
     def estimate_homography(result: MatchResult, num: int = 2000, **kwargs: Any) -> GeometryEstimate:
-        """Homography ``H`` (target → source pixels) by MAGSAC++ (or ``method="ransac"``) on the ``num`` most confident matches.
+        """Homography ``H`` (target → source pixels) by MAGSAC++ (or ``method="ransac"``) on ``num`` confident matches.
 
         See :func:`diffmatch.matches.estimate_homography` for the options (``mode``, ``method``,
         ``threshold``, ``source_size``, ``min_confidence``, ...).
@@ -215,7 +215,7 @@ class DiffMatcher:
 
     @staticmethod
     def estimate_fundamental(result: MatchResult, num: int = 2000, **kwargs: Any) -> GeometryEstimate:
-        """Fundamental matrix ``F`` (``source^T F target = 0``) by MAGSAC++ (or RANSAC) on the most confident matches.
+        """Fundamental matrix ``F`` (``source^T F target = 0``) by MAGSAC++ (or RANSAC) on confident matches.
 
         See :func:`diffmatch.matches.estimate_fundamental` for the options.
         """

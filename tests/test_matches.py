@@ -22,7 +22,7 @@ def _result(flow: torch.Tensor, confidence: torch.Tensor | None = None) -> Match
 
 
 @pytest.mark.parametrize("method", ["magsac", "ransac"])
-@pytest.mark.parametrize("mode", ["top_k", "sample"])
+@pytest.mark.parametrize("mode", ["top_k", "sample", "spread"])
 def test_estimate_homography_recovers_a_known_homography(method, mode):
     size = (96, 128)
     flow = homography_to_flow(torch.from_numpy(H_TRUE)[None].float(), size)
@@ -58,6 +58,21 @@ def test_top_k_is_ordered_and_sampling_follows_confidence():
     assert drawn.mean() > 0.6 and (drawn > 0).all()  # ∝ confidence: mean 2/3 for a uniform ramp
     _, _, kept = sample_matches(result, 1000, mode="top_k", min_confidence=0.75)
     assert kept.min() >= 0.75 and len(kept) == int((confidence >= 0.75).sum())
+
+
+def test_spread_takes_each_cells_most_confident_match_in_order():
+    size = (40, 40)
+    confidence = torch.zeros(1, 1, *size)
+    confidence[0, 0, :10, :10] = 0.9 + torch.rand(10, 10, generator=torch.Generator().manual_seed(0)) * 0.1  # a sure corner
+    confidence[0, 0, 10:, :] = torch.linspace(0.1, 0.5, 30 * 40).view(30, 40)
+    result = _result(torch.zeros(1, 2, *size), confidence)
+    top, _, _ = sample_matches(result, 16, mode="top_k")
+    assert (top < 10).all()  # top-K: all in the sure corner
+    tgt, _, conf = sample_matches(result, 16, mode="spread")  # 16 cells of 10x10 px
+    cells = {(int(x) // 10, int(y) // 10) for x, y in tgt}
+    assert len(cells) == len(tgt) == 16 and np.all(np.diff(conf) <= 0)
+    best = confidence[0, 0].unfold(0, 10, 10).unfold(1, 10, 10).amax((-1, -2)).flatten().sort(descending=True).values
+    np.testing.assert_allclose(conf, best.numpy())
 
 
 def test_sample_matches_without_confidence_ranks_by_variance_and_checks_args():
