@@ -3,11 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["Features", "FeatureExtractor"]
+__all__ = ["Features", "FeatureExtractor", "read_weight_file"]
+
+
+def read_weight_file(path: Path, name: str) -> dict:
+    """The state dict in a backbone's weight file (``torch.load``, ``weights_only``, on the CPU).
+
+    Args:
+        path: the file.
+        name: the backbone's name, for the messages (e.g. ``"XFeat"``).
+
+    Raises:
+        ValueError: an unreadable file, or one that holds no dict.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable {name} state dict ({type(err).__name__})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a {name} state dict, got {type(state).__name__}")
+    return state
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.features.base import FeatureExtractor, Features
+from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
 
 __all__ = ["LITE0_BLOCKS", "EfficientNetLite0Features", "load_lite0_state_dict"]
 
@@ -100,13 +100,7 @@ def load_lite0_state_dict(weights: str) -> dict[str, torch.Tensor] | None:
         path = Path(os.path.expanduser(weights))
     if not path.is_file():
         raise ValueError(f"EfficientNet-Lite0 weights {weights!r}: expected 'imagenet', 'random' or an existing .pth file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable EfficientNet-Lite0 state dict ({err})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict")
-    return state
+    return read_weight_file(path, "EfficientNet-Lite0")
 
 
 class EfficientNetLite0Features(FeatureExtractor):

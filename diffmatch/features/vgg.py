@@ -13,7 +13,7 @@ from torchvision.models import VGG16_Weights
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
-from diffmatch.features.base import FeatureExtractor, Features
+from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
 
 __all__ = ["VGG16Pyramid", "VGG_LAYERS", "load_vgg16_state_dict"]
 
@@ -105,11 +105,8 @@ def load_vgg16_state_dict(weights: str, seed: int = 0) -> dict[str, torch.Tensor
             raise ValueError(
                 f"VGG-16 weights {weights!r}: expected 'imagenet', 'random' or an existing .pth file"
             )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{path}: not a readable VGG-16 state dict ({err})") from None
-        if isinstance(state, dict) and "state_dict" in state:
+        state = read_weight_file(path, "VGG-16")
+        if "state_dict" in state:
             state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"VGG-16 weights {weights!r}: expected a state dict")

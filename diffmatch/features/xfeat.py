@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.features.base import FeatureExtractor, Features
+from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
 
 __all__ = ["XFEAT_TRUNK", "XFeatFeatures", "load_xfeat_state_dict"]
 
@@ -82,13 +82,7 @@ def load_xfeat_state_dict(weights: str) -> dict[str, torch.Tensor] | None:
     path = _packaged_weights() if weights == "pretrained" else Path(os.path.expanduser(weights))
     if not path.is_file():
         raise ValueError(f"XFeat weights {weights!r}: expected 'pretrained', 'random' or an existing xfeat.pt file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable XFeat state dict ({type(err).__name__})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return state
+    return read_weight_file(path, "XFeat")
 
 
 class XFeatFeatures(FeatureExtractor):
