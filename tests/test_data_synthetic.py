@@ -148,6 +148,46 @@ def test_warp_weights_select_types() -> None:
     assert {config.choose(generator) for _ in range(20)} == {"affine"}
 
 
+def test_small_motion_shrinks_flow_towards_identity(image_dir) -> None:
+    base = SyntheticPairs(image_dir, SIZE, augment=False, length=12)
+    identity = SyntheticPairs(
+        image_dir, SIZE, augment=False, length=12,
+        warp=WarpConfig(small_motion_probability=1.0, small_motion_range=(0.0, 0.0)),
+    )
+    half = SyntheticPairs(
+        image_dir, SIZE, augment=False, length=12,
+        warp=WarpConfig(small_motion_probability=1.0, small_motion_range=(0.5, 0.5)),
+    )
+    mixed = SyntheticPairs(image_dir, SIZE, augment=False, length=12, warp=WarpConfig(small_motion_probability=0.5))
+    shrunk = 0
+    for index in range(12):
+        full = base[index]
+        # Factor 0: the identity, target = source; factor 0.5: half the displacement of the same warp.
+        assert identity[index]["flow"].abs().max() == 0
+        assert torch.allclose(identity[index]["target"], identity[index]["source"], atol=1e-5)
+        assert torch.allclose(half[index]["flow"], 0.5 * full["flow"], atol=1e-4)
+        # The warp still reproduces its target.
+        item = half[index]
+        warped, _ = warp(item["source"][None], item["flow"][None])
+        inner = _interior(item["flow"], SIZE)
+        assert (warped[0] - item["target"]).abs().amax(0)[inner].max() < 1e-4
+        # Mixed: each pair is either the unchanged warp or a shrunk one (stream kept otherwise).
+        flow = mixed[index]["flow"]
+        if torch.equal(flow, full["flow"]):
+            continue
+        shrunk += 1
+        assert flow.norm(dim=0).mean() <= 0.3 * full["flow"].norm(dim=0).mean() + 1e-4
+    assert 2 <= shrunk <= 10
+    # Probability 0 draws nothing: the existing random stream is kept exactly.
+    off = WarpConfig(small_motion_probability=0.0, small_motion_range=(0.1, 0.2))
+    assert torch.equal(SyntheticPairs(image_dir, SIZE, augment=False, length=12, warp=off)[5]["flow"], base[5]["flow"])
+    for bad in ({"small_motion_probability": 1.5}, {"small_motion_range": (0.5, 0.2)}):
+        with pytest.raises(ValueError, match="small_motion"):
+            WarpConfig(**bad)
+    with pytest.raises(ValueError, match="small-motion"):
+        WarpConfig(preset="glunet", small_motion_probability=0.5)
+
+
 def test_benchmark_is_fixed_and_levels_grow(image_dir) -> None:
     magnitudes = []
     for level in BENCHMARK_LEVELS:

@@ -164,6 +164,7 @@ class SyntheticPairs(Dataset):
         # Always draw the coin so the stream does not depend on elastic_probability being zero.
         if float(torch.rand((), generator=geometry)) < warp.elastic_probability:
             mapping = mapping + sample_elastic(self.size, geometry)
+        mapping = warp.shrink(mapping, geometry)
         offset = mapping.new_tensor([ox, oy]).view(1, 2, 1, 1)
         grid = pixel_to_normalized(mapping + offset, work.shape[:2]).permute(0, 2, 3, 1)
         target = F.grid_sample(work_t, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

@@ -94,6 +94,12 @@ class WarpConfig:
         weights: relative probability of each entry of ``types``; uniform when ``types`` is given
             without weights.
         elastic_probability: chance of adding local elastic perturbations to a warp.
+        small_motion_probability: chance of shrinking a warp's displacement towards the identity,
+            ``mapping = x + s (mapping(x) - x)`` with ``s`` uniform in ``small_motion_range``. The
+            DenseMatching ranges rarely give near-identity pairs (small motion, stereo, an image
+            matched with itself); this mixes them in. ``0`` (default) leaves the random stream of
+            every existing dataset and benchmark unchanged.
+        small_motion_range: ``(lo, hi)`` range of the shrink factor ``s``, within ``[0, 1]``.
     """
 
     preset: Literal["densematching", "glunet"] = "densematching"
@@ -109,6 +115,8 @@ class WarpConfig:
     types: tuple[str, ...] | None = None
     weights: tuple[float, ...] | None = None
     elastic_probability: float = 0.0
+    small_motion_probability: float = 0.0
+    small_motion_range: tuple[float, float] = (0.0, 0.3)
 
     def __post_init__(self) -> None:
         if self.preset not in _PRESETS:
@@ -138,13 +146,40 @@ class WarpConfig:
             raise ValueError(f"tps_distribution must be 'uniform' or 'normal', got {self.tps_distribution!r}")
         if not 0.0 <= self.elastic_probability <= 1.0:
             raise ValueError(f"elastic_probability must be in [0, 1], got {self.elastic_probability}")
+        if not 0.0 <= self.small_motion_probability <= 1.0:
+            raise ValueError(f"small_motion_probability must be in [0, 1], got {self.small_motion_probability}")
+        object.__setattr__(self, "small_motion_range", tuple(float(v) for v in self.small_motion_range))
+        lo, hi = self.small_motion_range if len(self.small_motion_range) == 2 else (1.0, 0.0)
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"small_motion_range must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.small_motion_range}")
         if self.preset == "glunet" and (
-            "afftps" in self.types or self.elastic_probability > 0 or self.tps_grid != 3
+            "afftps" in self.types
+            or self.elastic_probability > 0
+            or self.small_motion_probability > 0
+            or self.tps_grid != 3
         ):
             raise ValueError(
-                "preset 'glunet' supports types homography/affine/tps, tps_grid 3 and no elastic warps, "
-                f"got types={self.types}, tps_grid={self.tps_grid}, elastic_probability={self.elastic_probability}"
+                "preset 'glunet' supports types homography/affine/tps, tps_grid 3 and no elastic or small-motion "
+                f"warps, got types={self.types}, tps_grid={self.tps_grid}, "
+                f"elastic_probability={self.elastic_probability}, "
+                f"small_motion_probability={self.small_motion_probability}"
             )
+
+    def shrink(self, mapping: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """With ``small_motion_probability``, pull a ``(B, 2, H, W)`` pixel mapping towards the identity.
+
+        Draws nothing from ``generator`` when the probability is zero, so existing streams are kept.
+        """
+        if self.small_motion_probability <= 0:
+            return mapping
+        coin = float(torch.rand((), generator=generator))
+        lo, hi = self.small_motion_range
+        factor = lo + (hi - lo) * float(torch.rand((), generator=generator))
+        if coin >= self.small_motion_probability:
+            return mapping
+        b, _, h, w = mapping.shape
+        grid = coords_grid(b, h, w, mapping.device, mapping.dtype)
+        return grid + factor * (mapping - grid)
 
     def choose(self, generator: torch.Generator) -> str:
         """Draw a warp type according to ``weights``."""
