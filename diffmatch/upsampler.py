@@ -51,6 +51,9 @@ class UpsamplerConfig:
         init_noise: std, in normalised units, of Gaussian noise added to the downsampled
             ground-truth flow *on the coarse grid* before it is upsampled to the training ``F_init``,
             so that it carries smooth errors like a stage-1 sample (paper: 0, none).
+        stage1_init_probability: share of training items whose ``F_init`` is stage 1's own
+            prediction (one sample, stage 1's default steps, no gradient) instead of the perturbed
+            ground truth, so that stage 2 learns to fix the errors stage 1 really makes (paper: 0).
         refine: at inference, ``each`` upsamples every stage-1 hypothesis into one fine sample;
             ``mean`` upsamples the (clamped, with ``clamp_flow``) mean of the stage-1 hypotheses and
             draws ``N`` new fine samples from it, as the official code does.
@@ -61,6 +64,7 @@ class UpsamplerConfig:
     size: int = 256
     radius: int = 4
     init_noise: float = 0.0
+    stage1_init_probability: float = 0.0
     refine: Literal["each", "mean"] = "each"
     normalize_after_sampling: bool = False
 
@@ -71,6 +75,10 @@ class UpsamplerConfig:
             raise ValueError(f"upsampler radius must be >= 0, got {self.radius}")
         if self.init_noise < 0:
             raise ValueError(f"upsampler init_noise must be >= 0, got {self.init_noise}")
+        if not 0.0 <= self.stage1_init_probability <= 1.0:
+            raise ValueError(
+                f"upsampler stage1_init_probability must be in [0, 1], got {self.stage1_init_probability}"
+            )
         if self.refine not in ("each", "mean"):
             raise ValueError(f"upsampler refine must be 'each' or 'mean', got {self.refine!r}")
 
@@ -127,6 +135,7 @@ class FlowUpsampler(nn.Module):
         self.x_major = stage1.local_cost_order == "x_major"
         self.align_corners = stage1.resize == "official"
         self.clamp_flow = stage1.clamp_flow
+        self.loss_type = stage1.loss
         self.denoiser_config = stage2_denoiser_config(stage1.denoiser, stage1.cost_size, cfg.size)
         self.denoiser = FlowDenoiser(
             self.denoiser_config, cfg.size, (2 * cfg.radius + 1) ** 2, True, stage1.num_train_timesteps, stage1.flow_scale
@@ -183,8 +192,10 @@ class FlowUpsampler(nn.Module):
         source_size: tuple[int, int],
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        stage1: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Stage-2 loss (paper Sec. 4.4): masked MSE with the downsampled ground truth as ``F_init``.
+        """Stage-2 loss (paper Sec. 4.4): masked MSE (or EPE, as stage 1's ``loss``) with the
+        downsampled ground truth, or stage 1's prediction, as ``F_init``.
 
         Args:
             features: source and target features (from :meth:`DiffMatch.extract`).
@@ -192,9 +203,12 @@ class FlowUpsampler(nn.Module):
             source_size: ``(Hs, Ws)`` of the source image.
             mask: ``(B, H, W)`` bool, where the ground truth is valid.
             generator: optional RNG for timesteps and noise.
+            stage1: ``(B, 2, c, c)`` normalised stage-1 predictions; each item uses its own as
+                ``F_init`` with probability ``stage1_init_probability`` (required when that is > 0).
 
         Returns:
-            ``loss`` (scalar), plus ``pred`` and ``target`` normalised fine flows and the fine ``mask``.
+            ``loss`` (scalar), plus ``pred`` and ``target`` normalised fine flows, the fine ``mask``
+            and the ``init`` flow it was conditioned on.
         """
         check_flow(flow)
         c, s = self.coarse_size, self.config.size
@@ -205,6 +219,15 @@ class FlowUpsampler(nn.Module):
         if self.config.init_noise > 0:
             noise = torch.randn(coarse.shape, generator=generator, device=coarse.device, dtype=coarse.dtype)
             coarse = coarse + self.config.init_noise * noise
+        if self.config.stage1_init_probability > 0:
+            if stage1 is None or stage1.shape != coarse.shape:
+                raise ValueError(
+                    f"stage1_init_probability > 0 needs stage-1 predictions of shape {tuple(coarse.shape)}, "
+                    f"got {None if stage1 is None else tuple(stage1.shape)}"
+                )
+            draw = torch.rand(coarse.shape[0], generator=generator, device=coarse.device)
+            use = (draw < self.config.stage1_init_probability).view(-1, 1, 1, 1)
+            coarse = torch.where(use, stage1.to(coarse.dtype), coarse)
         init = self.upsample(coarse)
         with torch.no_grad():  # nothing upstream of the cost is trained
             local = self.local_cost(self.fine_features(features[0]), self.fine_features(features[1]), init)
@@ -216,9 +239,11 @@ class FlowUpsampler(nn.Module):
         t = self.diffusion.sample_timesteps(b, gt.device, generator)
         noise = torch.randn(gt.shape, generator=generator, device=gt.device, dtype=gt.dtype)
         pred = self.denoiser(self.diffusion.add_noise(gt, noise, t), t, init, local)
-        sq = ((pred - gt) ** 2).sum(1, keepdim=True)
-        loss = (sq * grid_mask).sum() / grid_mask.sum().clamp_min(1)
-        return {"loss": loss, "pred": pred, "target": gt, "mask": grid_mask[:, 0]}
+        per_pixel = ((pred - gt) ** 2).sum(1, keepdim=True)
+        if self.loss_type == "epe":
+            per_pixel = (per_pixel + 1e-12).sqrt()
+        loss = (per_pixel * grid_mask).sum() / grid_mask.sum().clamp_min(1)
+        return {"loss": loss, "pred": pred, "target": gt, "mask": grid_mask[:, 0], "init": init}
 
     # ------------------------------------------------------------------------------------ sampling
     def sample(
@@ -316,9 +341,14 @@ class CascadeDiffMatch(DiffMatch):
             See :meth:`FlowUpsampler.loss`.
         """
         check_flow(flow)
+        stage1 = None
         with torch.no_grad():
             features = self.extract(source, target)
-        return self.upsampler.loss(features, flow, tuple(source.shape[-2:]), mask, generator)
+            if self.upsampler.config.stage1_init_probability > 0:
+                # Stage 1's own prediction, as at inference: one sample with its default steps.
+                cond = self.condition_from_maps(self._cost_maps(features[0]), self._cost_maps(features[1]), features)
+                stage1 = self.sample_normalized(cond, 1, generator=generator)[:, 0]
+        return self.upsampler.loss(features, flow, tuple(source.shape[-2:]), mask, generator, stage1)
 
     @torch.no_grad()
     def upsample(

@@ -212,3 +212,49 @@ def test_brief_stage2_training_beats_bilinear_upsampling_on_held_out_pairs(photo
     via_fine = model.upsampler.from_fine_grid(model.upsampler.upsample(coarse), (64, 64), (64, 64))
     aepe = lambda x: float((((x - flow).norm(dim=1) * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)).mean())  # noqa: E731
     assert aepe(out.flow) < 0.9 * min(aepe(out.init_flow), aepe(via_fine)), (aepe(out.flow), aepe(out.init_flow), aepe(via_fine))
+
+
+def test_stage2_can_train_on_stage1_predictions(cascade, monkeypatch):
+    """``stage1_init_probability``: F_init is stage 1's own prediction for that share of the items."""
+    model = cascade
+    _make_networks_matter(model)
+    b = 4
+    source, target = torch.rand(b, 3, 64, 64), torch.rand(b, 3, 64, 64)
+    flow = torch.randn(b, 2, 64, 64)
+    gt_init = model.upsampler.upsample(model.to_cost_grid(flow, (64, 64)))
+    known = torch.full((b, 2, 16, 16), 0.05)
+
+    def run(probability: float, stage1: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        model.upsampler.config.stage1_init_probability = probability
+        if stage1 is not None:
+            monkeypatch.setattr(model, "sample_normalized", lambda cond, n, **kw: stage1[:, None])
+        return model.loss(source, target, flow, generator=torch.Generator().manual_seed(0))
+
+    torch.testing.assert_close(run(0.0)["init"], gt_init)
+    torch.testing.assert_close(run(1.0, known)["init"], model.upsampler.upsample(known))
+    mixed = run(0.5, known)["init"]
+    from_stage1 = [torch.allclose(mixed[i], model.upsampler.upsample(known)[i]) for i in range(b)]
+    from_gt = [torch.allclose(mixed[i], gt_init[i]) for i in range(b)]
+    assert all(a != g for a, g in zip(from_stage1, from_gt))  # each item is one or the other
+    torch.testing.assert_close(run(0.5, known)["init"], mixed)  # the draw follows the generator
+    with pytest.raises(ValueError, match="stage-1 predictions"):
+        model.upsampler.loss(model.extract(source, target), flow, (64, 64), stage1=None)
+    with pytest.raises(ValueError, match="stage1_init_probability"):
+        UpsamplerConfig(stage1_init_probability=1.5)
+
+
+def test_stage2_loss_with_real_stage1_predictions_trains_stage2_only(cascade):
+    model = cascade
+    _make_networks_matter(model)
+    model.upsampler.config.stage1_init_probability = 1.0
+    model.denoiser.requires_grad_(False)
+    source, target = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    flow = torch.zeros(2, 2, 64, 64)
+    out = model.loss(source, target, flow, generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    cond = model.condition(source, target)
+    stage1 = model.sample_normalized(cond, 1, generator=torch.Generator().manual_seed(0))[:, 0]
+    assert not torch.allclose(out["init"], torch.zeros_like(out["init"]))  # not the (zero) ground truth
+    assert out["init"].shape == (2, 2, 32, 32) and stage1.abs().sum() > 0
+    assert all(p.grad is None for p in model.denoiser.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.upsampler.denoiser.parameters())

@@ -6,6 +6,8 @@
 * :mod:`~diffmatch.evaluation.report`: ``summary.json``, ``per_pair.csv``, the table and the plots.
 * :mod:`~diffmatch.evaluation.calibration`: reliability, ECE and homography accuracy, for
   ``python -m diffmatch.evaluate_confidence``.
+* :mod:`~diffmatch.evaluation.sanity`: identical, shifted and rotated copies of one photo with exact
+  ground truth (``scripts/sanity_check.py``).
 
 The metrics themselves are pure functions in :mod:`diffmatch.metrics`.
 """
