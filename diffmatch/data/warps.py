@@ -149,8 +149,7 @@ class WarpConfig:
         if not 0.0 <= self.small_motion_probability <= 1.0:
             raise ValueError(f"small_motion_probability must be in [0, 1], got {self.small_motion_probability}")
         object.__setattr__(self, "small_motion_range", tuple(float(v) for v in self.small_motion_range))
-        lo, hi = self.small_motion_range if len(self.small_motion_range) == 2 else (1.0, 0.0)
-        if not 0.0 <= lo <= hi <= 1.0:
+        if len(self.small_motion_range) != 2 or not 0.0 <= self.small_motion_range[0] <= self.small_motion_range[1] <= 1.0:
             raise ValueError(f"small_motion_range must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.small_motion_range}")
         if self.preset == "glunet" and (
             "afftps" in self.types

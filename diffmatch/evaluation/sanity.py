@@ -81,13 +81,11 @@ def sanity_pairs(image: np.ndarray) -> list[SanityPair]:
             image, matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT
         )
         mapped = np.einsum("ij,jhw->ihw", matrix[:, :2], grid) + matrix[:, 2, None, None]
-        inside = (
-            (mapped[0] >= _MARGIN) & (mapped[0] <= w - 1 - _MARGIN) & (mapped[1] >= 0) & (mapped[1] <= h - 1)
-        )
-        if degrees or zoom != 1.0:  # rotated: the margin applies on every side
-            inside &= (mapped[1] >= _MARGIN) & (mapped[1] <= h - 1 - _MARGIN)
-        if not shift and not degrees and zoom == 1.0:
-            inside[:] = True
+        # Scored where the match lies in the source, a margin away from any side that moved.
+        moved = bool(degrees) or zoom != 1.0
+        mx = _MARGIN if shift or moved else 0
+        my = _MARGIN if moved else 0
+        inside = (mapped[0] >= mx) & (mapped[0] <= w - 1 - mx) & (mapped[1] >= my) & (mapped[1] <= h - 1 - my)
         pairs.append(
             SanityPair(
                 name=name,
