@@ -1,4 +1,4 @@
-"""``python -m diffmatch.export CKPT OUT [--half]``: a Lightning checkpoint to a small inference file."""
+"""``python -m diffmatch.export CKPT OUT [--half] [--no-ema]``: a Lightning checkpoint to a small inference file."""
 
 from __future__ import annotations
 
@@ -14,9 +14,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="Lightning .ckpt (or an exported file)")
     parser.add_argument("out", help="destination .pt file")
     parser.add_argument("--half", action="store_true", help="store weights as float16 (half the size)")
+    parser.add_argument(
+        "--no-ema",
+        dest="ema",
+        action="store_false",
+        help="export the trained denoiser, not its moving average (Lightning checkpoints of runs with ema_decay)",
+    )
     args = parser.parse_args(argv)
     try:
-        path = export_weights(args.checkpoint, args.out, half=args.half)
+        path = export_weights(args.checkpoint, args.out, half=args.half, ema=args.ema)
     except (InputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, handle)
 
 
+def warmup_ema_avg_fn(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
+    """An EMA update for :class:`~torch.optim.swa_utils.AveragedModel` whose decay warms up.
+
+    After ``n`` updates the average moves towards the current weights with decay
+    ``min(decay, (1 + n) / (10 + n))`` (the warm-up of diffusers' ``EMAModel``), so early weights,
+    including those a fine-tuning run started from, fade out quickly.
+    """
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: Any) -> None:
+        n = int(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        with torch.no_grad():
+            for avg, cur in zip(averaged, current):
+                avg.lerp_(cur, weight)
+
+    return update
+
+
 class DiffMatchModule(L.LightningModule):
     """Trains a DiffMatch model.
 
@@ -69,6 +88,10 @@ class DiffMatchModule(L.LightningModule):
             the start of this run, so a fine-tuning run started with ``init_from`` decays over its own steps.
         ema_decay: keep an exponential moving average of the denoiser with this decay (``None``: off).
             Validation and exported weights then use the average.
+        ema_warmup: ramp the average's decay up as ``min(ema_decay, (1 + n) / (10 + n))`` after
+            ``n`` updates, so that it forgets its starting weights within a few hundred steps. Use it
+            for short fine-tuning runs (``init_from``): with a fixed 0.999 the average of a 1600-step
+            run still holds 20 % of the weights it started from.
         val_samples: hypotheses per pair at validation.
         val_steps: DDIM steps at validation.
         init_from: start from the weights of a Lightning checkpoint or an exported weights file
@@ -87,6 +110,7 @@ class DiffMatchModule(L.LightningModule):
         weight_decay: float = 0.0,
         lr_decay_steps: int | None = None,
         ema_decay: float | None = None,
+        ema_warmup: bool = False,
         val_samples: int = 1,
         val_steps: int = 5,
         init_from: str | None = None,
@@ -111,7 +135,8 @@ class DiffMatchModule(L.LightningModule):
         if ema_decay is not None:
             if not 0.0 < ema_decay < 1.0:
                 raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
-            self.ema = AveragedModel(self.trained_denoiser(), multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            average = warmup_ema_avg_fn(ema_decay) if ema_warmup else get_ema_multi_avg_fn(ema_decay)
+            self.ema = AveragedModel(self.trained_denoiser(), multi_avg_fn=average, use_buffers=True)
             self.ema.requires_grad_(False)  # updated by averaging, never by gradients (DDP must not wait on it)
 
     # ----------------------------------------------------------------------------------- training

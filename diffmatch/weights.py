@@ -43,23 +43,29 @@ FORMAT = "diffmatch-weights"
 VERSION = 1
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[DiffMatchConfig, dict[str, torch.Tensor]]:
+def read_checkpoint(
+    path: str | os.PathLike, ema: bool = True
+) -> tuple[DiffMatchConfig, dict[str, torch.Tensor]]:
     """Read the (stage-1) model settings and model state dict from a ``.ckpt`` or exported weights file.
 
     For a cascade file the state dict includes the ``upsampler.*`` weights; use
-    :func:`read_cascade_checkpoint` to get the stage-2 settings too.
+    :func:`read_cascade_checkpoint` to get the stage-2 settings too. ``ema``: see there.
 
     Raises:
         InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
     """
-    config, _, state = read_cascade_checkpoint(path)
+    config, _, state = read_cascade_checkpoint(path, ema=ema)
     return config, state
 
 
 def read_cascade_checkpoint(
-    path: str | os.PathLike,
+    path: str | os.PathLike, ema: bool = True
 ) -> tuple[DiffMatchConfig, UpsamplerConfig | None, dict[str, torch.Tensor]]:
     """Like :func:`read_checkpoint`, plus the upsampler settings (``None`` for a stage-1 file).
+
+    A Lightning checkpoint of a run with ``ema_decay`` holds two denoisers: the trained one and its
+    moving average. ``ema=True`` reads the average (what validation scored), ``ema=False`` the
+    trained weights. Exported files hold one set, which either value reads.
 
     Raises:
         InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
@@ -86,7 +92,7 @@ def read_cascade_checkpoint(
             state = data["state_dict"]
             prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else None
             model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-            if prefix:  # prefer the EMA denoiser (stage 2's in a cascade run) for inference
+            if prefix and ema:  # prefer the EMA denoiser (stage 2's in a cascade run) for inference
                 trained = "denoiser." if upsampler is None else "upsampler.denoiser."
                 for key, value in state.items():
                     if key.startswith(prefix):
@@ -138,7 +144,9 @@ def _upsampler_or_none(data: dict[str, Any] | None) -> UpsamplerConfig | None:
     return None if data is None else upsampler_config_from_dict(data)
 
 
-def load_model_weights(model: DiffMatch, path: str | os.PathLike, strict_config: bool = False) -> None:
+def load_model_weights(
+    model: DiffMatch, path: str | os.PathLike, strict_config: bool = False, ema: bool = True
+) -> None:
     """Load weights from a checkpoint into ``model``, checking that every tensor fits.
 
     A stage-1 file loaded into a :class:`~diffmatch.upsampler.CascadeDiffMatch` fills stage 1 and
@@ -149,11 +157,12 @@ def load_model_weights(model: DiffMatch, path: str | os.PathLike, strict_config:
         model: the model to fill.
         path: Lightning ``.ckpt`` or exported weights.
         strict_config: also require the stored settings (both stages) to equal the model's.
+        ema: from a Lightning checkpoint with an EMA, load the average (else the trained weights).
 
     Raises:
         InputError: the weights do not fit the model (names the mismatching tensors).
     """
-    config, upsampler, state = read_cascade_checkpoint(path)
+    config, upsampler, state = read_cascade_checkpoint(path, ema=ema)
     cascade = isinstance(model, CascadeDiffMatch)
     if strict_config and (
         config.to_dict() != model.config.to_dict()
@@ -197,17 +206,21 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     return model.eval().to(device)
 
 
-def export_weights(checkpoint: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> Path:
+def export_weights(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, half: bool = False, ema: bool = True
+) -> Path:
     """Turn a Lightning ``.ckpt`` (or exported file) into a small inference file, written atomically.
 
     Args:
         checkpoint: source checkpoint.
         out: destination ``.pt`` file.
         half: store floating-point tensors as float16 (halves the size; loaded back as float32).
+        ema: export the denoiser's moving average when the checkpoint has one, else the trained
+            weights (:func:`read_cascade_checkpoint`).
     """
     config, upsampler, _ = read_cascade_checkpoint(checkpoint)
     model = _build(config, upsampler)
-    load_model_weights(model, checkpoint)  # validates before writing anything
+    load_model_weights(model, checkpoint, ema=ema)  # validates before writing anything
     model.config = config
     return save_weights(model, out, half=half, calibration=read_calibration(checkpoint))
 

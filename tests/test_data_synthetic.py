@@ -10,10 +10,12 @@ import torch
 from diffmatch.data import (
     BENCHMARK_LEVELS,
     WARP_TYPES,
+    PhotometricConfig,
     SyntheticBenchmark,
     SyntheticPairs,
     WarpConfig,
     bundled_photos,
+    photometric_augment,
     sample_mapping,
 )
 from diffmatch.geometry import coords_grid, warp
@@ -122,6 +124,25 @@ def test_photometric_augmentation_changes_images_not_geometry(image_dir) -> None
         assert 0.0 <= q["source"].min() and q["source"].max() <= 1.0
         changed += int(not torch.allclose(p["target"], q["target"]))
     assert changed >= 3
+
+
+def test_photometric_noise_has_the_drawn_strength_and_is_seeded() -> None:
+    flat = torch.full((3, 64, 64), 0.5)
+    only_noise = PhotometricConfig(
+        jitter_probability=0.0, grayscale_probability=0.0, blur_probability=0.0,
+        noise_probability=1.0, noise_sigma=(0.05, 0.1),
+    )
+    stds = []
+    for seed in range(4):
+        out = photometric_augment(flat, only_noise, torch.Generator().manual_seed(seed))
+        assert torch.equal(out, photometric_augment(flat, only_noise, torch.Generator().manual_seed(seed)))
+        stds.append(float((out - flat).std()))
+    assert all(0.045 < s < 0.105 for s in stds) and len(set(stds)) == 4
+    off = PhotometricConfig(jitter_probability=0.0, grayscale_probability=0.0, blur_probability=0.0)
+    assert torch.equal(photometric_augment(flat, off, torch.Generator().manual_seed(0)), flat)
+    for bad in ({"noise_probability": 1.5}, {"noise_sigma": (0.2, 0.1)}, {"noise_sigma": (0.0, 0.1)}):
+        with pytest.raises(ValueError, match="noise"):
+            PhotometricConfig(**bad)
 
 
 def test_length_and_validation(image_dir, tmp_path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from diffmatch.cli.train import main as train_main
+from diffmatch.export import main as export_main
 from diffmatch.io import InputError
 from diffmatch.matcher import DiffMatcher
 from diffmatch.training import DiffMatchModule
@@ -62,6 +63,42 @@ def test_checkpoint_reload_samples_identically_and_resumes(tmp_path):
                 f"--ckpt_path={last}"])
     state = torch.load(next(resumed.rglob("last.ckpt")), map_location="cpu", weights_only=True)
     assert state["global_step"] == 6
+
+
+def test_export_takes_the_average_or_the_trained_denoiser(tmp_path):
+    last = _fit(tmp_path)  # tiny.yaml keeps an EMA (decay 0.9)
+    state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+    name = next(k for k in state if k.startswith("ema.module.") and k.endswith("conv_in.weight"))
+    trained, average = state["model.denoiser." + name[len("ema.module."):]], state[name]
+    assert not torch.equal(trained, average)
+    key = "denoiser." + name[len("ema.module."):]
+    assert export_main([str(last), str(tmp_path / "ema.pt")]) == 0
+    assert export_main([str(last), str(tmp_path / "raw.pt"), "--no-ema"]) == 0
+    exported = {
+        kind: torch.load(tmp_path / f"{kind}.pt", map_location="cpu", weights_only=True)["state_dict"][key]
+        for kind in ("ema", "raw")
+    }
+    assert torch.equal(exported["ema"], average) and torch.equal(exported["raw"], trained)
+
+
+def test_ema_warmup_forgets_the_starting_weights():
+    from helpers import tiny_config
+
+    averages = {}
+    for warmup in (False, True):
+        module = DiffMatchModule(model=tiny_config(), ema_decay=0.999, ema_warmup=warmup)
+        denoiser = module.trained_denoiser()
+        start = [p.detach().clone() for p in denoiser.parameters()]
+        module.ema.update_parameters(denoiser)  # the first update copies
+        with torch.no_grad():
+            for p in denoiser.parameters():
+                p.add_(1.0)
+        for _ in range(100):
+            module.ema.update_parameters(denoiser)
+        averages[warmup] = [float((a - s).mean()) for a, s in zip(module.ema.module.parameters(), start)]
+    # Fixed decay: 1 - 0.999^100 of the way; with the warm-up the start has faded out.
+    assert averages[False] == pytest.approx([1 - 0.999**100] * len(averages[False]), abs=1e-4)
+    assert averages[True] == pytest.approx([1.0] * len(averages[True]), abs=1e-4)
 
 
 def test_bad_checkpoints_raise_clear_errors(tmp_path):

@@ -19,6 +19,7 @@ from diffmatch.data.eth3d import ETH3D, ETH3D_RATES
 from diffmatch.data.generic import GenericPairs
 from diffmatch.data.hpatches import HPatches
 from diffmatch.data.moving_objects import MovingObjects, MovingObjectsConfig
+from diffmatch.data.photometric import PhotometricConfig
 from diffmatch.data.photos import bundled_photos
 from diffmatch.data.synthetic import SyntheticPairs
 from diffmatch.data.warps import WarpConfig
@@ -67,6 +68,8 @@ class DataConfig:
         subset: hpatches sequences, ``viewpoint``, ``illumination`` or ``all``.
         rates: eth3d frame intervals.
         augment: synthetic photometric augmentation.
+        photometric: synthetic only: its ranges (``None``: :class:`PhotometricConfig` defaults),
+            e.g. ``{noise_probability: 0.3}`` to add sensor noise.
         warp: synthetic warp ranges; ``None`` gives the DenseMatching defaults
             (``{preset: glunet}`` gives DPED-CityScape-ADE's distributions).
         objects: paste independently moving COCO objects (:class:`MovingObjects`) onto synthetic
@@ -86,6 +89,7 @@ class DataConfig:
     subset: Literal["viewpoint", "illumination", "all"] = "viewpoint"
     rates: tuple[int, ...] = ETH3D_RATES
     augment: bool = True
+    photometric: PhotometricConfig | None = None
     warp: WarpConfig | None = None
     objects: MovingObjectsConfig | None = None
     corruptions: list[str] | None = None
@@ -116,6 +120,8 @@ def build_dataset(config: DataConfig) -> Dataset:
         raise InputError(f"dataset {name!r} needs a size (H, W), got None")
     if name in ("generic", "hpatches", "eth3d") and config.root is None:
         raise InputError(f"dataset {name!r} needs a root")
+    if config.photometric is not None and name != "synthetic":
+        raise InputError(f"photometric ranges apply to synthetic pairs only, not to {name!r}")
     if config.objects is not None and name not in ("synthetic", "csv"):
         raise InputError(f"objects can be added to synthetic or csv pairs, not to {name!r}")
     if (config.csv is None) != (name != "csv"):
@@ -132,6 +138,7 @@ def build_dataset(config: DataConfig) -> Dataset:
             seed=config.seed,
             length=config.length,
             warp=config.warp,
+            photometric=config.photometric,
             augment=config.augment,
         )
     elif name == "csv":

@@ -1,4 +1,4 @@
-"""Seeded photometric augmentation (colour jitter, grayscale, blur) built on kornia's functional ops.
+"""Seeded photometric augmentation (colour jitter, grayscale, blur, sensor noise) built on kornia's functional ops.
 
 kornia's augmentation modules draw their parameters from torch's global RNG; here the parameters
 come from an explicit ``torch.Generator`` and are applied with ``kornia.enhance`` / ``kornia.filters``,
@@ -30,6 +30,9 @@ class PhotometricConfig:
         grayscale_probability: chance of converting to (three-channel) grayscale.
         blur_probability: chance of a Gaussian blur.
         blur_sigma: range of the blur's standard deviation in pixels.
+        noise_probability: chance of adding Gaussian pixel noise (0 by default: off, and then the
+            random stream is the same as without this option).
+        noise_sigma: range of the noise's standard deviation, in units of the ``[0, 1]`` intensity.
     """
 
     jitter_probability: float = 0.8
@@ -40,9 +43,11 @@ class PhotometricConfig:
     grayscale_probability: float = 0.1
     blur_probability: float = 0.2
     blur_sigma: tuple[float, float] = (0.1, 1.5)
+    noise_probability: float = 0.0
+    noise_sigma: tuple[float, float] = (0.02, 0.2)
 
     def __post_init__(self) -> None:
-        for name in ("jitter_probability", "grayscale_probability", "blur_probability"):
+        for name in ("jitter_probability", "grayscale_probability", "blur_probability", "noise_probability"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -54,12 +59,14 @@ class PhotometricConfig:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
         if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"blur_sigma must be an increasing positive range, got {self.blur_sigma}")
+        if len(self.noise_sigma) != 2 or not 0.0 < self.noise_sigma[0] <= self.noise_sigma[1]:
+            raise ValueError(f"noise_sigma must be an increasing positive range, got {self.noise_sigma}")
 
 
 def photometric_augment(
     image: torch.Tensor, config: PhotometricConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """Randomly jitter colours, convert to grayscale and blur one image.
+    """Randomly jitter colours, convert to grayscale, blur and add noise to one image.
 
     Args:
         image: ``(3, H, W)`` float image in ``[0, 1]``.
@@ -86,4 +93,10 @@ def photometric_augment(
         sigma = lo + (hi - lo) * u[7]
         ksize = 2 * math.ceil(3 * sigma) + 1
         out = kornia.filters.gaussian_blur2d(out, (ksize, ksize), (sigma, sigma), border_type="reflect")
+    if config.noise_probability > 0:  # drawn only when on, so configs without noise keep their stream
+        v = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+        if v[0] < config.noise_probability:
+            lo, hi = config.noise_sigma
+            noise = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+            out = out + (lo + (hi - lo) * v[1]) * noise.to(out.device)
     return out[0].clamp(0.0, 1.0).contiguous()
