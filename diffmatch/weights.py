@@ -43,18 +43,16 @@ FORMAT = "diffmatch-weights"
 VERSION = 1
 
 
-def read_checkpoint(
-    path: str | os.PathLike, ema: bool = True
-) -> tuple[DiffMatchConfig, dict[str, torch.Tensor]]:
+def read_checkpoint(path: str | os.PathLike) -> tuple[DiffMatchConfig, dict[str, torch.Tensor]]:
     """Read the (stage-1) model settings and model state dict from a ``.ckpt`` or exported weights file.
 
     For a cascade file the state dict includes the ``upsampler.*`` weights; use
-    :func:`read_cascade_checkpoint` to get the stage-2 settings too. ``ema``: see there.
+    :func:`read_cascade_checkpoint` to get the stage-2 settings too.
 
     Raises:
         InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
     """
-    config, _, state = read_cascade_checkpoint(path, ema=ema)
+    config, _, state = read_cascade_checkpoint(path)
     return config, state
 
 

@@ -68,14 +68,13 @@ def test_checkpoint_reload_samples_identically_and_resumes(tmp_path):
 def test_export_takes_the_average_or_the_trained_denoiser(tmp_path):
     last = _fit(tmp_path)  # tiny.yaml keeps an EMA (decay 0.9)
     state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
-    name = next(k for k in state if k.startswith("ema.module.") and k.endswith("conv_in.weight"))
-    trained, average = state["model.denoiser." + name[len("ema.module."):]], state[name]
+    key = next(k[len("ema.module."):] for k in state if k.startswith("ema.module.") and k.endswith("conv_in.weight"))
+    trained, average = state["model.denoiser." + key], state["ema.module." + key]
     assert not torch.equal(trained, average)
-    key = "denoiser." + name[len("ema.module."):]
     assert export_main([str(last), str(tmp_path / "ema.pt")]) == 0
     assert export_main([str(last), str(tmp_path / "raw.pt"), "--no-ema"]) == 0
     exported = {
-        kind: torch.load(tmp_path / f"{kind}.pt", map_location="cpu", weights_only=True)["state_dict"][key]
+        kind: torch.load(tmp_path / f"{kind}.pt", map_location="cpu", weights_only=True)["state_dict"]["denoiser." + key]
         for kind in ("ema", "raw")
     }
     assert torch.equal(exported["ema"], average) and torch.equal(exported["raw"], trained)
