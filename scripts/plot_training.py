@@ -63,7 +63,7 @@ def main() -> None:
     window = 10
     smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))]
     left.plot(steps, smooth, lw=1.5, label=f"mean of last {window}")
-    left.set(xlabel="step", ylabel="masked MSE (normalised flow)", yscale="log", title="training loss")
+    left.set(xlabel="step", ylabel="masked loss, MSE or EPE (normalised flow)", yscale="log", title="training loss")
     left.legend()
     for key in ("val/aepe", "val/aepe_init", "val/aepe_stage1"):
         if key in series:
