@@ -45,7 +45,7 @@ def test_identical_images_give_a_small_flow(errors):
     assert errors["identical"] < 1.0  # measured 0.61 px
 
 
-@pytest.mark.xfail(strict=True, reason="identical images give ~0.6–1.2 px mean flow (checkpoints/README.md)")
+@pytest.mark.xfail(strict=True, reason="identical images give ~0.6 px mean flow at 384², more on larger images (checkpoints/README.md)")
 def test_goal_identical_images_under_half_a_pixel(errors):
     assert errors["identical"] < 0.5
 
