@@ -265,6 +265,13 @@ def test_photometric_ranges_reach_synthetic_pairs_only() -> None:
         build_dataset(DataConfig("benchmark", size=(16, 16), length=2, photometric=PhotometricConfig()))
 
 
+def test_supervise_out_of_frame_reaches_synthetic_pairs_only() -> None:
+    assert build_dataset(DataConfig("synthetic", size=(16, 16), length=2, supervise_out_of_frame=True)).supervise_out_of_frame
+    assert not build_dataset(DataConfig("synthetic", size=(16, 16), length=2)).supervise_out_of_frame
+    with pytest.raises(InputError, match="supervise_out_of_frame applies to synthetic pairs only, not to 'benchmark'"):
+        build_dataset(DataConfig("benchmark", size=(16, 16), length=2, supervise_out_of_frame=True))
+
+
 def test_sampler_forwards_epoch_and_splits_ranks() -> None:
     config = DataConfig("synthetic", size=(16, 16), length=10)
     dataset = build_dataset(config)

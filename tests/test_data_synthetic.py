@@ -76,6 +76,21 @@ def test_flow_reproduces_target_on_mask(image_dir, kind: str, elastic: float) ->
     assert outside_seen
 
 
+@pytest.mark.parametrize("preset", ["densematching", "glunet"])
+def test_supervise_out_of_frame_changes_only_the_mask(image_dir, preset: str) -> None:
+    warp_config = WarpConfig(preset=preset)
+    masked = SyntheticPairs(image_dir, SIZE, seed=3, warp=warp_config)
+    kept = SyntheticPairs(image_dir, SIZE, seed=3, warp=warp_config, supervise_out_of_frame=True)
+    outside_seen = False
+    for index in range(6):
+        m, k = masked[index], kept[index]
+        for key in ("source", "target", "flow"):
+            assert torch.equal(m[key], k[key])
+        assert k["mask"].all()
+        outside_seen |= bool((~m["mask"]).any())
+    assert outside_seen  # the option made a difference on these pairs
+
+
 def test_mapping_identity_when_ranges_are_zero() -> None:
     zero = WarpConfig(translation=0, scale=0, rotation=0, homography=0, tps=0, afftps=0)
     generator = torch.Generator().manual_seed(0)

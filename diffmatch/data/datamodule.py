@@ -68,6 +68,8 @@ class DataConfig:
         subset: hpatches sequences, ``viewpoint``, ``illumination`` or ``all``.
         rates: eth3d frame intervals.
         augment: synthetic photometric augmentation.
+        supervise_out_of_frame: synthetic only: the mask also covers pixels whose match leaves the
+            source frame (see :class:`SyntheticPairs`).
         photometric: synthetic only: its ranges (``None``: :class:`PhotometricConfig` defaults),
             e.g. ``{noise_probability: 0.3}`` to add sensor noise.
         warp: synthetic warp ranges; ``None`` gives the DenseMatching defaults
@@ -89,6 +91,7 @@ class DataConfig:
     subset: Literal["viewpoint", "illumination", "all"] = "viewpoint"
     rates: tuple[int, ...] = ETH3D_RATES
     augment: bool = True
+    supervise_out_of_frame: bool = False
     photometric: PhotometricConfig | None = None
     warp: WarpConfig | None = None
     objects: MovingObjectsConfig | None = None
@@ -122,6 +125,8 @@ def build_dataset(config: DataConfig) -> Dataset:
         raise InputError(f"dataset {name!r} needs a root")
     if config.photometric is not None and name != "synthetic":
         raise InputError(f"photometric ranges apply to synthetic pairs only, not to {name!r}")
+    if config.supervise_out_of_frame and name != "synthetic":
+        raise InputError(f"supervise_out_of_frame applies to synthetic pairs only, not to {name!r}")
     if config.objects is not None and name not in ("synthetic", "csv"):
         raise InputError(f"objects can be added to synthetic or csv pairs, not to {name!r}")
     if (config.csv is None) != (name != "csv"):
@@ -140,6 +145,7 @@ def build_dataset(config: DataConfig) -> Dataset:
             warp=config.warp,
             photometric=config.photometric,
             augment=config.augment,
+            supervise_out_of_frame=config.supervise_out_of_frame,
         )
     elif name == "csv":
         dataset = CSVWarpPairs(

@@ -4,7 +4,8 @@ Each item is made from one photo: the photo is resized to a random working scale
 a random crop of the training size, and the *target* is the working image sampled through a known
 random warp (homography, affine, TPS or affine+TPS, optionally with local elastic perturbations).
 Because the target is sampled from the whole working image rather than from the crop, target
-pixels whose match leaves the source frame still show real content; they are simply masked out.
+pixels whose match leaves the source frame still show real content; they are masked out, unless
+``supervise_out_of_frame`` keeps them (the warp defines their flow all the same).
 """
 
 from __future__ import annotations
@@ -66,11 +67,17 @@ class SyntheticPairs(Dataset):
         augment: apply photometric augmentation (independently to source and target).
         context: range of the working-image scale, relative to the smallest scale at which a
             ``size`` crop fits; larger values crop a smaller part of the photo.
+        supervise_out_of_frame: set ``mask`` wherever the flow is defined, including pixels whose
+            match leaves the source frame. The warp defines their flow, and leaving them out biases
+            a model trained on the mask at the borders: a border pixel's flow is then only ever
+            supervised when it points into the frame, so the model learns to point inwards there
+            (README, "Identical images").
 
     Items are dicts:
         * ``source``, ``target``: ``(3, H, W)`` float32 in ``[0, 1]``;
         * ``flow``: ``(2, H, W)`` float32, pixels, on the target grid, ``target(x) ≈ source(x + flow(x))``;
-        * ``mask``: ``(H, W)`` bool, where ``x + flow(x)`` lies inside the source frame.
+        * ``mask``: ``(H, W)`` bool, where ``x + flow(x)`` lies inside the source frame (everywhere
+          with ``supervise_out_of_frame``).
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class SyntheticPairs(Dataset):
         photometric: PhotometricConfig | None = None,
         augment: bool = True,
         context: tuple[float, float] = (1.0, 2.0),
+        supervise_out_of_frame: bool = False,
     ) -> None:
         self.images = list_images(image_dir)
         self.size = _check_size(size)
@@ -99,6 +107,7 @@ class SyntheticPairs(Dataset):
         self.photometric = photometric if photometric is not None else PhotometricConfig()
         self.augment = augment
         self.context = (float(context[0]), float(context[1]))
+        self.supervise_out_of_frame = bool(supervise_out_of_frame)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -139,6 +148,8 @@ class SyntheticPairs(Dataset):
             pair = self._glunet_pair(index, warp, geometry)
         else:
             pair = self._crop_pair(index, warp, geometry)
+        if self.supervise_out_of_frame:
+            pair["mask"] = torch.isfinite(pair["flow"]).all(0)
         if photometric is not None:
             pair["source"] = photometric_augment(pair["source"], photometric, photo_source)
             pair["target"] = photometric_augment(pair["target"], photometric, photo_target)
