@@ -26,9 +26,30 @@ from diffmatch.model import DiffMatch
 from diffmatch.result import MatchResult
 from diffmatch.weights import load_checkpoint, read_calibration
 
-__all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT"]
+__all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT", "AUTO_MAX_IMAGE_SIZE", "parse_image_size"]
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "diffmatch_xfeat.pt"
+# The largest processing size ``image_size="auto"`` picks: the global cost grows with the fourth
+# power of the grid (an 80² grid's is 164 MB in float32), so larger images are processed at this size.
+AUTO_MAX_IMAGE_SIZE = 640
+ImageSize = int | Literal["auto"] | None
+
+
+def parse_image_size(text: str) -> int | Literal["auto"]:
+    """A command line's processing size: ``auto`` or a positive integer (checked against the model later).
+
+    Raises:
+        InputError: anything else.
+    """
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise InputError(f"image size must be 'auto' or a positive integer, got {text!r}")
+    return value
 
 
 class DiffMatcher:
@@ -45,18 +66,38 @@ class DiffMatcher:
         device: where to run it.
         calibrator: the model's confidence calibration (``python -m diffmatch.calibrate``);
             ``None``: results have no ``confidence``.
+        image_size: the square size images are processed at (see
+            :meth:`DiffMatch.with_image_size`): ``None`` the model's own; an integer; or ``"auto"``:
+            the larger side of the pair rounded up to the model's size step, no smaller than the
+            model's own size and no larger than :data:`AUTO_MAX_IMAGE_SIZE`. The model's errors are
+            a share of its grid's cells, so on large images ``"auto"`` is more precise in pixels,
+            at a higher cost (README, "Processing size").
     """
 
     def __init__(
-        self, model: DiffMatch, device: str | torch.device = "auto", calibrator: Calibrator | None = None
+        self,
+        model: DiffMatch,
+        device: str | torch.device = "auto",
+        calibrator: Calibrator | None = None,
+        image_size: ImageSize = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.calibrator = calibrator
+        if image_size is not None and image_size != "auto":
+            try:
+                self.model.with_image_size(image_size)
+            except ValueError as err:
+                raise InputError(str(err)) from None
+        self.image_size = image_size
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, device: str | torch.device = "auto") -> DiffMatcher:
+    def from_checkpoint(
+        cls, path: str | os.PathLike | None = None, device: str | torch.device = "auto", image_size: ImageSize = None
+    ) -> DiffMatcher:
         """Load a Lightning ``.ckpt`` or an exported weights file (``None``: the bundled checkpoint).
+
+        ``image_size``: the processing size (see :class:`DiffMatcher`).
 
         A file with a confidence calibration (``python -m diffmatch.calibrate``) gives results with
         ``confidence``; :attr:`calibrator` is ``None`` otherwise.
@@ -73,13 +114,29 @@ class DiffMatcher:
             calibrator = None if stored is None else calibrator_from_dict(stored)
         except ValueError as err:
             raise InputError(f"{path}: damaged confidence calibration ({err})") from None
-        return cls(model, resolved, calibrator)
+        return cls(model, resolved, calibrator, image_size)
 
     @property
     def stride(self) -> int:
         """Input pixels per cell of the model's cost grid: the smallest image side it accepts."""
         config = self.model.config
         return -(-config.image_size // config.cost_size)
+
+    def processing_size(self, source_size: tuple[int, int], target_size: tuple[int, int]) -> int:
+        """The square size a pair of images of these ``(H, W)`` sizes is processed at."""
+        own = self.model.config.image_size
+        if self.image_size is None:
+            return own
+        if self.image_size != "auto":
+            return int(self.image_size)
+        config = self.model.config
+        step = (own // config.cost_size) * 2 ** (len(config.denoiser.channel_mult) - 1)
+        largest = max(*source_size, *target_size)
+        return max(own, min(-(-largest // step) * step, AUTO_MAX_IMAGE_SIZE // step * step))
+
+    def _model_for(self, src: torch.Tensor, tgt: torch.Tensor) -> DiffMatch:
+        size = self.processing_size(tuple(src.shape[-2:]), tuple(tgt.shape[-2:]))
+        return self.model.with_image_size(size)
 
     # ---------------------------------------------------------------------------------- matching
     def _pair(self, source: ImageInput | list[ImageInput], target: ImageInput | list[ImageInput]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,11 +199,13 @@ class DiffMatcher:
                     "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
                 )
             src, tgt = self._pair(source, target)
-            return self.model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
+            model = self._model_for(src, tgt)
+            return model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
         tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
         src, tgt = self._pair(source, target)
         reverse = "fb_error" in self.calibrator.cues
-        result, cues = match_with_cues(self.model, src, tgt, num_samples, num_steps, eta, generator, reverse)
+        model = self._model_for(src, tgt)
+        result, cues = match_with_cues(model, src, tgt, num_samples, num_steps, eta, generator, reverse)
         result.confidence = self.calibrator.predict(cues, tau)
         result.confidence_tau = tau
         return result
@@ -162,7 +221,7 @@ class DiffMatcher:
         if mode not in ("hard", "soft"):
             raise InputError(f"mode must be 'hard' or 'soft', got {mode!r}")
         src, tgt = self._pair(source, target)
-        model = self.model
+        model = self._model_for(src, tgt)
         c = model.config.cost_size
         feats = model.extract(src, tgt)
         corr = model.correlation(model._cost_maps(feats[0]), model._cost_maps(feats[1]))

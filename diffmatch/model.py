@@ -8,7 +8,8 @@ a displacement across the whole image is about 1. Public outputs are in pixels o
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import copy
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -319,6 +320,53 @@ class DiffMatch(nn.Module):
             per_pixel = (per_pixel + 1e-12).sqrt()
         loss = (per_pixel * grid_mask).sum() / grid_mask.sum().clamp_min(1)
         return {"loss": loss, "pred": pred, "target": gt, "mask": grid_mask[:, 0]}
+
+    # ---------------------------------------------------------------------------- processing size
+    def with_image_size(self, image_size: int) -> DiffMatch:
+        """This model run at another processing size, sharing its weights (no copy of them).
+
+        The cost grid keeps its cell size in input pixels (``image_size / cost_size``), so a larger
+        size gives a finer grid relative to the image. Flows inside the model are normalised by the
+        grid size; the flow scale grows with the grid so that the U-Net sees displacements in the
+        same cell units it was trained on (its radius-``R`` local cost is in cells too). A model
+        trained at 384² then runs at, e.g., 512² or 640²: its errors are a share of a cell, so on
+        images larger than its own size they shrink in pixels (README, "Processing size").
+
+        Args:
+            image_size: the new square size; a multiple of the stride times ``2**(levels - 1)`` (the
+                U-Net halves the grid ``levels - 1`` times), e.g. 32 for the bundled model.
+
+        Returns:
+            ``self`` at its own size, otherwise a new :class:`DiffMatch` whose parameters are this
+            model's (training one trains the other).
+
+        Raises:
+            ValueError: a size the grid cannot take.
+        """
+        cfg = self.config
+        if image_size == cfg.image_size:
+            return self
+        stride, rest = divmod(cfg.image_size, cfg.cost_size)
+        if rest:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of cost_size {cfg.cost_size}")
+        step = stride * 2 ** (len(cfg.denoiser.channel_mult) - 1)
+        if not isinstance(image_size, int) or image_size < step or image_size % step:
+            raise ValueError(f"image_size must be a positive multiple of {step} for this model, got {image_size!r}")
+        size = image_size // stride
+        ratio = size / cfg.cost_size
+        levels = [i for i in range(len(cfg.denoiser.channel_mult)) if cfg.cost_size // 2**i in cfg.denoiser.attention_resolutions]
+        denoiser_config = replace(cfg.denoiser, attention_resolutions=tuple(size // 2**i for i in levels))
+        new_config = replace(
+            cfg, image_size=image_size, cost_size=size, flow_scale=cfg.flow_scale * ratio, denoiser=denoiser_config
+        )
+        resized = copy.copy(self)  # a new __dict__, but the same submodules dict: give it its own
+        resized._modules = dict(self._modules)
+        resized.config = new_config
+        resized.denoiser = copy.copy(self.denoiser)
+        resized.denoiser.flow_scale = new_config.flow_scale
+        resized.diffusion = copy.copy(self.diffusion)
+        resized.diffusion.flow_scale = new_config.flow_scale
+        return resized
 
     # ------------------------------------------------------------------------------------- sampling
     def default_steps(self) -> int:

@@ -308,6 +308,12 @@ class CascadeDiffMatch(DiffMatch):
         super().__init__(config)
         self.upsampler = FlowUpsampler(upsampler if upsampler is not None else UpsamplerConfig(), self.config)
 
+    def with_image_size(self, image_size: int) -> CascadeDiffMatch:
+        """A cascade runs at its trained size only: stage 2's grid is tied to stage 1's."""
+        if image_size != self.config.image_size:
+            raise ValueError(f"a cascade model runs at its own image_size {self.config.image_size}, got {image_size!r}")
+        return self
+
     def init_from_stage1(self) -> None:
         """Copy the stage-1 denoiser weights into the stage-2 denoiser (the paper's fine-tuning start).
 

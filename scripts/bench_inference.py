@@ -46,7 +46,10 @@ def _timed(fn, repeats: int, device: str) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def measure(kind: str, checkpoint: str | None, samples: int, repeats: int, device: str = "cpu", bf16: bool = False) -> dict:
+def measure(
+    kind: str, checkpoint: str | None, samples: int, repeats: int, device: str = "cpu", bf16: bool = False,
+    image_size: str | None = None,
+) -> dict:
     """One measurement in this process: ``vgg``, ``model`` or ``paper``."""
     torch.set_grad_enabled(False)
     source, target = (x.to(device) for x in _images())
@@ -64,13 +67,14 @@ def measure(kind: str, checkpoint: str | None, samples: int, repeats: int, devic
         net = vgg16(weights=None).features.eval().to(device)
         run = lambda: net(torch.cat([source, target]))  # noqa: E731
     else:
-        from diffmatch.matcher import DiffMatcher
+        from diffmatch.matcher import DiffMatcher, parse_image_size
         from diffmatch.model import DiffMatch, DiffMatchConfig
 
         if kind == "paper":
             matcher = DiffMatcher(DiffMatch(DiffMatchConfig(feature_kwargs={"weights": "random"})), device=device)
         else:
-            matcher = DiffMatcher.from_checkpoint(checkpoint, device=device)
+            size = None if image_size is None else parse_image_size(image_size)
+            matcher = DiffMatcher.from_checkpoint(checkpoint, device=device, image_size=size)
         gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
         steps = 5 if kind == "paper" else None  # None: the checkpoint's own sampling steps
         run = lambda: matcher.match(source, target, num_samples=samples, num_steps=steps, generator=gen())  # noqa: E731
@@ -83,8 +87,12 @@ def measure(kind: str, checkpoint: str | None, samples: int, repeats: int, devic
     return {"kind": kind, "samples": samples, "seconds": seconds, "peak_mb": peak_mb}
 
 
-def _run(kind: str, checkpoint: str | None, samples: int, repeats: int, device: str, bf16: bool) -> dict:
+def _run(
+    kind: str, checkpoint: str | None, samples: int, repeats: int, device: str, bf16: bool, image_size: str | None = None
+) -> dict:
     cmd = [sys.executable, __file__, "--one", kind, "--samples", str(samples), "--repeats", str(repeats), "--device", device]
+    if image_size is not None and kind == "model":
+        cmd += ["--image-size", image_size]
     if bf16:
         cmd.append("--bf16")
     if checkpoint:
@@ -101,11 +109,12 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--compare", metavar="CKPT", help="also time this checkpoint (e.g. a retired default)")
+    parser.add_argument("--image-size", help="processing size of the checkpoint rows (an integer or auto; default: its own)")
     parser.add_argument("--one", choices=("vgg", "model", "paper", "dis"), help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.checkpoint, args.samples, args.repeats, args.device, args.bf16)))
+        print(json.dumps(measure(args.one, args.checkpoint, args.samples, args.repeats, args.device, args.bf16, args.image_size)))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
@@ -120,13 +129,14 @@ def main() -> None:
         rows.append(("dis", None, 1))
     for kind, checkpoint, samples in rows:
         repeats = args.repeats if kind in ("model", "dis") or args.device == "cuda" else 1
-        r = _run(kind, checkpoint, samples, repeats, args.device, args.bf16)
+        r = _run(kind, checkpoint, samples, repeats, args.device, args.bf16, args.image_size)
         if kind == "dis":
             name = "OpenCV DIS (medium preset)"
         elif kind == "paper":
             name = f"paper config model, {samples} sample(s) x 5 steps"
         else:
             name = f"{Path(checkpoint).name if checkpoint else 'bundled model'}, {samples} sample(s)"
+            name += f" at {args.image_size}" if args.image_size else ""
         ratio = r["seconds"] / floor["seconds"]
         print(f"{name:40s} {r['seconds']:7.3f} s/pair  peak {r['peak_mb']:7.0f} MB  {ratio:5.2f}x")
 

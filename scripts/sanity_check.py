@@ -21,6 +21,7 @@ from diffmatch.data.photos import bundled_photos, list_images
 from diffmatch.evaluation.methods import MethodOptions, build_methods, parse_methods
 from diffmatch.evaluation.sanity import SANITY_CASES, sanity_errors
 from diffmatch.io import InputError, load_image
+from diffmatch.matcher import parse_image_size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", nargs="+", default=None, help="photos (default: the bundled held-out ones)")
     parser.add_argument("--samples", type=int, default=3, help="DiffMatch hypotheses (default 3, as infer.py)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-size", default=None,
+        help="DiffMatch's processing size, an integer or 'auto' (default: the checkpoint's own)",
+    )
     args = parser.parse_args(argv)
     try:
         photos = [Path(p) for p in args.photos] if args.photos else list_images(bundled_photos("val"))
-        options = MethodOptions(checkpoint=args.checkpoint, num_samples=args.samples, seed=args.seed)
+        options = MethodOptions(
+            checkpoint=args.checkpoint, num_samples=args.samples, seed=args.seed,
+            image_size=None if args.image_size is None else parse_image_size(args.image_size),
+        )
         methods = build_methods(parse_methods(args.methods), options)
         images = [load_image(p) for p in photos]
     except (InputError, OSError) as error:

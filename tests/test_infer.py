@@ -74,6 +74,27 @@ def test_api_batch_and_seed(checkpoint, photo):
     assert warped.shape == (1, 3, 64, 80)
 
 
+def test_processing_size_options(tmp_path, checkpoint, images):
+    own = DiffMatcher.from_checkpoint(checkpoint, device="cpu")  # 64² model on a 16² grid: sizes in steps of 8
+    auto = DiffMatcher.from_checkpoint(checkpoint, device="cpu", image_size="auto")
+    assert own.processing_size((96, 112), (80, 112)) == 64
+    assert auto.processing_size((96, 112), (80, 112)) == 112
+    assert auto.processing_size((40, 40), (50, 41)) == 64
+    assert auto.processing_size((70, 40), (50, 41)) == 72
+    assert auto.processing_size((2000, 1000), (900, 1000)) == 640
+    assert DiffMatcher.from_checkpoint(checkpoint, device="cpu", image_size=96).processing_size((9, 9), (9, 9)) == 96
+    with pytest.raises(InputError, match="multiple of 8"):
+        DiffMatcher.from_checkpoint(checkpoint, device="cpu", image_size=100)
+    out = tmp_path / "o"
+    assert infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(out),
+                       "--checkpoint", str(checkpoint), "--image-size", "auto", "--samples", "2"]) == 0
+    flow = auto.match(images[0], images[1], num_samples=2, generator=torch.Generator().manual_seed(0)).flow
+    from diffmatch.io import read_flow
+
+    written = read_flow(next(out.glob("*.flo")))
+    np.testing.assert_allclose(written, flow[0].permute(1, 2, 0).numpy(), atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["gray", "rgba", "uint16"])
 def test_any_image_kind_and_size(tmp_path, checkpoint, photo, kind):
     image = {"gray": cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), "rgba": cv2.cvtColor(photo, cv2.COLOR_RGB2BGRA),
@@ -105,6 +126,8 @@ def test_pairs_file_skips_failed_pair(tmp_path, checkpoint, images, capsys):
     ("argv", "message"),
     [
         (["--samples", "0"], "--samples must be >= 1"),
+        (["--image-size", "big"], "image size must be 'auto' or a positive integer, got 'big'"),
+        (["--image-size", "100"], "image_size must be a positive multiple of 8"),
         (["--steps", "9"], "--steps must be"),
         (["--checkpoint", "CORRUPT"], r"corrupt\.pt: not a diffmatch checkpoint \(not a PyTorch file\)"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--samples", "-1"], "cuda|--samples"),
@@ -117,7 +140,7 @@ def test_bad_options_exit_nonzero_with_one_line(tmp_path, checkpoint, images, ca
     base = ["--source", str(images[0]), "--target", str(images[1]), "--out", str(tmp_path / "o")]
     if "--checkpoint" not in argv:
         base += ["--checkpoint", str(checkpoint)]
-    with pytest.raises(SystemExit) if "--samples" in argv else _no_raise():
+    with pytest.raises(SystemExit) if "--samples" in argv or "big" in argv else _no_raise():
         code = infer_main(base + argv)
         assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

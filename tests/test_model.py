@@ -137,3 +137,32 @@ def test_ddim_with_fewer_steps_than_T_steps_to_the_next_visited_timestep():
         torch.testing.assert_close(sample, ab[t].sqrt() * clean + (1 - ab[t]).sqrt() * eps)
     torch.testing.assert_close(out, clean)
     assert [diffusion.visited_timesteps(n) for n in (1, 2, 4, 5)] == [[4], [4, 0], [4, 3, 1, 0], [4, 3, 2, 1, 0]]
+
+
+def test_with_image_size_shares_weights_and_keeps_the_unets_cell_units():
+    torch.manual_seed(0)
+    model = DiffMatch(tiny_config()).eval()  # 64² images, 16² grid
+    torch.nn.init.normal_(model.denoiser.unet.conv_out.weight, std=0.05)
+    big = model.with_image_size(128)
+    assert model.with_image_size(64) is model
+    assert (big.config.image_size, big.config.cost_size) == (128, 32)
+    assert big.config.denoiser.attention_resolutions == (16,)
+    assert big.denoiser.unet is model.denoiser.unet and big.features is model.features
+    assert (model.config.cost_size, model.denoiser.flow_scale, model.diffusion.flow_scale) == (16, 1.0, 1.0)
+    assert big.denoiser.flow_scale == big.diffusion.flow_scale == 2.0
+    # The same displacement in cells (normalised by the grid: half as large on the 2x grid) must
+    # give the same U-Net input, hence the same predicted displacement in cells.
+    generator = torch.Generator().manual_seed(1)
+    noisy, cost = torch.randn(2, 2, 16, 16, generator=generator), torch.randn(2, 25, 16, 16, generator=generator)
+    init_cells = 3.0 * torch.randn(2, 2, 16, 16, generator=generator)
+    t = torch.tensor([4, 2])
+    with torch.no_grad():
+        own = model.denoiser(noisy, t, init_cells / 16, cost) * 16
+        resized = big.denoiser(noisy, t, init_cells / 32, cost) * 32
+    torch.testing.assert_close(resized, own, atol=1e-4, rtol=1e-4)
+    assert (own - init_cells).abs().mean() > 1e-2  # the U-Net's residual is part of the comparison
+    out = big(torch.rand(1, 3, 90, 70), torch.rand(1, 3, 80, 100), num_samples=2)
+    assert out.flow.shape == (1, 2, 80, 100) and torch.isfinite(out.flow).all()
+    for bad in (60, 0, 100):
+        with pytest.raises(ValueError, match="multiple of 8"):
+            model.with_image_size(bad)

@@ -54,6 +54,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def _image_size(text: str) -> int | str:
+    from diffmatch.matcher import parse_image_size  # torch loads only once a pair is matched
+
+    try:
+        return parse_image_size(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = _Parser(prog="infer.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", help="source image (the flow points into it)")
@@ -80,6 +89,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-size", type=int, metavar="PX",
         help="match downscaled copies whose longer side is at most PX, then upsample the flow to the "
         "target's full size (for large images: memory and time follow the matched size)",
+    )
+    parser.add_argument(
+        "--image-size", type=_image_size, metavar="S",
+        help="DiffMatch's processing size: a multiple of 32 for the bundled model, or 'auto' (the larger "
+        "side, 384 to 640; finer in pixels on large images, see the README's 'Processing size'); "
+        "default: the checkpoint's own (384 for the bundled model)",
     )
     parser.add_argument("--matcher", default="diffmatch", choices=MATCHERS, help="zero-shot matchers need --sd-model/--dino-model")
     parser.add_argument("--sd-model", help="Stable Diffusion folder or hub id (dift, fused)")
@@ -270,7 +285,7 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
     if args.matcher == "diffmatch":
         from diffmatch.matcher import DiffMatcher
 
-        matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)
+        matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device, image_size=args.image_size)
         if args.min_confidence is not None and matcher.calibrator is None:
             raise InputError(
                 f"--min-confidence: {args.checkpoint or 'the bundled checkpoint'} has no confidence calibration "
@@ -289,6 +304,8 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         return run
     if args.min_confidence is not None:
         raise InputError(f"--min-confidence needs --matcher diffmatch with a calibrated checkpoint, not {args.matcher}")
+    if args.image_size is not None:
+        raise InputError(f"--image-size applies to --matcher diffmatch, not {args.matcher}")
     from diffmatch.inputs import resolve_device
     from diffmatch.zeroshot import ZeroShotMatcher
 

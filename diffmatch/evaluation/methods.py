@@ -73,6 +73,8 @@ class MethodOptions:
         num_samples: DiffMatch hypotheses per pair (their variance is the uncertainty).
         num_steps: DiffMatch sampling steps (``None``: the checkpoint's default).
         seed: seed of DiffMatch's sampling generator.
+        image_size: DiffMatch's processing size (``None``: the checkpoint's own; an integer or
+            ``"auto"``, see :class:`~diffmatch.matcher.DiffMatcher`).
         device: where models run.
         sd_model: Stable Diffusion folder or Hub id for ``dift``/``fused``.
         dino_model: DINOv2 folder or Hub id for ``dino``/``fused``.
@@ -82,6 +84,7 @@ class MethodOptions:
     num_samples: int = 3
     num_steps: int | None = None
     seed: int = 0
+    image_size: int | str | None = None
     device: torch.device = torch.device("cpu")
     sd_model: str | None = None
     dino_model: str | None = None
@@ -139,7 +142,7 @@ def _load_diffmatcher(options: MethodOptions) -> Any:
         )
     from diffmatch.matcher import DiffMatcher
 
-    return DiffMatcher.from_checkpoint(options.checkpoint, device=str(options.device))
+    return DiffMatcher.from_checkpoint(options.checkpoint, device=str(options.device), image_size=options.image_size)
 
 
 def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
