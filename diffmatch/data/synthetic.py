@@ -71,7 +71,7 @@ class SyntheticPairs(Dataset):
             match leaves the source frame. The warp defines their flow, and leaving them out biases
             a model trained on the mask at the borders: a border pixel's flow is then only ever
             supervised when it points into the frame, so the model learns to point inwards there
-            (README, "Identical images").
+            (checkpoints/README.md, "Where it falls short").
 
     Items are dicts:
         * ``source``, ``target``: ``(3, H, W)`` float32 in ``[0, 1]``;
