@@ -129,8 +129,7 @@ class DiffMatcher:
             return own
         if self.image_size != "auto":
             return int(self.image_size)
-        config = self.model.config
-        step = (own // config.cost_size) * 2 ** (len(config.denoiser.channel_mult) - 1)
+        step = self.model.image_size_step
         largest = max(*source_size, *target_size)
         return max(own, min(-(-largest // step) * step, AUTO_MAX_IMAGE_SIZE // step * step))
 

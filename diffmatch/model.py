@@ -322,6 +322,13 @@ class DiffMatch(nn.Module):
         return {"loss": loss, "pred": pred, "target": gt, "mask": grid_mask[:, 0]}
 
     # ---------------------------------------------------------------------------- processing size
+    @property
+    def image_size_step(self) -> int:
+        """Processing sizes this model takes are multiples of this: its stride (input pixels per cost
+        cell) times ``2**(levels - 1)``, as the U-Net halves the grid ``levels - 1`` times."""
+        cfg = self.config
+        return cfg.image_size // cfg.cost_size * 2 ** (len(cfg.denoiser.channel_mult) - 1)
+
     def with_image_size(self, image_size: int) -> DiffMatch:
         """This model run at another processing size, sharing its weights (no copy of them).
 
@@ -349,7 +356,7 @@ class DiffMatch(nn.Module):
         stride, rest = divmod(cfg.image_size, cfg.cost_size)
         if rest:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of cost_size {cfg.cost_size}")
-        step = stride * 2 ** (len(cfg.denoiser.channel_mult) - 1)
+        step = self.image_size_step
         if not isinstance(image_size, int) or image_size < step or image_size % step:
             raise ValueError(f"image_size must be a positive multiple of {step} for this model, got {image_size!r}")
         size = image_size // stride
