@@ -1,0 +1,158 @@
+"""Sub-pixel refinement of a dense flow at the target's full resolution.
+
+DiffMatch predicts its flow on a coarse grid (48² cells of 8 px at 384² for the default model) and
+upsamples it, so its precision is a fraction of a cell: about half a pixel per component at 384²,
+more in pixels when the images are larger. :class:`VariationalRefiner` adds image-resolution
+precision: it starts from the flow and minimises a variational energy on the full-resolution
+grayscale images (colour and gradient constancy with a robust penalty, plus a smoothness term), the
+energy of Brox et al. (ECCV 2004) as implemented by OpenCV's ``VariationalRefinement``, the last stage
+of DIS (Kroeger et al., ECCV 2016). Its data terms are linearised around the current flow, so it
+only moves matches by a few pixels (on large images it runs coarse to fine from about the model's
+processing size, see ``coarsest_side``): large errors of the coarse flow stay as they are, and the
+result depends on the coarse flow being roughly right, which is DiffMatch's job.
+
+It runs on the CPU (OpenCV); tensors on another device are moved there and back.
+
+Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x; tensors are
+``(B, 2, H, W)``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from diffmatch.baselines import to_gray_uint8
+from diffmatch.geometry import check_flow, resize_flow
+
+__all__ = ["VariationalRefiner"]
+
+
+@dataclass(frozen=True)
+class VariationalRefiner:
+    """Refine dense flows with OpenCV's variational refinement, started from the given flow.
+
+    Args:
+        rounds: how many times the refinement is run, each from the previous result (each round
+            relinearises the data terms around the current flow, so a few rounds recover motions
+            of a few pixels that one round only starts to correct).
+        fixed_point_iterations: outer fixed-point iterations per round (OpenCV's default 5).
+        sor_iterations: inner successive over-relaxation iterations (OpenCV's default 5).
+        alpha: weight of the smoothness term (OpenCV's default 20).
+        delta: weight of the colour-constancy term (OpenCV's default 5).
+        gamma: weight of the gradient-constancy term (OpenCV's default 10).
+        coarsest_side: on large images the refinement runs coarse to fine: it starts on copies
+            halved as often as their longer side stays at least this many pixels, and each level
+            starts from the one before. The default, 384, is the bundled model's processing size,
+            where its flow is accurate to about a pixel; an image up to twice that size is refined at
+            its own size only. A single scale recovers only a few pixels, so without the coarser
+            levels a 1000-px image (with twice the coarse error in pixels) keeps more of it.
+    """
+
+    rounds: int = 5
+    fixed_point_iterations: int = 5
+    sor_iterations: int = 5
+    alpha: float = 20.0
+    delta: float = 5.0
+    gamma: float = 10.0
+    coarsest_side: int = 384
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "fixed_point_iterations", "sor_iterations", "coarsest_side"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("alpha", "delta", "gamma"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def levels(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """The ``(H, W)`` sizes an image of ``size`` is refined at, coarsest first, ``size`` last."""
+        sizes = [tuple(size)]
+        while max(sizes[-1]) // 2 >= self.coarsest_side:
+            sizes.append((max(1, sizes[-1][0] // 2), max(1, sizes[-1][1] // 2)))
+        return sizes[::-1]
+
+    def _refine_pyramid(self, pyramid: list[tuple[np.ndarray, np.ndarray]], flow: torch.Tensor) -> np.ndarray:
+        """``flow`` ``(2, H, W)`` refined through the levels of ``pyramid`` (``(source, target)`` grays)."""
+        size = pyramid[-1][1].shape
+        current = flow[None]
+        for gray_src, gray_tgt in pyramid:
+            level = gray_tgt.shape
+            field = current if level == size else resize_flow(current, level)
+            refined = self._refine_one(gray_src, gray_tgt, np.ascontiguousarray(field[0].permute(1, 2, 0).numpy()))
+            current = torch.from_numpy(refined).permute(2, 0, 1)[None]
+            if level != size:
+                current = resize_flow(current, size)
+        return current[0].permute(1, 2, 0).numpy()
+
+    def _refine_one(self, source: np.ndarray, target: np.ndarray, flow: np.ndarray) -> np.ndarray:
+        refiner = cv2.VariationalRefinement_create()
+        refiner.setFixedPointIterations(self.fixed_point_iterations)
+        refiner.setSorIterations(self.sor_iterations)
+        refiner.setAlpha(self.alpha)
+        refiner.setDelta(self.delta)
+        refiner.setGamma(self.gamma)
+        # OpenCV's flow is on the first image's grid with I0(x) ≈ I1(x + flow(x)): I0 = target.
+        for _ in range(self.rounds):
+            refiner.calc(target, source, flow)  # in place
+        return flow
+
+    @torch.no_grad()
+    def __call__(self, source: torch.Tensor, target: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """Refine ``flow`` for the pair.
+
+        Args:
+            source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
+            target: ``(B, 3, Ht, Wt)`` RGB in ``[0, 1]``; sizes may differ from the source's (the
+                source is resized to the target's size for the refinement, and the flow mapped there
+                and back).
+            flow: ``(B, 2, Ht, Wt)`` or ``(B, N, 2, Ht, Wt)`` (``N`` hypotheses, each refined), target
+                grid, ``target(x) ≈ source(x + flow(x))``, source pixels, channel 0 = x.
+
+        Returns:
+            The refined flow, same shape, dtype and device as ``flow``.
+        """
+        if source.ndim != 4 or target.ndim != 4 or source.shape[1] != 3 or target.shape[1] != 3:
+            raise ValueError(f"source and target must be (B, 3, H, W), got {tuple(source.shape)} and {tuple(target.shape)}")
+        hypotheses = flow.ndim == 5
+        flows = flow if hypotheses else flow.unsqueeze(1)
+        b, n = flows.shape[:2]
+        if source.shape[0] != b or target.shape[0] != b:
+            raise ValueError(f"batch sizes differ: source {source.shape[0]}, target {target.shape[0]}, flow {b}")
+        check_flow(flows.flatten(0, 1))
+        (hs, ws), (ht, wt) = source.shape[-2:], target.shape[-2:]
+        if tuple(flows.shape[-2:]) != (ht, wt):
+            raise ValueError(f"flow must be on the target grid {(ht, wt)}, got {tuple(flows.shape[-2:])}")
+        resized = (hs, ws) != (ht, wt)
+        work = flows.detach().float().cpu().flatten(0, 1)
+        if resized:  # into the pixels of the source resized to the target's size
+            work = resize_flow(work, (ht, wt), source_scale=(ht / hs, wt / ws))
+        pyramids = []
+        for i in range(b):
+            gray_src, gray_tgt = to_gray_uint8(source[i].cpu()), to_gray_uint8(target[i].cpu())
+            if resized:
+                gray_src = cv2.resize(gray_src, (wt, ht), interpolation=cv2.INTER_AREA)
+            pyramids.append([
+                (gray_src, gray_tgt) if (h, w) == (ht, wt) else tuple(
+                    cv2.resize(g, (w, h), interpolation=cv2.INTER_AREA) for g in (gray_src, gray_tgt)
+                )
+                for h, w in self.levels((ht, wt))
+            ])
+
+        def refine(k: int) -> np.ndarray:
+            return self._refine_pyramid(pyramids[k // n], work[k])
+
+        # OpenCV releases the GIL: the flows are refined side by side (about 1.5x faster on 2 cores).
+        with ThreadPoolExecutor(max_workers=max(1, min(len(work), os.cpu_count() or 1))) as pool:
+            refined = list(pool.map(refine, range(len(work))))
+        out = torch.from_numpy(np.stack(refined)).permute(0, 3, 1, 2)
+        if resized:
+            out = resize_flow(out, (ht, wt), source_scale=(hs / ht, ws / wt))
+        out = out.view(b, n, 2, ht, wt).to(device=flow.device, dtype=flow.dtype)
+        return out if hypotheses else out[:, 0]
