@@ -10,18 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["DiffMatch", "DiffMatchConfig", "DiffMatcher", "MatchResult", "__version__"]
+__all__ = ["DiffMatch", "DiffMatchConfig", "DiffMatcher", "MatchResult", "VariationalRefiner", "__version__"]
 
 _LAZY = {
     "DiffMatch": "diffmatch.model",
     "DiffMatchConfig": "diffmatch.model",
     "DiffMatcher": "diffmatch.matcher",
     "MatchResult": "diffmatch.result",
+    "VariationalRefiner": "diffmatch.refinement",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffmatch.matcher import DiffMatcher
     from diffmatch.model import DiffMatch, DiffMatchConfig
+    from diffmatch.refinement import VariationalRefiner
     from diffmatch.result import MatchResult
 
 

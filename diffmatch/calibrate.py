@@ -9,8 +9,9 @@ homographies of the easy, medium and hard ranges, 240², mild colour changes), b
 (``python scripts/fetch_photos.py``). A quarter of the pairs (``--corrupted``) get an ImageNet-C
 corruption (the 15 types in turn, severity 5 or 3), so the confidence holds on degraded images too;
 with half of them, clean held-out pairs came out under-confident (ECE 0.064 against 0.026 at 3 px). Each pair is matched once
-with all cues (:func:`diffmatch.cues.match_with_cues`); a few thousand valid pixels per pair are
-kept with their true error.
+with all cues (:func:`diffmatch.cues.match_with_cues`), its hypotheses refined at full resolution as
+:class:`~diffmatch.matcher.DiffMatcher` does by default (``--no-refine``: not); a few thousand valid
+pixels per pair are kept with their true error.
 
 The cues are chosen by measurement: every subset of :data:`~diffmatch.confidence.CUES` is fitted on
 half of the pairs and scored (log loss, summed over the τ) on the other half, and back; the best
@@ -31,6 +32,7 @@ import itertools
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -43,6 +45,7 @@ from diffmatch.evaluation.calibration import expected_calibration_error
 from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError, atomic_open
 from diffmatch.metrics import end_point_error
+from diffmatch.refinement import VariationalRefiner
 
 __all__ = ["build_parser", "calibration_pairs", "collect_cues", "main", "select_cues", "write_calibrated"]
 
@@ -73,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cues", default="auto", help=f"'auto' (chosen by measurement) or a comma list of {','.join(CUES)}")
     parser.add_argument("--seed", type=int, default=1, help="seed of the pairs, sampling and pixel draws (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--no-refine", action="store_true",
+        help="calibrate the model's flow without the sub-pixel refinement (default: refined, as DiffMatcher matches)",
+    )
     return parser
 
 
@@ -129,8 +136,11 @@ def collect_cues(
     seed: int = 1,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    refiner: VariationalRefiner | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All cues and the true EPE of up to ``pixels`` random valid pixels of each pair.
+
+    ``refiner``: refine the flows first, as :class:`~diffmatch.matcher.DiffMatcher` does by default.
 
     Returns:
         ``(cues, errors, pair)``: ``(P, len(CUES))`` in the order of :data:`CUES`, ``(P,)`` EPE in
@@ -142,7 +152,9 @@ def collect_cues(
         start = time.perf_counter()
         gen = torch.Generator(device=device).manual_seed(seed * 100003 + i)
         src, tgt = item["source"][None].to(device), item["target"][None].to(device)
-        result, cues = match_with_cues(model, src, tgt, num_samples, num_steps, generator=gen, reverse=True)
+        result, cues = match_with_cues(
+            model, src, tgt, num_samples, num_steps, generator=gen, reverse=True, refiner=refiner
+        )
         epe = end_point_error(result.flow, item["flow"][None].to(device))[0].cpu()
         valid = item["mask"].bool() & torch.isfinite(epe)
         where = np.flatnonzero(valid.numpy().ravel())
@@ -231,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     print(f"matching {len(items)} pairs from {args.photos} ...", file=sys.stderr)
-    cues, errors, pair = collect_cues(model, items, args.samples, args.steps, args.pixels, args.seed, device, True)
+    refiner = None if args.no_refine else VariationalRefiner()
+    cues, errors, pair = collect_cues(
+        model, items, args.samples, args.steps, args.pixels, args.seed, device, True, refiner
+    )
     match_seconds = time.perf_counter() - start
     chosen, table = select_cues(cues, errors, pair, taus)
     if args.cues != "auto":
@@ -252,11 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": args.steps,
         "pixels": int(errors.size),
         "seed": args.seed,
+        "refinement": None if refiner is None else asdict(refiner),
         "selection": table,
         "match_seconds": match_seconds,
         "command": ["python", "-m", "diffmatch.calibrate", *(sys.argv[1:] if argv is None else argv)],
     }
-    calibrator = fit_calibrator(cues[:, columns], errors, chosen, taus, args.default_tau, info)
+    calibrator = fit_calibrator(cues[:, columns], errors, chosen, taus, args.default_tau, info, refiner is not None)
     out = write_calibrated(args.checkpoint, args.out, calibrator.to_dict())
     print(f"cues: {', '.join(chosen)}; {errors.size} pixels of {len(items)} pairs; matching took {match_seconds:.0f} s")
     print(f"wrote {out}")

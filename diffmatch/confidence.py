@@ -151,6 +151,9 @@ class Calibrator:
         coef: per ``τ``, ``K + 1`` logistic coefficients (last: intercept).
         knots_x, knots_y: per ``τ``, the isotonic map from logistic score to probability.
         info: how it was fitted (photos, pairs, sampling settings, image size); for people, not code.
+        refined: whether the flows it was fitted on had the sub-pixel refinement
+            (:class:`~diffmatch.refinement.VariationalRefiner`); its confidence describes only
+            flows made the same way. Calibrations from before the refinement existed load as ``False``.
     """
 
     cues: tuple[str, ...]
@@ -162,6 +165,7 @@ class Calibrator:
     knots_x: list[list[float]]
     knots_y: list[list[float]]
     info: dict[str, Any] = field(default_factory=dict)
+    refined: bool = False
 
     def __post_init__(self) -> None:
         self.cues = tuple(str(c) for c in self.cues)
@@ -237,6 +241,7 @@ class Calibrator:
             "knots_x": [[float(v) for v in xs] for xs in self.knots_x],
             "knots_y": [[float(v) for v in ys] for ys in self.knots_y],
             "info": dict(self.info),
+            "refined": bool(self.refined),
         }
 
 
@@ -259,6 +264,7 @@ def calibrator_from_dict(data: dict[str, Any]) -> Calibrator:
             knots_x=[list(x) for x in data["knots_x"]],
             knots_y=[list(y) for y in data["knots_y"]],
             info=dict(data.get("info", {})),
+            refined=bool(data.get("refined", False)),
         )
     except KeyError as err:
         raise ValueError(f"calibration lacks {err}") from None
@@ -271,6 +277,7 @@ def fit_calibrator(
     taus: Sequence[float] = DEFAULT_TAUS,
     default_tau: float = 3.0,
     info: dict[str, Any] | None = None,
+    refined: bool = False,
 ) -> Calibrator:
     """Fit a :class:`Calibrator` on pixels with known end-point error.
 
@@ -281,6 +288,7 @@ def fit_calibrator(
         taus: thresholds in px; one logistic + isotonic map each.
         default_tau: the ``τ`` :attr:`MatchResult.confidence` uses by default.
         info: free-form description stored with it.
+        refined: the flows had the sub-pixel refinement (see :attr:`Calibrator.refined`).
 
     Raises:
         ValueError: shapes disagree, values are not finite, or a ``τ`` has only one class.
@@ -316,6 +324,7 @@ def fit_calibrator(
         knots_x=knots_x,
         knots_y=knots_y,
         info=dict(info or {}),
+        refined=refined,
     )
 
 

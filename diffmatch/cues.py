@@ -7,7 +7,9 @@ channel 0 = x; tensors ``(B, 2, H, W)``.
 ``forward`` does, and keeps what ``forward`` throws away: the local cost around ``F_init``, and,
 optionally, a reverse pass (source matched to target) that reuses the same features, so the
 forward–backward check costs one more sampling run but no second feature extraction. The cues are
-those of :data:`diffmatch.confidence.CUES`, each ``(B, 1, Ht, Wt)``.
+those of :data:`diffmatch.confidence.CUES`, each ``(B, 1, Ht, Wt)``. With a ``refiner``
+(:class:`~diffmatch.refinement.VariationalRefiner`), every hypothesis is refined before the cues are
+taken, and so is the reverse pass's flow, so the cues describe the refined result.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from diffmatch.diffusion import Generators
 from diffmatch.geometry import forward_backward_consistency
 from diffmatch.model import Condition, DiffMatch
+from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
 from diffmatch.upsampler import CascadeDiffMatch, _split_generators
 
@@ -34,11 +37,13 @@ def match_with_cues(
     eta: float = 0.0,
     generator: Generators = None,
     reverse: bool = True,
+    refiner: VariationalRefiner | None = None,
 ) -> tuple[MatchResult, dict[str, torch.Tensor]]:
     """``model(source, target, ...)`` plus the confidence cues of every target pixel.
 
     The returned result equals ``model(source, target, num_samples, num_steps, eta, generator)``
-    (same draws from ``generator``); the reverse pass, when asked for, draws afterwards.
+    (same draws from ``generator``), refined by ``refiner`` when one is given; the reverse pass,
+    when asked for, draws afterwards.
 
     Args:
         model: a stage-1 :class:`DiffMatch` or a :class:`~diffmatch.upsampler.CascadeDiffMatch`.
@@ -49,6 +54,8 @@ def match_with_cues(
         eta: DDIM eta.
         generator: a generator, one per item, or ``None``.
         reverse: also match ``source`` to ``target`` for the ``fb_error`` cue.
+        refiner: refine every hypothesis (and the reverse flow) at full resolution; ``None``: as
+            ``forward`` returns them.
 
     Returns:
         ``(result, cues)``: the :class:`MatchResult` (flow on the target grid, px) and a dict with
@@ -61,6 +68,8 @@ def match_with_cues(
     cond = model.condition_from_maps(maps_s, maps_t, feats)
     size_t, size_s = tuple(target.shape[-2:]), tuple(source.shape[-2:])
     result = _run(model, cond, size_t, size_s, num_samples, num_steps, eta, generator)
+    if refiner is not None:
+        result = MatchResult.from_samples(refiner(source, target, result.samples), init_flow=result.init_flow)
     init = result.init_flow if result.init_flow is not None else result.flow
     cues = {
         "variance": result.uncertainty,
@@ -69,8 +78,10 @@ def match_with_cues(
     }
     if reverse:
         cond_bw = model.condition_from_maps(maps_t, maps_s, (feats[1], feats[0]))
-        backward = _run(model, cond_bw, size_s, size_t, num_samples, num_steps, eta, _derived(generator))
-        cues["fb_error"] = forward_backward_consistency(result.flow, backward.flow)[1].unsqueeze(1)
+        backward = _run(model, cond_bw, size_s, size_t, num_samples, num_steps, eta, _derived(generator)).flow
+        if refiner is not None:
+            backward = refiner(target, source, backward)
+        cues["fb_error"] = forward_backward_consistency(result.flow, backward)[1].unsqueeze(1)
     return result, cues
 
 

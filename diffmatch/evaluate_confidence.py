@@ -146,7 +146,10 @@ def _run(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any]) -> dict
             gen = torch.Generator(device=matcher.device).manual_seed(args.seed * 100003 + count)
             src, tgt = item["source"][None].to(matcher.device), item["target"][None].to(matcher.device)
             reverse = "fb_error" in calibrator.cues
-            result, cues = match_with_cues(matcher.model, src, tgt, args.samples, args.steps, generator=gen, reverse=reverse)
+            result, cues = match_with_cues(
+                matcher.model, src, tgt, args.samples, args.steps, generator=gen, reverse=reverse,
+                refiner=matcher.refiner,  # as the calibration was fitted (DiffMatcher's default)
+            )
             result.confidence = calibrator.predict(cues)
             mask = item["mask"].bool().numpy().ravel()
             epe = end_point_error(result.flow.cpu(), item["flow"][None])[0].numpy().ravel()[mask]

@@ -23,6 +23,7 @@ from diffmatch.inputs import ImageInput, resolve_device, to_image_batch
 from diffmatch.io import InputError
 from diffmatch.matches import GeometryEstimate
 from diffmatch.model import DiffMatch
+from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
 from diffmatch.weights import load_checkpoint, read_calibration
 
@@ -72,6 +73,11 @@ class DiffMatcher:
             model's own size and no larger than :data:`AUTO_MAX_IMAGE_SIZE`. The model's errors are
             a share of its grid's cells, so on large images ``"auto"`` is more precise in pixels,
             at a higher cost (README, "Processing size").
+        refine: sub-pixel refinement of every hypothesis at the target's full resolution
+            (:class:`~diffmatch.refinement.VariationalRefiner`): ``True`` (its defaults), a refiner,
+            ``False`` (the model's flow as it is), or ``None``: as the calibration was fitted, and
+            ``True`` for a model without calibration. A calibrated confidence is only given for
+            results made the way its calibration was (:attr:`Calibrator.refined`).
     """
 
     def __init__(
@@ -80,10 +86,16 @@ class DiffMatcher:
         device: str | torch.device = "auto",
         calibrator: Calibrator | None = None,
         image_size: ImageSize = None,
+        refine: bool | VariationalRefiner | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.calibrator = calibrator
+        if refine is None:
+            refine = calibrator.refined if calibrator is not None else True
+        if not isinstance(refine, (bool, VariationalRefiner)):
+            raise InputError(f"refine must be a bool, a VariationalRefiner or None, got {refine!r}")
+        self.refiner: VariationalRefiner | None = VariationalRefiner() if refine is True else (refine or None)
         if image_size is not None and image_size != "auto":
             try:
                 self.model.with_image_size(image_size)
@@ -93,11 +105,16 @@ class DiffMatcher:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike | None = None, device: str | torch.device = "auto", image_size: ImageSize = None
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str | torch.device = "auto",
+        image_size: ImageSize = None,
+        refine: bool | VariationalRefiner | None = None,
     ) -> DiffMatcher:
         """Load a Lightning ``.ckpt`` or an exported weights file (``None``: the bundled checkpoint).
 
-        ``image_size``: the processing size (see :class:`DiffMatcher`).
+        ``image_size``, ``refine``: the processing size and the sub-pixel refinement (see
+        :class:`DiffMatcher`).
 
         A file with a confidence calibration (``python -m diffmatch.calibrate``) gives results with
         ``confidence``; :attr:`calibrator` is ``None`` otherwise.
@@ -114,7 +131,7 @@ class DiffMatcher:
             calibrator = None if stored is None else calibrator_from_dict(stored)
         except ValueError as err:
             raise InputError(f"{path}: damaged confidence calibration ({err})") from None
-        return cls(model, resolved, calibrator, image_size)
+        return cls(model, resolved, calibrator, image_size, refine)
 
     @property
     def stride(self) -> int:
@@ -151,6 +168,26 @@ class DiffMatcher:
                 )
         return src, tgt
 
+    def confidence_unavailable(self, refined: bool | None = None) -> str | None:
+        """Why results would have no calibrated confidence (``None``: they will have one).
+
+        ``refined``: whether the flow is refined (``None``: as :attr:`refiner` says).
+        """
+        if self.calibrator is None:
+            return (
+                "this checkpoint has no confidence calibration "
+                "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
+            )
+        refined = self.refiner is not None if refined is None else refined
+        if self.calibrator.refined != refined:
+            fitted = "with" if self.calibrator.refined else "without"
+            return (
+                f"this checkpoint's confidence was calibrated {fitted} the sub-pixel refinement; match "
+                f"with refine={self.calibrator.refined}, or recalibrate (`python -m diffmatch.calibrate"
+                f"{'' if refined else ' --no-refine'} CKPT --out CKPT_CAL`)"
+            )
+        return None
+
     @torch.no_grad()
     def match(
         self,
@@ -161,6 +198,7 @@ class DiffMatcher:
         generator: Generators = None,
         eta: float = 0.0,
         confidence_tau: float | None = None,
+        refine: bool | None = None,
     ) -> MatchResult:
         """Match ``target`` to ``source``.
 
@@ -174,16 +212,20 @@ class DiffMatcher:
             eta: DDIM eta (0: deterministic given the initial noise).
             confidence_tau: the ``τ`` in px of ``confidence`` (one the calibration was fitted for;
                 ``None``: its default, normally 3 px).
+            refine: refine every hypothesis at full resolution (:attr:`refiner`, or the default
+                :class:`~diffmatch.refinement.VariationalRefiner`); ``None``: as the matcher was built.
 
         Returns:
             :class:`MatchResult`: ``flow`` ``(B, 2, Ht, Wt)`` px, ``uncertainty`` ``(B, 1, Ht, Wt)`` px²,
             ``samples`` ``(B, N, 2, Ht, Wt)``; with a calibrated model also ``confidence``
-            ``(B, 1, Ht, Wt)``, the probability that each match is within ``confidence_tau`` px.
+            ``(B, 1, Ht, Wt)``, the probability that each match is within ``confidence_tau`` px
+            (only when ``refine`` matches the calibration's; see :attr:`Calibrator.refined`).
 
         Raises:
             InputError: unreadable inputs, an image with a side below :attr:`stride`, or impossible
                 options (a ``ValueError``).
-            MissingCalibrationError: ``confidence_tau`` given to a model without calibration (a ``ValueError``).
+            MissingCalibrationError: ``confidence_tau`` given to a model without calibration, or
+                with a calibration fitted for the other ``refine`` setting (a ``ValueError``).
         """
         if not isinstance(num_samples, int) or num_samples < 1:
             raise InputError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -191,20 +233,23 @@ class DiffMatcher:
         num_steps = self.model.default_steps() if num_steps is None else num_steps
         if not isinstance(num_steps, int) or not 1 <= num_steps <= limit:
             raise InputError(f"num_steps must be an integer in [1, {limit}], got {num_steps!r}")
-        if self.calibrator is None:
+        refiner = self.refiner if refine is None else (self.refiner or VariationalRefiner()) if refine else None
+        reason = self.confidence_unavailable(refiner is not None)
+        if reason is not None:
             if confidence_tau is not None:
-                raise MissingCalibrationError(
-                    "this checkpoint has no confidence calibration "
-                    "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
-                )
+                raise MissingCalibrationError(reason)
             src, tgt = self._pair(source, target)
             model = self._model_for(src, tgt)
-            return model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
+            result = model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
+            if refiner is None:
+                return result
+            return MatchResult.from_samples(refiner(src, tgt, result.samples), init_flow=result.init_flow)
+        assert self.calibrator is not None
         tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
         src, tgt = self._pair(source, target)
         reverse = "fb_error" in self.calibrator.cues
         model = self._model_for(src, tgt)
-        result, cues = match_with_cues(model, src, tgt, num_samples, num_steps, eta, generator, reverse)
+        result, cues = match_with_cues(model, src, tgt, num_samples, num_steps, eta, generator, reverse, refiner)
         result.confidence = self.calibrator.predict(cues, tau)
         result.confidence_tau = tau
         return result

@@ -10,7 +10,7 @@ Each measurement runs in a fresh process so that its peak resident memory (``ru_
 process including the Python runtime and torch) is its own; on CUDA the peak is the GPU memory
 allocated by torch (``max_memory_allocated``) and every timing ends with a synchronisation. Prints
 seconds per pair for 1 and 3 samples (each checkpoint's own number of DDIM steps; 5 for the paper
-model), OpenCV's DIS optical flow (medium preset) on the same pair as the classical reference, the time
+model), with and without the sub-pixel refinement (``DiffMatcher``'s default, run on the CPU), OpenCV's DIS optical flow (medium preset) on the same pair as the classical reference, the time
 of a plain VGG-16 forward pass (``torchvision.models.vgg16().features``) on the same two images, and
 each row's ratio to it.
 """
@@ -48,7 +48,7 @@ def _timed(fn, repeats: int, device: str) -> float:
 
 def measure(
     kind: str, checkpoint: str | None, samples: int, repeats: int, device: str = "cpu", bf16: bool = False,
-    image_size: str | None = None,
+    image_size: str | None = None, refine: bool = True,
 ) -> dict:
     """One measurement in this process: ``vgg``, ``model`` or ``paper``."""
     torch.set_grad_enabled(False)
@@ -71,10 +71,11 @@ def measure(
         from diffmatch.model import DiffMatch, DiffMatchConfig
 
         if kind == "paper":
-            matcher = DiffMatcher(DiffMatch(DiffMatchConfig(feature_kwargs={"weights": "random"})), device=device)
+            model = DiffMatch(DiffMatchConfig(feature_kwargs={"weights": "random"}))
+            matcher = DiffMatcher(model, device=device, refine=refine)
         else:
             size = None if image_size is None else parse_image_size(image_size)
-            matcher = DiffMatcher.from_checkpoint(checkpoint, device=device, image_size=size)
+            matcher = DiffMatcher.from_checkpoint(checkpoint, device=device, image_size=size, refine=refine)
         gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
         steps = 5 if kind == "paper" else None  # None: the checkpoint's own sampling steps
         run = lambda: matcher.match(source, target, num_samples=samples, num_steps=steps, generator=gen())  # noqa: E731
@@ -88,9 +89,12 @@ def measure(
 
 
 def _run(
-    kind: str, checkpoint: str | None, samples: int, repeats: int, device: str, bf16: bool, image_size: str | None = None
+    kind: str, checkpoint: str | None, samples: int, repeats: int, device: str, bf16: bool, image_size: str | None = None,
+    refine: bool = True,
 ) -> dict:
     cmd = [sys.executable, __file__, "--one", kind, "--samples", str(samples), "--repeats", str(repeats), "--device", device]
+    if not refine:
+        cmd.append("--no-refine")
     if image_size is not None and kind == "model":
         cmd += ["--image-size", image_size]
     if bf16:
@@ -110,26 +114,29 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--compare", metavar="CKPT", help="also time this checkpoint (e.g. a retired default)")
     parser.add_argument("--image-size", help="processing size of the checkpoint rows (an integer or auto; default: its own)")
+    parser.add_argument("--no-refine", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", choices=("vgg", "model", "paper", "dis"), help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.checkpoint, args.samples, args.repeats, args.device, args.bf16, args.image_size)))
+        print(json.dumps(measure(
+            args.one, args.checkpoint, args.samples, args.repeats, args.device, args.bf16, args.image_size, not args.no_refine
+        )))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, input {SIZE}x{SIZE}{', bf16 autocast' if args.bf16 else ''}")
     floor = _run("vgg", None, 1, args.repeats, args.device, args.bf16)
-    print(f"{'VGG-16 features, both images':40s} {floor['seconds']:7.3f} s/pair  peak {floor['peak_mb']:7.0f} MB   1.00x")
-    rows = [("model", args.checkpoint, s) for s in (1, 3)]
-    rows += [("model", args.compare, s) for s in (1, 3)] if args.compare else []
-    rows += [("paper", None, s) for s in (1, 3)] if args.paper else []
+    print(f"{'VGG-16 features, both images':52s} {floor['seconds']:7.3f} s/pair  peak {floor['peak_mb']:7.0f} MB   1.00x")
+    rows = [("model", args.checkpoint, s, refine) for refine in (True, False) for s in (1, 3)]
+    rows += [("model", args.compare, s, True) for s in (1, 3)] if args.compare else []
+    rows += [("paper", None, s, refine) for refine in (True, False) for s in (1, 3)] if args.paper else []
     if args.device == "cpu":
-        rows.append(("dis", None, 1))
-    for kind, checkpoint, samples in rows:
+        rows.append(("dis", None, 1, False))
+    for kind, checkpoint, samples, refine in rows:
         repeats = args.repeats if kind in ("model", "dis") or args.device == "cuda" else 1
-        r = _run(kind, checkpoint, samples, repeats, args.device, args.bf16, args.image_size)
+        r = _run(kind, checkpoint, samples, repeats, args.device, args.bf16, args.image_size, refine)
         if kind == "dis":
             name = "OpenCV DIS (medium preset)"
         elif kind == "paper":
@@ -137,8 +144,9 @@ def main() -> None:
         else:
             name = f"{Path(checkpoint).name if checkpoint else 'bundled model'}, {samples} sample(s)"
             name += f" at {args.image_size}" if args.image_size else ""
+        name += "" if kind == "dis" else (", refined" if refine else ", unrefined")
         ratio = r["seconds"] / floor["seconds"]
-        print(f"{name:40s} {r['seconds']:7.3f} s/pair  peak {r['peak_mb']:7.0f} MB  {ratio:5.2f}x")
+        print(f"{name:52s} {r['seconds']:7.3f} s/pair  peak {r['peak_mb']:7.0f} MB  {ratio:5.2f}x")
 
 
 if __name__ == "__main__":

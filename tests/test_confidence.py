@@ -17,6 +17,7 @@ from diffmatch.cues import match_with_cues
 from diffmatch.evaluation.calibration import expected_calibration_error, reliability
 from diffmatch.matcher import DiffMatcher
 from diffmatch.model import DiffMatch
+from diffmatch.refinement import VariationalRefiner
 from diffmatch.weights import export_weights, read_calibration, save_weights
 from tests.helpers import tiny_config
 
@@ -127,6 +128,41 @@ def test_checkpoint_without_calibration_has_no_confidence_and_says_so(tiny_model
         result.require_confidence()
     with pytest.raises(ValueError, match="no confidence calibration"):
         matcher.match(torch.rand(3, 40, 40), torch.rand(3, 40, 40), num_samples=2, num_steps=2, confidence_tau=3.0)
+
+
+def test_refined_cues_describe_the_refined_hypotheses(tiny_model, photo):
+    src = torch.from_numpy(photo[:48, :56]).permute(2, 0, 1)[None].float() / 255
+    tgt = torch.from_numpy(photo[3:51, 2:58]).permute(2, 0, 1)[None].float() / 255
+    refiner = VariationalRefiner(rounds=2)
+    plain, _ = match_with_cues(tiny_model, src, tgt, 2, 2, generator=torch.Generator().manual_seed(3))
+    refined, cues = match_with_cues(tiny_model, src, tgt, 2, 2, generator=torch.Generator().manual_seed(3), refiner=refiner)
+    torch.testing.assert_close(refined.samples, refiner(src, tgt, plain.samples))
+    torch.testing.assert_close(refined.flow, refined.samples.mean(1))
+    torch.testing.assert_close(cues["variance"], refined.uncertainty)
+    torch.testing.assert_close(cues["init_distance"], (refined.flow - plain.init_flow).norm(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("fitted_refined", [False, True])
+def test_confidence_only_for_flows_made_as_the_calibration_was(tiny_model, tmp_path, fitted_refined):
+    cues, errors = _synthetic_cues(2000)
+    cal = fit_calibrator(cues, errors, refined=fitted_refined)
+    assert calibrator_from_dict(cal.to_dict()).refined is fitted_refined
+    old = cal.to_dict()
+    del old["refined"]  # calibrations written before the refinement existed
+    assert calibrator_from_dict(old).refined is False
+    path = save_weights(tiny_model, tmp_path / "cal.pt", calibration=cal.to_dict())
+    src, tgt = torch.rand(3, 40, 40), torch.rand(3, 40, 40)
+
+    matcher = DiffMatcher.from_checkpoint(path, device="cpu")  # refines as the calibration was fitted
+    assert (matcher.refiner is not None) is fitted_refined and matcher.confidence_unavailable() is None
+    assert matcher.match(src, tgt, num_samples=2, num_steps=2).confidence is not None
+    other = matcher.match(src, tgt, num_samples=2, num_steps=2, refine=not fitted_refined)
+    assert other.confidence is None
+    fitted = "with" if fitted_refined else "without"
+    with pytest.raises(MissingCalibrationError, match=f"calibrated {fitted} the sub-pixel refinement"):
+        matcher.match(src, tgt, num_samples=2, num_steps=2, refine=not fitted_refined, confidence_tau=3.0)
+    switched = DiffMatcher.from_checkpoint(path, device="cpu", refine=not fitted_refined)
+    assert f"refine={fitted_refined}" in switched.confidence_unavailable()
 
 
 def test_ece_on_hand_made_numbers():

@@ -27,7 +27,7 @@ class StandInMatcher:
     def __init__(self) -> None:
         self.dis = DISFlow()
 
-    def match(self, source, target, num_samples=3, num_steps=5, generator=None) -> MatchResult:
+    def match(self, source, target, num_samples=3, num_steps=5, generator=None, refine=None) -> MatchResult:
         base = self.dis(source, target).flow
         noise = torch.randn((base.shape[0], num_samples, *base.shape[1:]), generator=generator)
         return MatchResult.from_samples(base.unsqueeze(1) + noise)
@@ -191,7 +191,7 @@ def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):
         {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": state}, weights
     )
     out = tmp_path / "eval"
-    argv = ["--dataset", "synthetic", "--methods", "checkpoint,raw-corr-soft", "--checkpoint", str(weights)]
+    argv = ["--dataset", "synthetic", "--methods", "checkpoint,checkpoint-unrefined,raw-corr-soft", "--checkpoint", str(weights)]
     code, _, stderr = _run(
         [*argv, "--limit", "1", "--samples", "2", "--steps", "2", "--out", str(out)], capsys
     )
@@ -202,6 +202,9 @@ def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):
         and results["checkpoint"]["all"]["ause_epe"] is not None
     )
     assert results["raw-corr-soft"]["all"]["ause_epe"] is None
+    # Same draws, refined or not: the refinement changes the flow.
+    assert results["checkpoint-unrefined"]["all"]["num_pairs"] == 3
+    assert results["checkpoint-unrefined"]["all"]["aepe"] != results["checkpoint"]["all"]["aepe"]
 
 
 @pytest.mark.slow

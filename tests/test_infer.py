@@ -74,6 +74,36 @@ def test_api_batch_and_seed(checkpoint, photo):
     assert warped.shape == (1, 3, 64, 80)
 
 
+def test_refinement_is_the_default_for_every_hypothesis_and_can_be_switched_off(tmp_path, checkpoint, images):
+    from diffmatch.inputs import to_image_batch
+    from diffmatch.io import load_image, read_flow
+    from diffmatch.refinement import VariationalRefiner
+
+    matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu")  # not calibrated: refined
+    assert matcher.refiner == VariationalRefiner()
+    gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    raw = matcher.match(images[0], images[1], num_samples=2, generator=gen(), refine=False)
+    refined = matcher.match(images[0], images[1], num_samples=2, generator=gen())
+    src, tgt = (to_image_batch(load_image(p)) for p in images)
+    torch.testing.assert_close(refined.samples, VariationalRefiner()(src, tgt, raw.samples))
+    torch.testing.assert_close(refined.flow, refined.samples.mean(1))
+    assert torch.equal(refined.init_flow, raw.init_flow) and not torch.allclose(refined.flow, raw.flow)
+    off = DiffMatcher.from_checkpoint(checkpoint, device="cpu", refine=False)
+    assert off.refiner is None
+    assert torch.equal(off.match(images[0], images[1], num_samples=2, generator=gen()).flow, raw.flow)
+    assert torch.equal(off.match(images[0], images[1], num_samples=2, generator=gen(), refine=True).flow, refined.flow)
+    with pytest.raises(InputError, match="refine must be"):
+        DiffMatcher.from_checkpoint(checkpoint, device="cpu", refine="yes")
+
+    base = ["--source", str(images[0]), "--target", str(images[1]), "--checkpoint", str(checkpoint), "--samples", "2",
+            "--seed", "2", "--no-viz"]
+    assert infer_main([*base, "--out", str(tmp_path / "r")]) == 0
+    assert infer_main([*base, "--out", str(tmp_path / "u"), "--no-refine"]) == 0
+    for folder, result in (("r", refined), ("u", raw)):
+        written = read_flow(next((tmp_path / folder).glob("*.flo")))
+        np.testing.assert_allclose(written, result.flow[0].permute(1, 2, 0).numpy(), atol=1e-4)
+
+
 def test_processing_size_options(tmp_path, checkpoint, images):
     own = DiffMatcher.from_checkpoint(checkpoint, device="cpu")  # 64² model on a 16² grid: sizes in steps of 8
     auto = DiffMatcher.from_checkpoint(checkpoint, device="cpu", image_size="auto")
@@ -129,6 +159,7 @@ def test_pairs_file_skips_failed_pair(tmp_path, checkpoint, images, capsys):
         (["--image-size", "big"], "image size must be 'auto' or a positive integer, got 'big'"),
         (["--image-size", "100"], "image_size must be a positive multiple of 8"),
         (["--steps", "9"], "--steps must be"),
+        (["--matcher", "dino", "--no-refine"], "--no-refine applies to --matcher diffmatch"),
         (["--checkpoint", "CORRUPT"], r"corrupt\.pt: not a diffmatch checkpoint \(not a PyTorch file\)"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--samples", "-1"], "cuda|--samples"),
     ],

@@ -2,7 +2,9 @@
 
 Writes, per pair, ``flow.npy`` (float32 ``(H_t, W_t, 2)``: target grid, ``target(x) ≈ source(x +
 flow(x))``, pixels, at the target's original size), ``uncertainty.npy`` (float32 ``(H_t, W_t)``,
-variance across hypotheses in px²), the flow in ``--flow-format``, and PNG pictures. A calibrated
+variance across hypotheses in px²), the flow in ``--flow-format``, and PNG pictures. DiffMatch's
+hypotheses are refined to sub-pixel precision at the target's full resolution unless
+``--no-refine`` (:class:`~diffmatch.refinement.VariationalRefiner`). A calibrated
 checkpoint (``python -m diffmatch.calibrate``) adds ``confidence.npy`` (float32 ``(H_t, W_t)``, the
 probability that each match is within τ px, τ = 3 unless calibrated otherwise) and
 ``confidence.png``; ``--min-confidence P`` then marks matches below ``P`` invalid in ``flow.npy``
@@ -95,6 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="DiffMatch's processing size: a multiple of 32 for the bundled model, or 'auto' (the larger "
         "side, 384 to 640; finer in pixels on large images, see the README's 'Processing size'); "
         "default: the checkpoint's own (384 for the bundled model)",
+    )
+    parser.add_argument(
+        "--no-refine", action="store_true",
+        help="skip the sub-pixel refinement of DiffMatch's flow at full resolution (faster, coarser; "
+        "README, 'Sub-pixel refinement')",
     )
     parser.add_argument("--matcher", default="diffmatch", choices=MATCHERS, help="zero-shot matchers need --sd-model/--dino-model")
     parser.add_argument("--sd-model", help="Stable Diffusion folder or hub id (dift, fused)")
@@ -285,12 +292,12 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
     if args.matcher == "diffmatch":
         from diffmatch.matcher import DiffMatcher
 
-        matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device, image_size=args.image_size)
-        if args.min_confidence is not None and matcher.calibrator is None:
-            raise InputError(
-                f"--min-confidence: {args.checkpoint or 'the bundled checkpoint'} has no confidence calibration "
-                "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
-            )
+        matcher = DiffMatcher.from_checkpoint(
+            args.checkpoint, device=args.device, image_size=args.image_size, refine=False if args.no_refine else None
+        )
+        reason = matcher.confidence_unavailable()
+        if args.min_confidence is not None and reason is not None:
+            raise InputError(f"--min-confidence: {args.checkpoint or 'the bundled checkpoint'}: {reason}")
         limit = matcher.model.config.num_train_timesteps
         if args.steps is not None and args.steps > limit:
             raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
@@ -306,6 +313,8 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         raise InputError(f"--min-confidence needs --matcher diffmatch with a calibrated checkpoint, not {args.matcher}")
     if args.image_size is not None:
         raise InputError(f"--image-size applies to --matcher diffmatch, not {args.matcher}")
+    if args.no_refine:
+        raise InputError(f"--no-refine applies to --matcher diffmatch, not {args.matcher}")
     from diffmatch.inputs import resolve_device
     from diffmatch.zeroshot import ZeroShotMatcher
 

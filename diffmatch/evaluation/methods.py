@@ -1,6 +1,8 @@
 """The methods an evaluation can run, each behind the :class:`~diffmatch.baselines.Method` interface.
 
-* ``checkpoint``: DiffMatch, :meth:`DiffMatcher.match` with ``num_samples``/``num_steps``;
+* ``checkpoint``: DiffMatch, :meth:`DiffMatcher.match` with ``num_samples``/``num_steps`` (its
+  hypotheses refined at full resolution, as :class:`~diffmatch.matcher.DiffMatcher` does by default);
+* ``checkpoint-unrefined``: the same without the sub-pixel refinement, the model's flow as it is;
 * ``raw-corr``: :meth:`DiffMatcher.match_raw` (``mode="hard"``), the paper's "Raw corr." row;
 * ``raw-corr-soft``: the same correlation read with a soft-argmax;
 * ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.baselines`);
@@ -32,7 +34,7 @@ __all__ = [
     "build_methods",
 ]
 
-MATCHER_METHODS: tuple[str, ...] = ("checkpoint", "raw-corr", "raw-corr-soft")
+MATCHER_METHODS: tuple[str, ...] = ("checkpoint", "checkpoint-unrefined", "raw-corr", "raw-corr-soft")
 ZERO_SHOT_METHODS: tuple[str, ...] = ("dift", "dino", "fused")
 
 
@@ -94,7 +96,8 @@ class MethodOptions:
 class CheckpointMethod:
     """DiffMatch sampling; the uncertainty is the variance of ``num_samples`` hypotheses.
 
-    The generator is seeded once, so a run is reproducible given the order of the pairs.
+    The generator is seeded once, so a run is reproducible given the order of the pairs. ``refine``:
+    the sub-pixel refinement (``None``: as the matcher was built; see :meth:`DiffMatcher.match`).
     """
 
     matcher: Any
@@ -102,11 +105,17 @@ class CheckpointMethod:
     num_steps: int | None
     generator: torch.Generator
     name: str = "checkpoint"
+    refine: bool | None = None
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
         """Match a pair; see :class:`~diffmatch.baselines.Method`."""
         return self.matcher.match(
-            source, target, num_samples=self.num_samples, num_steps=self.num_steps, generator=self.generator
+            source,
+            target,
+            num_samples=self.num_samples,
+            num_steps=self.num_steps,
+            generator=self.generator,
+            refine=self.refine,
         )
 
 
@@ -158,9 +167,12 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
     matcher = _load_diffmatcher(options) if any(n in MATCHER_METHODS for n in names) else None
     methods: list[Method] = []
     for name in names:
-        if name == "checkpoint":
+        if name in ("checkpoint", "checkpoint-unrefined"):
             generator = torch.Generator(device=options.device).manual_seed(options.seed)
-            methods.append(CheckpointMethod(matcher, options.num_samples, options.num_steps, generator))
+            refine = False if name == "checkpoint-unrefined" else None
+            methods.append(
+                CheckpointMethod(matcher, options.num_samples, options.num_steps, generator, name, refine)
+            )
         elif name in ("raw-corr", "raw-corr-soft"):
             methods.append(
                 RawCorrelationMethod(matcher, "soft" if name.endswith("soft") else "hard", name=name)
