@@ -47,7 +47,8 @@ __all__ = [
 
 MATCHERS = ("diffmatch", "dift", "dino", "fused")
 # Above this many megapixels (source or target) a run warns: memory and output grow with the pixels
-# (README, "Inference on your own images": about 1.1 GB plus 0.14 GB of RAM and 20 MB of output per megapixel).
+# (README, "Inference on your own images": about 1.1 GB plus 0.38 GB of RAM (0.14 GB with --no-refine) and
+# 20 MB of output per megapixel).
 LARGE_IMAGE_MP = 12.0
 
 
@@ -330,8 +331,8 @@ def _large_image_warning(path: Path, image: np.ndarray) -> str | None:
         return None
     return (
         f"warning: {path} is {w}x{h} ({megapixels:.0f} MP); full-size matching needs about "
-        f"{1.1 + 0.14 * megapixels:.1f} GB of memory and writes about {20 * megapixels:.0f} MB; "
-        "--max-size 2048 matches a downscaled copy"
+        f"{1.1 + 0.38 * megapixels:.1f} GB of memory ({1.1 + 0.14 * megapixels:.1f} GB with --no-refine) and writes "
+        f"about {20 * megapixels:.0f} MB; --max-size 2048 matches a downscaled copy"
     )
 
 
