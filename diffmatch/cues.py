@@ -69,7 +69,7 @@ def match_with_cues(
     size_t, size_s = tuple(target.shape[-2:]), tuple(source.shape[-2:])
     result = _run(model, cond, size_t, size_s, num_samples, num_steps, eta, generator)
     if refiner is not None:
-        result = MatchResult.from_samples(refiner(source, target, result.samples), init_flow=result.init_flow)
+        result = refiner.refine_result(source, target, result)
     init = result.init_flow if result.init_flow is not None else result.flow
     cues = {
         "variance": result.uncertainty,

@@ -233,7 +233,9 @@ class DiffMatcher:
         num_steps = self.model.default_steps() if num_steps is None else num_steps
         if not isinstance(num_steps, int) or not 1 <= num_steps <= limit:
             raise InputError(f"num_steps must be an integer in [1, {limit}], got {num_steps!r}")
-        refiner = self.refiner if refine is None else (self.refiner or VariationalRefiner()) if refine else None
+        refiner = self.refiner
+        if refine is not None:
+            refiner = (refiner or VariationalRefiner()) if refine else None
         reason = self.confidence_unavailable(refiner is not None)
         if reason is not None:
             if confidence_tau is not None:
@@ -241,9 +243,7 @@ class DiffMatcher:
             src, tgt = self._pair(source, target)
             model = self._model_for(src, tgt)
             result = model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
-            if refiner is None:
-                return result
-            return MatchResult.from_samples(refiner(src, tgt, result.samples), init_flow=result.init_flow)
+            return result if refiner is None else refiner.refine_result(src, tgt, result)
         assert self.calibrator is not None
         tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
         src, tgt = self._pair(source, target)

@@ -29,6 +29,7 @@ import torch
 
 from diffmatch.baselines import to_gray_uint8
 from diffmatch.geometry import check_flow, resize_flow
+from diffmatch.result import MatchResult
 
 __all__ = ["VariationalRefiner"]
 
@@ -156,3 +157,8 @@ class VariationalRefiner:
             out = resize_flow(out, (ht, wt), source_scale=(hs / ht, ws / wt))
         out = out.view(b, n, 2, ht, wt).to(device=flow.device, dtype=flow.dtype)
         return out if hypotheses else out[:, 0]
+
+    def refine_result(self, source: torch.Tensor, target: torch.Tensor, result: MatchResult) -> MatchResult:
+        """``result`` with every hypothesis refined; the flow and uncertainty are their new mean and
+        variance, and ``init_flow`` is kept (see :meth:`__call__` for the shapes)."""
+        return MatchResult.from_samples(self(source, target, result.samples), init_flow=result.init_flow)
