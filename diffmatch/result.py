@@ -9,7 +9,7 @@ import torch
 
 from diffmatch.confidence import MissingCalibrationError
 
-__all__ = ["MatchResult", "samples_statistics"]
+__all__ = ["MatchResult", "SparseMatches", "samples_statistics"]
 
 
 def samples_statistics(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +31,30 @@ def samples_statistics(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 @dataclass
+class SparseMatches:
+    """Sparse matches of one image pair, as a sparse matcher (SIFT, LightGlue) found them.
+
+    Attributes:
+        target_xy: ``(K, 2)`` float pixel coordinates ``(x, y)`` in the target.
+        source_xy: ``(K, 2)`` their matches in the source: ``target(target_xy) ≈ source(source_xy)``.
+        confidence: ``(K,)`` the matcher's score of each match, higher is better (a ranking, not
+            necessarily a probability).
+    """
+
+    target_xy: np.ndarray
+    source_xy: np.ndarray
+    confidence: np.ndarray
+
+    def __post_init__(self) -> None:
+        k = len(self.target_xy)
+        if self.target_xy.shape != (k, 2) or self.source_xy.shape != (k, 2) or self.confidence.shape != (k,):
+            raise ValueError(
+                "sparse matches must be target_xy (K, 2), source_xy (K, 2), confidence (K,), got "
+                f"{self.target_xy.shape}, {self.source_xy.shape}, {self.confidence.shape}"
+            )
+
+
+@dataclass
 class MatchResult:
     """Dense matches from the target image into the source image.
 
@@ -46,6 +70,9 @@ class MatchResult:
             ``confidence_tau`` px of the truth; ``None`` when the model has no calibration
             (``python -m diffmatch.calibrate`` adds one).
         confidence_tau: the threshold ``τ`` in px that ``confidence`` refers to.
+        matches: for a sparse matcher, one :class:`SparseMatches` per pair of the batch, the matches
+            its dense ``flow`` was interpolated from; geometry estimators
+            (:mod:`diffmatch.matches`) then use them instead of sampling the dense flow.
     """
 
     flow: torch.Tensor
@@ -54,6 +81,7 @@ class MatchResult:
     init_flow: torch.Tensor | None = None
     confidence: torch.Tensor | None = None
     confidence_tau: float | None = None
+    matches: list[SparseMatches] | None = None
 
     def require_confidence(self) -> torch.Tensor:
         """``confidence``, or a clear error when the model that made this result has none.
