@@ -6,6 +6,7 @@ Example:
         --methods checkpoint --corruptions all --severity 5 --out outputs/hpatches-c
 
 Prints a table per method and group (``all``; the synthetic levels ``easy``/``medium``/``hard``;
+ the scene levels ``stereo``/``medium``/``wide``;
 the ETH3D rates ``rate_3`` .. ``rate_15``; the HPatches pairs ``1_2`` .. ``1_6``; each corruption
 type) and writes, atomically, ``summary.json``, ``per_pair.csv``, ``sparsification.png`` and, with
 corruptions, ``corruptions.png`` to ``--out``. A pair that fails is reported on stderr and in
@@ -43,7 +44,7 @@ from diffmatch.evaluation.methods import (
     parse_methods,
 )
 from diffmatch.evaluation.report import format_table, summarize_records, write_outputs
-from diffmatch.evaluation.runner import run_evaluation
+from diffmatch.evaluation.runner import PoseOptions, run_evaluation
 from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError
 from diffmatch.metrics import SPARSIFICATION_INTERVALS
@@ -90,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="at most N pairs per level/rate/subset (before corruption)")
     parser.add_argument("--seed", type=int, default=0, help="seed of DiffMatch sampling and corruption noise")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument(
+        "--pose-matches", type=int, default=5000, help="pose benchmarks: matches given to the essential matrix (default 5000)"
+    )
+    parser.add_argument(
+        "--pose-estimator", choices=("ransac", "magsac"), default="ransac", help="pose benchmarks: OpenCV's estimator"
+    )
+    parser.add_argument(
+        "--pose-threshold", type=float, default=0.5, help="pose benchmarks: inlier threshold in pixels (default 0.5)"
+    )
     parser.add_argument("--sd-model", help="Stable Diffusion folder or Hub id for dift/fused")
     parser.add_argument("--dino-model", help="DINOv2 folder or Hub id for dino/fused")
     return parser
@@ -111,6 +121,7 @@ def _settings(
         "limit": args.limit,
         "seed": args.seed,
         "device": str(device),
+        "pose": {"matches": args.pose_matches, "estimator": args.pose_estimator, "threshold_px": args.pose_threshold},
         "sparsification_intervals": SPARSIFICATION_INTERVALS,
         "versions": {
             "python": platform.python_version(),
@@ -144,13 +155,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             sd_model=args.sd_model,
             dino_model=args.dino_model,
         )
+        if args.pose_matches < 5 or args.pose_threshold <= 0:
+            raise InputError(
+                f"--pose-matches must be >= 5 and --pose-threshold > 0, got {args.pose_matches} and {args.pose_threshold}"
+            )
+        pose = PoseOptions(args.pose_matches, args.pose_estimator, args.pose_threshold, args.seed)
         methods = build_methods(names, options)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     start = time.perf_counter()
-    records = run_evaluation(methods, subsets, device)
+    records = run_evaluation(methods, subsets, device, pose=pose)
     results = summarize_records(records, args.protocol)
     failures = [r for r in records if r.error is not None]
     summary = {
@@ -165,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             else "mean over images of each image's mean end-point error on valid pixels (px)"
         ),
         "ause_definition": "DenseMatching compute_aucs per image, averaged; ause_pck is PCK-1",
+        "pose_definition": (
+            "pose error = max(rotation error, angle between translation directions) in degrees, inf when "
+            "no pose was found; pose_auc5/10/20: LoFTR's error_auc of the pose errors"
+        ),
         "results": results,
         "failures": [
             {"method": r.method, "name": r.name, "tags": r.tags, "error": r.error} for r in failures

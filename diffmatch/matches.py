@@ -6,7 +6,13 @@ pixel ``(x, y)`` with source point ``(x, y) + flow(x, y)``.
 
 A homography ``H`` (3×3) maps target pixels to source pixels, ``source ~ H @ [x, y, 1]``, like the
 flow (:func:`diffmatch.geometry.homography_to_flow` is its inverse operation). A fundamental matrix
-``F`` satisfies ``[xs, ys, 1] @ F @ [xt, yt, 1] = 0`` for a target point and its source match.
+``F`` satisfies ``[xs, ys, 1] @ F @ [xt, yt, 1] = 0`` for a target point and its source match. A
+relative pose ``(R, t)`` maps target-camera coordinates to source-camera coordinates,
+``X_source = R @ X_target + t``, like the flow it points from the target into the source; its
+essential matrix ``E = [t]× R`` satisfies ``ns @ E @ nt = 0`` for normalised points ``n = K⁻¹ [x, y, 1]``.
+
+A result from a sparse matcher (``result.matches``, e.g. SIFT or LightGlue in the evaluation) gives
+its own matches to the estimators, most confident first, instead of a sample of its dense flow.
 """
 
 from __future__ import annotations
@@ -19,7 +25,15 @@ import torch
 
 from diffmatch.result import MatchResult
 
-__all__ = ["GeometryEstimate", "estimate_fundamental", "estimate_homography", "match_weights", "sample_matches"]
+__all__ = [
+    "GeometryEstimate",
+    "RelativePose",
+    "estimate_fundamental",
+    "estimate_homography",
+    "estimate_relative_pose",
+    "match_weights",
+    "sample_matches",
+]
 
 Mode = Literal["sample", "top_k", "spread"]
 _METHODS = ("magsac", "ransac")
@@ -84,6 +98,9 @@ def sample_matches(
             a poorly conditioned set for geometry).
         min_confidence: drop pixels whose confidence is lower.
 
+    A result with sparse matches (``result.matches``) gives its own, most confident first, whatever
+    the ``mode`` (``max_uncertainty`` and ``generator`` are then unused).
+
     Returns:
         ``(target_xy, source_xy, confidence)``: ``(K, 2)`` pixel coordinates in each image and the
         ``(K,)`` confidence of each match.
@@ -95,6 +112,8 @@ def sample_matches(
         raise ValueError(f"mode must be 'sample', 'top_k' or 'spread', got {mode!r}")
     if num < 1:
         raise ValueError(f"num must be >= 1, got {num}")
+    if result.matches is not None:
+        return _sparse_matches(result, num, index, source_size, min_confidence)
     flow = result.flow[index].float().cpu()
     confidence, _ = match_weights(result, index)
     h, w = flow.shape[-2:]
@@ -107,7 +126,8 @@ def sample_matches(
         ok &= result.uncertainty[index, 0].float().cpu() <= max_uncertainty
     if min_confidence is not None:
         ok &= confidence >= min_confidence
-    weights = (confidence * ok).flatten()
+    ok &= torch.isfinite(confidence)
+    weights = torch.where(ok, confidence, torch.zeros_like(confidence)).flatten()
     count = int(min(num, int(ok.sum()) if mode != "sample" else int((weights > 0).sum())))
     if count == 0:
         empty = np.zeros((0, 2), np.float32)
@@ -128,6 +148,22 @@ def sample_matches(
     tgt = torch.stack((xs.flatten()[picked], ys.flatten()[picked]), 1)
     src = torch.stack((src_x.flatten()[picked], src_y.flatten()[picked]), 1)
     return tgt.numpy(), src.numpy(), confidence.flatten()[picked].numpy()
+
+
+def _sparse_matches(
+    result: MatchResult, num: int, index: int, source_size: tuple[int, int] | None, min_confidence: float | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A sparse matcher's own matches, most confident first, filtered like the dense ones."""
+    found = result.matches[index]
+    tgt, src = found.target_xy.astype(np.float32), found.source_xy.astype(np.float32)
+    conf = found.confidence.astype(np.float32)
+    ok = np.isfinite(src).all(1) & (src >= -0.5).all(1)
+    if source_size is not None:
+        ok &= (src[:, 0] <= source_size[1] - 0.5) & (src[:, 1] <= source_size[0] - 0.5)
+    if min_confidence is not None:
+        ok &= conf >= min_confidence
+    order = np.flatnonzero(ok)[np.argsort(-conf[ok], kind="stable")][:num]
+    return tgt[order], src[order], conf[order]
 
 
 def _cv_method(method: str) -> int:
@@ -212,3 +248,116 @@ def estimate_fundamental(
     if matrix is None or matrix.shape != (3, 3):
         raise ValueError(f"{method} found no fundamental matrix from {len(tgt)} matches")
     return GeometryEstimate(matrix, mask.ravel().astype(bool), tgt, src)
+
+
+@dataclass
+class RelativePose:
+    """A relative camera pose estimated from matches.
+
+    Attributes:
+        rotation: ``(3, 3)`` float64 ``R``, target camera to source camera.
+        translation: ``(3,)`` float64 unit direction of ``t`` (``X_source = R @ X_target + t``; the
+            scale of ``t`` cannot be known from two views).
+        essential: ``(3, 3)`` float64 essential matrix ``[t]× R``.
+        inliers: ``(K,)`` bool, the matches the estimator kept and that lie in front of both cameras.
+        target_xy: ``(K, 2)`` the target pixels used.
+        source_xy: ``(K, 2)`` their source points.
+    """
+
+    rotation: np.ndarray
+    translation: np.ndarray
+    essential: np.ndarray
+    inliers: np.ndarray
+    target_xy: np.ndarray
+    source_xy: np.ndarray
+
+
+def _check_intrinsics(name: str, matrix: np.ndarray | torch.Tensor) -> np.ndarray:
+    k = np.asarray(matrix.detach().cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.float64)
+    if k.shape != (3, 3) or not np.isfinite(k).all() or abs(k[2, 2]) < 1e-12 or abs(np.linalg.det(k)) < 1e-12:
+        raise ValueError(f"{name} must be a finite, invertible (3, 3) intrinsics matrix, got {k.tolist()}")
+    return k / k[2, 2]
+
+
+def estimate_relative_pose(
+    result: MatchResult,
+    K_source: np.ndarray | torch.Tensor,
+    K_target: np.ndarray | torch.Tensor,
+    num: int = 5000,
+    mode: Mode = "sample",
+    method: str = "ransac",
+    threshold: float = 0.5,
+    index: int = 0,
+    source_size: tuple[int, int] | None = None,
+    min_confidence: float | None = None,
+    generator: torch.Generator | None = None,
+    confidence: float = 0.99999,
+    max_iters: int = 10000,
+) -> RelativePose:
+    """Relative pose (target camera → source camera) from matches, through OpenCV's essential matrix.
+
+    The matches (:func:`sample_matches`; a sparse matcher's own when ``result.matches`` is set) are
+    normalised by the intrinsics, the essential matrix is found by RANSAC or MAGSAC++ with a
+    threshold of ``threshold`` pixels (divided by the mean focal length, as LoFTR's and RoMa's
+    pose evaluations do), and ``cv2.recoverPose`` picks the rotation and translation direction that
+    put the most inliers in front of both cameras (of several essential matrices, the one with the
+    most such inliers).
+
+    Args:
+        result: a :class:`MatchResult`.
+        K_source: ``(3, 3)`` intrinsics of the source image (pixel centres at integer coordinates).
+        K_target: ``(3, 3)`` intrinsics of the target image.
+        num: matches given to the estimator.
+        mode: how dense matches are picked (:func:`sample_matches`); ``"sample"`` draws them by
+            confidence (RoMa's choice for pose).
+        method: ``"ransac"`` (``cv2.RANSAC``) or ``"magsac"`` (``cv2.USAC_MAGSAC``).
+        threshold: inlier threshold in pixels.
+        index: which pair of the batch.
+        source_size: ``(Hs, Ws)``: drop matches outside the source.
+        min_confidence: drop matches below this confidence.
+        generator: RNG of ``mode="sample"``.
+        confidence: the estimator's confidence level.
+        max_iters: the estimator's iteration cap.
+
+    Returns:
+        :class:`RelativePose` with ``X_source = rotation @ X_target + translation · s`` for an unknown
+        scale ``s > 0``.
+
+    Raises:
+        ValueError: bad intrinsics, fewer than 5 matches, or no pose found.
+
+    Example:
+        >>> pose = estimate_relative_pose(result, K_s, K_t)  # doctest: +SKIP
+        >>> pose.rotation, pose.translation                  # doctest: +SKIP
+    """
+    import cv2
+
+    k_source = _check_intrinsics("K_source", K_source)
+    k_target = _check_intrinsics("K_target", K_target)
+    if threshold <= 0:
+        raise ValueError(f"threshold must be > 0 px, got {threshold}")
+    tgt, src, _ = sample_matches(result, num, generator, None, index, source_size, mode, min_confidence)
+    if len(tgt) < 5:
+        raise ValueError(f"a relative pose needs at least 5 matches, got {len(tgt)}")
+    norm_t = cv2.undistortPoints(tgt.reshape(-1, 1, 2).astype(np.float64), k_target, None).reshape(-1, 2)
+    norm_s = cv2.undistortPoints(src.reshape(-1, 1, 2).astype(np.float64), k_source, None).reshape(-1, 2)
+    focal = float(np.mean([k_source[0, 0], k_source[1, 1], k_target[0, 0], k_target[1, 1]]))
+    essential, mask = cv2.findEssentialMat(
+        norm_t, norm_s, np.eye(3), _cv_method(method), confidence, threshold / focal, maxIters=max_iters
+    )
+    if essential is None or essential.shape[0] < 3 or mask is None:
+        raise ValueError(f"{method} found no essential matrix from {len(tgt)} matches")
+    best: RelativePose | None = None
+    best_count = -1
+    for candidate in np.split(essential[: essential.shape[0] // 3 * 3], essential.shape[0] // 3):
+        count, rotation, translation, pose_mask = cv2.recoverPose(
+            candidate, norm_t, norm_s, np.eye(3), 1e9, mask=mask.copy()
+        )[:4]
+        if count > best_count:
+            inliers = pose_mask.ravel() > 0
+            t = translation.ravel() / max(np.linalg.norm(translation), 1e-12)
+            best = RelativePose(rotation, t, candidate, inliers, tgt, src)
+            best_count = count
+    if best is None or best_count < 5:
+        raise ValueError(f"no pose puts 5 of {len(tgt)} matches in front of both cameras")
+    return best

@@ -17,6 +17,10 @@ pixels, channel 0 = x, tensors ``(B, 2, H, W)``. Errors are only counted on vali
   over ``f``), with ``m`` the oracle's maximum; it is computed per image and averaged over images.
   Only the ranking of the uncertainty matters, so a variance and a standard deviation give the
   same AUSE, and an uncertainty equal to the error gives 0.
+* **Pose error** of a pair (the MegaDepth-1500 protocol of LoFTR, DKM, RoMa): the larger of the
+  rotation's angular error and the angle between the estimated and true translation directions (in
+  degrees; a failed estimate counts as infinite). **Pose AUC@t**: the area under the curve of the
+  fraction of pairs whose pose error is below a threshold, from 0 to ``t`` degrees, divided by ``t``.
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ __all__ = [
     "Sparsification",
     "sparsification",
     "ause",
+    "POSE_AUC_THRESHOLDS",
     "PairMetrics",
     "pair_metrics",
+    "pose_auc",
+    "pose_error",
     "summarize",
 ]
 
@@ -47,6 +54,7 @@ PCK_THRESHOLDS: tuple[int, ...] = (1, 3, 5)
 # DenseMatching's compute_aucs uses 50 intervals: fractions 0, 0.02, ..., 0.98, then 1.
 SPARSIFICATION_INTERVALS = 50
 _UNCERTAINTY_METRICS: tuple[str, ...] = ("epe", "pck1", "pck5")
+POSE_AUC_THRESHOLDS: tuple[int, ...] = (5, 10, 20)
 
 
 def end_point_error(flow: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -209,6 +217,77 @@ def ause(
     return sparsification(errors, uncertainty, intervals).ause[metric]
 
 
+def _angle_degrees(cosine: float) -> float:
+    return math.degrees(math.acos(min(1.0, max(-1.0, cosine))))
+
+
+def pose_error(
+    rotation: np.ndarray, translation: np.ndarray, rotation_gt: np.ndarray, translation_gt: np.ndarray
+) -> tuple[float, float]:
+    """Angular errors of an estimated relative pose, in degrees.
+
+    Args:
+        rotation, rotation_gt: ``(3, 3)`` estimated and true rotations.
+        translation, translation_gt: ``(3,)`` translations; only their directions count (two views
+            give no scale).
+
+    Returns:
+        ``(rotation_error, translation_error)``: the angle of ``rotation_gtᵀ @ rotation``, and the angle
+        between the translation directions, folded to ``[0, 90]`` (an essential matrix cannot tell
+        ``t`` from ``-t`` in every case; LoFTR's and RoMa's evaluations fold it the same way). A
+        true translation of zero length gives a translation error of 0.
+
+    Example:
+        >>> pose_error(np.eye(3), np.array([1.0, 0, 0]), np.eye(3), np.array([-2.0, 0, 0]))
+        (0.0, 0.0)
+    """
+    rotation, rotation_gt = np.asarray(rotation, np.float64), np.asarray(rotation_gt, np.float64)
+    translation, translation_gt = np.ravel(translation).astype(np.float64), np.ravel(translation_gt).astype(np.float64)
+    if rotation.shape != (3, 3) or rotation_gt.shape != (3, 3) or translation.shape != (3,) or translation_gt.shape != (3,):
+        raise ValueError("pose_error needs (3, 3) rotations and (3,) translations")
+    rotation_error = _angle_degrees((np.trace(rotation_gt.T @ rotation) - 1.0) / 2.0)
+    norms = np.linalg.norm(translation) * np.linalg.norm(translation_gt)
+    if np.linalg.norm(translation_gt) < 1e-12:
+        return rotation_error, 0.0
+    if norms < 1e-12:
+        return rotation_error, 90.0
+    translation_error = _angle_degrees(float(translation @ translation_gt) / norms)
+    return rotation_error, min(translation_error, 180.0 - translation_error)
+
+
+def pose_auc(errors: Sequence[float], thresholds: Sequence[float] = POSE_AUC_THRESHOLDS) -> dict[float, float]:
+    """Area under the cumulative pose-error curve up to each threshold, normalised to ``[0, 1]``.
+
+    The curve joins ``(0, 0)`` and the points ``(e_i, i / n)`` of the sorted errors ``e_1 <= ... <= e_n``
+    linearly, and is held flat from the last error below ``t`` to ``t`` (LoFTR's ``error_auc``, which
+    DKM and RoMa reuse); failures (``inf``, ``nan``) count as pairs that never fall below it.
+
+    Args:
+        errors: per-pair pose errors in degrees.
+        thresholds: the thresholds ``t`` in degrees.
+
+    Returns:
+        ``{t: AUC@t}``.
+
+    Example:
+        >>> pose_auc([0.0, 10.0], thresholds=(10,))
+        {10: 0.5}
+    """
+    values = np.sort(np.nan_to_num(np.asarray(errors, np.float64), nan=np.inf))
+    out: dict[float, float] = {}
+    if values.size == 0:
+        return {t: math.nan for t in thresholds}
+    recall = np.arange(1, values.size + 1) / values.size
+    points = np.concatenate(([0.0], values))
+    recall = np.concatenate(([0.0], recall))
+    for t in thresholds:
+        last = int(np.searchsorted(points, t, side="left"))
+        x = np.concatenate((points[:last], [t]))
+        y = np.concatenate((recall[:last], [recall[last - 1]]))
+        out[t] = float(_trapezoid(y, x) / t)
+    return out
+
+
 @dataclass
 class PairMetrics:
     """Metrics of one image pair.
@@ -220,6 +299,9 @@ class PairMetrics:
         seconds: time the method took on this pair.
         sparsification: the oracle curves, and the uncertainty's curves and AUSE when the method gave
             an uncertainty (``None`` without valid pixels).
+        rotation_error, translation_error: the relative pose's errors in degrees
+            (:func:`pose_error`; ``inf`` when no pose could be estimated); ``None`` when the pair has
+            no ground-truth pose.
     """
 
     num_pixels: int
@@ -227,6 +309,15 @@ class PairMetrics:
     pck_counts: dict[int, int]
     seconds: float = math.nan
     sparsification: Sparsification | None = field(default=None, repr=False)
+    rotation_error: float | None = None
+    translation_error: float | None = None
+
+    @property
+    def pose_error(self) -> float | None:
+        """The larger of the rotation and translation errors (degrees), ``None`` without a pose."""
+        if self.rotation_error is None or self.translation_error is None:
+            return None
+        return max(self.rotation_error, self.translation_error)
 
     def pck(self, threshold: int) -> float:
         """This image's PCK at ``threshold`` px (NaN without valid pixels)."""
@@ -271,7 +362,9 @@ def summarize(pairs: Sequence[PairMetrics]) -> dict[str, object]:
         ``pck1/3/5_per_image``; ``seconds_per_pair``; ``num_pixels``; and, if every pair with valid
         pixels has an uncertainty, ``ause_epe``, ``ause_pck`` (PCK-1) and ``ause_pck5`` (per-image AUSE
         averaged), else ``None``; ``sparsification``: the per-image normalised curves averaged
-        (``fractions``, ``oracle_epe/pck1/pck5`` and, with uncertainty, ``epe/pck1/pck5``).
+        (``fractions``, ``oracle_epe/pck1/pck5`` and, with uncertainty, ``epe/pck1/pck5``);
+        ``pose_auc5/10/20`` (:func:`pose_auc` of the pairs with a ground-truth pose, ``None``
+        without) and ``num_poses``.
     """
     pixels = sum(p.num_pixels for p in pairs)
     out: dict[str, object] = {
@@ -284,6 +377,11 @@ def summarize(pairs: Sequence[PairMetrics]) -> dict[str, object]:
     for t in PCK_THRESHOLDS:
         out[f"pck{t}_per_image"] = _mean([p.pck(t) for p in pairs])
     out["seconds_per_pair"] = _mean([p.seconds for p in pairs])
+    poses = [p.pose_error for p in pairs if p.pose_error is not None]
+    aucs = pose_auc(poses) if poses else {}
+    for t in POSE_AUC_THRESHOLDS:
+        out[f"pose_auc{t}"] = aucs.get(t)
+    out["num_poses"] = len(poses)
     curves = [p.sparsification for p in pairs if p.sparsification is not None]
     with_uncertainty = bool(curves) and all(c.ause for c in curves)
     out["ause_epe"] = float(np.mean([c.ause["epe"] for c in curves])) if with_uncertainty else None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -279,3 +280,63 @@ def test_module_entry_point_bad_root_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: ") and "missing.txt" in proc.stderr
+
+
+def test_cli_scenes_reports_dense_and_pose_metrics_per_level(tmp_path, capsys):
+    out = tmp_path / "scenes"
+    code, stdout, stderr = _run(["--dataset", "scenes", "--methods", "dis", "--limit", "1", "--out", str(out)], capsys)
+    assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["results"]["dis"]) == ["all", "stereo", "medium", "wide"]
+    for group in summary["results"]["dis"].values():
+        assert group["num_poses"] == group["num_pairs"] and group["aepe"] > 0
+        assert 0 <= group["pose_auc5"] <= group["pose_auc10"] <= group["pose_auc20"] <= 1
+    rows = list(csv.DictReader(open(out / "per_pair.csv")))
+    assert len(rows) == 3 and all(float(row["pose_error"]) >= 0 for row in rows)
+    assert "AUC@10" in stdout and "wide" in stdout
+
+
+class _ExactSparse:
+    """A sparse 'matcher' that returns the true matches of posed items (set per item by the test)."""
+
+    name = "exact"
+
+    def __init__(self) -> None:
+        self.matches = None
+
+    def __call__(self, source, target) -> MatchResult:
+        from diffmatch.result import SparseMatches
+
+        result = MatchResult.from_samples(torch.zeros(1, 1, 2, *target.shape[-2:]))
+        result.matches = [SparseMatches(*self.matches)]
+        return result
+
+
+def test_runner_scores_poses_of_pairs_without_ground_truth_flow():
+    from diffmatch.evaluation.runner import evaluate_pair
+    from diffmatch.metrics import summarize
+
+    rng = np.random.default_rng(0)
+    k = torch.tensor([[200.0, 0, 63.5], [0, 200.0, 47.5], [0, 0, 1]], dtype=torch.float64)
+    rotation = torch.tensor([[0.98, 0.0, 0.199], [0.0, 1.0, 0.0], [-0.199, 0.0, 0.98]], dtype=torch.float64)
+    rotation = torch.linalg.svd(rotation)[0] @ torch.linalg.svd(rotation)[2]  # nearest rotation
+    translation = torch.tensor([-1.0, 0.05, 0.1], dtype=torch.float64)
+    points = torch.from_numpy(np.stack([rng.uniform(-2, 2, 300), rng.uniform(-1.5, 1.5, 300), rng.uniform(6, 10, 300)], 1))
+    tgt = points @ k.T
+    src = (points @ rotation.T + translation) @ k.T
+    matcher = _ExactSparse()
+    matcher.matches = (
+        (tgt[:, :2] / tgt[:, 2:]).float().numpy(),
+        (src[:, :2] / src[:, 2:]).float().numpy(),
+        np.ones(300, np.float32),
+    )
+    image = torch.zeros(3, 96, 128)
+    item = {"source": image, "target": image, "K_source": k, "K_target": k, "R": rotation, "t": translation}
+    metrics = evaluate_pair(matcher, item, torch.device("cpu"))
+    assert metrics.num_pixels == 0 and math.isnan(metrics.aepe)
+    assert metrics.pose_error < 0.05
+    # No pose from too few matches: an infinite error, not a failure.
+    matcher.matches = tuple(m[:3] for m in matcher.matches)
+    failed = evaluate_pair(matcher, item, torch.device("cpu"))
+    assert failed.pose_error == math.inf
+    assert summarize([metrics, failed])["pose_auc5"] == pytest.approx(0.5, abs=0.01)

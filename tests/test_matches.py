@@ -115,3 +115,45 @@ def test_homography_from_flow_and_accuracy_summary():
     summary = homography_accuracy([0.5, 2.0, 4.0, float("inf")])
     assert summary["acc@1"] == 0.25 and summary["acc@3"] == 0.5 and summary["acc@5"] == 0.75
     assert summary["failed"] == 1 and summary["mean"] == pytest.approx((0.5 + 2 + 4 + 100) / 4)
+
+
+def _two_view_matches(seed: int = 0):
+    """Points at random depths seen by two cameras; target → source pose ``(R, t)``."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    k_t = np.array([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    k_s = np.array([[280.0, 0, 150], [0, 280.0, 125], [0, 0, 1]])
+    rotation, _ = cv2.Rodrigues(np.array([0.05, -0.2, 0.03]))
+    translation = np.array([1.0, 0.1, 0.2])
+    points = np.stack([rng.uniform(-3, 3, 400), rng.uniform(-2, 2, 400), rng.uniform(5, 12, 400)], 1)
+    tgt = points @ k_t.T
+    tgt = tgt[:, :2] / tgt[:, 2:]
+    src = (points @ rotation.T + translation) @ k_s.T
+    src = src[:, :2] / src[:, 2:]
+    return k_s, k_t, rotation, translation, tgt, src
+
+
+def test_estimate_relative_pose_from_sparse_matches_and_its_errors():
+    from diffmatch.matches import estimate_relative_pose
+    from diffmatch.metrics import pose_error
+    from diffmatch.result import SparseMatches
+
+    k_s, k_t, rotation, translation, tgt, src = _two_view_matches()
+    conf = np.linspace(1.0, 0.1, len(tgt)).astype(np.float32)
+    # Outliers among the least confident matches.
+    src = src.copy()
+    src[-60:] += np.random.default_rng(1).uniform(-40, 40, (60, 2))
+    result = MatchResult.from_samples(torch.zeros(1, 1, 2, 240, 320))
+    result.matches = [SparseMatches(tgt.astype(np.float32), src.astype(np.float32), conf)]
+    pose = estimate_relative_pose(result, k_s, k_t, threshold=1.0)
+    errors = pose_error(pose.rotation, pose.translation, rotation, translation)
+    assert max(errors) < 0.5
+    assert pose.inliers[:300].mean() > 0.95 and pose.inliers[-60:].mean() < 0.2
+    assert np.isclose(np.linalg.norm(pose.translation), 1.0)
+    # Most confident first, at most num.
+    assert len(estimate_relative_pose(result, k_s, k_t, num=50, threshold=1.0).target_xy) == 50
+    with pytest.raises(ValueError, match="at least 5 matches"):
+        estimate_relative_pose(result, k_s, k_t, min_confidence=0.9999)
+    with pytest.raises(ValueError, match="K_source"):
+        estimate_relative_pose(result, np.zeros((3, 3)), k_t)

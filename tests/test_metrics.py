@@ -11,6 +11,8 @@ from diffmatch.metrics import (
     ause,
     end_point_error,
     pair_metrics,
+    pose_auc,
+    pose_error,
     sparsification,
     summarize,
     valid_errors,
@@ -149,3 +151,38 @@ def test_sparsification_rejects_bad_input(errors, uncertainty, match):
 def test_pair_metrics_is_a_plain_record():
     metrics = PairMetrics(num_pixels=0, aepe=math.nan, pck_counts={1: 0, 3: 0, 5: 0})
     assert math.isnan(metrics.pck(1))
+
+
+def test_pose_auc_hand_computed():
+    # Sorted errors 1, 2, 3 and a failure; the curve joins (0,0), (1,.25), (2,.5), (3,.75) and stays at .75.
+    # AUC@5 = (0.125 + 0.375 + 0.625 + 0.75·2) / 5 = 0.525; AUC@10 adds 0.75·5 → 6.375 / 10.
+    aucs = pose_auc([3.0, float("inf"), 1.0, 2.0], thresholds=(5, 10, 2))
+    assert aucs[5] == pytest.approx(0.525)
+    assert aucs[10] == pytest.approx(0.6375)
+    # Up to 2°: an error equal to the threshold does not count below it (LoFTR), so the curve stays
+    # at 0.25 from 1° to 2°: (0.125 + 0.25) / 2.
+    assert aucs[2] == pytest.approx(0.1875)
+    assert pose_auc([0.0, 10.0], thresholds=(10,)) == {10: pytest.approx(0.5)}
+    assert pose_auc([float("nan")] * 3) == {5: 0.0, 10: 0.0, 20: 0.0}
+
+
+def test_pose_error_angles():
+    rotation = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90° about z
+    assert pose_error(rotation, np.array([0, 0, 1.0]), np.eye(3), np.array([0, 0, 3.0])) == pytest.approx((90.0, 0.0))
+    # Translation directions 60° apart; the opposite direction folds to 0.
+    t = np.array([1.0, 0.0, 0.0])
+    assert pose_error(np.eye(3), t, np.eye(3), np.array([0.5, math.sqrt(3) / 2, 0]))[1] == pytest.approx(60.0)
+    assert pose_error(np.eye(3), -t, np.eye(3), t)[1] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="rotations"):
+        pose_error(np.eye(2), t, np.eye(3), t)
+
+
+def test_summarize_reports_pose_auc_only_with_poses():
+    plain = pair_metrics(np.array([1.0]))
+    assert summarize([plain])["pose_auc10"] is None
+    posed = [pair_metrics(np.zeros(0)) for _ in range(2)]
+    posed[0].rotation_error, posed[0].translation_error = 0.0, 0.0
+    posed[1].rotation_error, posed[1].translation_error = 4.0, 10.0  # pose error 10°
+    summary = summarize(posed)
+    assert summary["num_poses"] == 2 and summary["aepe"] is None
+    assert summary["pose_auc10"] == pytest.approx(0.5)

@@ -18,16 +18,18 @@ from diffmatch.data.csv_pairs import CSVWarpPairs
 from diffmatch.data.eth3d import ETH3D, ETH3D_RATES
 from diffmatch.data.generic import GenericPairs
 from diffmatch.data.hpatches import HPatches
+from diffmatch.data.mixture import MixedPairs
 from diffmatch.data.moving_objects import MovingObjects, MovingObjectsConfig
 from diffmatch.data.photometric import PhotometricConfig
 from diffmatch.data.photos import bundled_photos
+from diffmatch.data.scenes import SceneConfig, ScenePairs
 from diffmatch.data.synthetic import SyntheticPairs
 from diffmatch.data.warps import WarpConfig
 from diffmatch.io import InputError
 
 __all__ = ["DataConfig", "PairDataModule", "build_dataset"]
 
-DatasetName = Literal["synthetic", "csv", "benchmark", "generic", "hpatches", "eth3d"]
+DatasetName = Literal["synthetic", "scenes", "csv", "benchmark", "generic", "hpatches", "eth3d"]
 
 # What a missing root means, per dataset: what it is, where to get it, the layout expected.
 _NEEDS = {
@@ -53,13 +55,13 @@ class DataConfig:
     ``target(x) ≈ source(x + flow(x))``, pixels) and ``mask``.
 
     Args:
-        dataset: ``synthetic`` (:class:`SyntheticPairs`), ``csv`` (:class:`CSVWarpPairs`, e.g.
-            DPED-CityScape-ADE), ``benchmark`` (:class:`SyntheticBenchmark`), ``generic``
-            (:class:`GenericPairs`), ``hpatches`` or ``eth3d``.
-        root: image folder (synthetic, benchmark, csv; synthetic also takes a list of folders), pair
-            list file (generic) or dataset folder; ``None`` uses the bundled photos (``train`` for
-            synthetic, ``val`` for benchmark) and, for the others, raises :class:`InputError` at
-            construction naming the dataset, its download and its layout.
+        dataset: ``synthetic`` (:class:`SyntheticPairs`), ``scenes`` (:class:`ScenePairs`, 3D scenes
+            with depth), ``csv`` (:class:`CSVWarpPairs`, e.g. DPED-CityScape-ADE), ``benchmark``
+            (:class:`SyntheticBenchmark`), ``generic`` (:class:`GenericPairs`), ``hpatches`` or ``eth3d``.
+        root: image folder (synthetic, scenes, benchmark, csv; synthetic and scenes also take a list
+            of folders), pair list file (generic) or dataset folder; ``None`` uses the bundled photos
+            (``train`` for synthetic and scenes, ``val`` for benchmark) and, for the others, raises
+            :class:`InputError` at construction naming the dataset, its download and its layout.
         csv: csv only: the warp CSV, relative to ``root`` unless absolute.
         size: ``(H, W)`` for synthetic, benchmark and hpatches (``None``: original size, hpatches
             only); must be ``None`` for generic and eth3d, which keep their sizes.
@@ -70,8 +72,12 @@ class DataConfig:
         augment: synthetic photometric augmentation.
         supervise_out_of_frame: synthetic only: the mask also covers pixels whose match leaves the
             source frame (see :class:`SyntheticPairs`).
-        photometric: synthetic only: its ranges (``None``: :class:`PhotometricConfig` defaults),
-            e.g. ``{noise_probability: 0.3}`` to add sensor noise.
+        photometric: synthetic and scenes only: its ranges (``None``: :class:`PhotometricConfig`
+            defaults), e.g. ``{noise_probability: 0.3}`` to add sensor noise.
+        scenes: the scene generator's ranges (:class:`SceneConfig`; ``None``: its defaults), for
+            ``scenes`` and for the scene pairs mixed into ``synthetic``.
+        scene_share: synthetic only: the share of items that are scene pairs from the same photos
+            (:class:`MixedPairs`; 0: warps only), e.g. ``0.5`` to train on both.
         warp: synthetic warp ranges; ``None`` gives the DenseMatching defaults
             (``{preset: glunet}`` gives DPED-CityScape-ADE's distributions).
         objects: paste independently moving COCO objects (:class:`MovingObjects`) onto synthetic
@@ -93,6 +99,8 @@ class DataConfig:
     augment: bool = True
     supervise_out_of_frame: bool = False
     photometric: PhotometricConfig | None = None
+    scenes: SceneConfig | None = None
+    scene_share: float = 0.0
     warp: WarpConfig | None = None
     objects: MovingObjectsConfig | None = None
     corruptions: list[str] | None = None
@@ -119,12 +127,16 @@ def build_dataset(config: DataConfig) -> Dataset:
     name = config.dataset
     if name in ("generic", "eth3d") and config.size is not None:
         raise InputError(f"size must be None for dataset {name!r} (it keeps image sizes), got {config.size}")
-    if name in ("synthetic", "benchmark", "csv") and config.size is None:
+    if name in ("synthetic", "scenes", "benchmark", "csv") and config.size is None:
         raise InputError(f"dataset {name!r} needs a size (H, W), got None")
     if name in ("generic", "hpatches", "eth3d") and config.root is None:
         raise InputError(f"dataset {name!r} needs a root")
-    if config.photometric is not None and name != "synthetic":
-        raise InputError(f"photometric ranges apply to synthetic pairs only, not to {name!r}")
+    if config.photometric is not None and name not in ("synthetic", "scenes"):
+        raise InputError(f"photometric ranges apply to synthetic and scene pairs only, not to {name!r}")
+    if config.scenes is not None and name not in ("synthetic", "scenes"):
+        raise InputError(f"scene ranges apply to scenes and to synthetic pairs with a scene_share, not to {name!r}")
+    if not 0.0 <= config.scene_share <= 1.0 or (config.scene_share > 0 and name != "synthetic"):
+        raise InputError(f"scene_share must be in [0, 1] and is for synthetic pairs only, got {config.scene_share} for {name!r}")
     if config.supervise_out_of_frame and name != "synthetic":
         raise InputError(f"supervise_out_of_frame applies to synthetic pairs only, not to {name!r}")
     if config.objects is not None and name not in ("synthetic", "csv"):
@@ -133,7 +145,7 @@ def build_dataset(config: DataConfig) -> Dataset:
         raise InputError(
             f"csv must be set for dataset 'csv' and only for it, got dataset {name!r}, csv {config.csv!r}"
         )
-    if isinstance(config.root, (list, tuple)) and name != "synthetic":
+    if isinstance(config.root, (list, tuple)) and name not in ("synthetic", "scenes"):
         raise InputError(f"dataset {name!r} takes one root, got a list of {len(config.root)}")
     if name == "synthetic":
         root = config.root if config.root is not None else bundled_photos("train")
@@ -146,6 +158,18 @@ def build_dataset(config: DataConfig) -> Dataset:
             photometric=config.photometric,
             augment=config.augment,
             supervise_out_of_frame=config.supervise_out_of_frame,
+        )
+        if config.scene_share > 0:
+            scenes = ScenePairs(
+                root, size=config.size, seed=config.seed, length=config.length, scenes=config.scenes,
+                photometric=config.photometric, augment=config.augment,
+            )
+            dataset = MixedPairs(dataset, scenes, config.scene_share, seed=config.seed)
+    elif name == "scenes":
+        root = config.root if config.root is not None else bundled_photos("train")
+        dataset = ScenePairs(
+            root, size=config.size, seed=config.seed, length=config.length, scenes=config.scenes,
+            photometric=config.photometric, augment=config.augment,
         )
     elif name == "csv":
         dataset = CSVWarpPairs(
@@ -165,7 +189,7 @@ def build_dataset(config: DataConfig) -> Dataset:
         dataset = ETH3D(config.root, rates=tuple(config.rates))
     else:
         raise InputError(
-            f"unknown dataset {name!r}, expected one of synthetic, csv, benchmark, generic, hpatches, eth3d"
+            f"unknown dataset {name!r}, expected one of synthetic, scenes, csv, benchmark, generic, hpatches, eth3d"
         )
     if config.objects is not None:
         objects = CocoObjects(
@@ -314,7 +338,7 @@ class PairDataModule(L.LightningDataModule):
             self.setup("validate")
         batch_size = self.val_batch_size
         if batch_size is None:
-            batch_size = self.batch_size if self.val_config.dataset in ("synthetic", "benchmark") else 1
+            batch_size = self.batch_size if self.val_config.dataset in ("synthetic", "scenes", "benchmark") else 1
         return DataLoader(
             self.val_set,
             batch_size=batch_size,

@@ -1,7 +1,8 @@
 """Evaluation datasets: which pairs a run visits, and the groups each pair is reported in.
 
 A run is a list of :class:`EvalSubset`: a pair dataset plus the tags its pairs share (the
-synthetic difficulty level, the ETH3D frame interval, the HPatches pair ``1_k``). With corruptions,
+synthetic difficulty level, the scene benchmark's level, the ETH3D frame interval, the HPatches
+pair ``1_k``, the MegaDepth-1500 / ScanNet-1500 scene). With corruptions,
 each subset is wrapped in :class:`~diffmatch.data.Corrupted`, so every pair is seen under every
 listed corruption and its item carries a ``corruption`` tag too.
 
@@ -30,10 +31,14 @@ from diffmatch.data import (
     CORRUPTIONS,
     ETH3D,
     ETH3D_RATES,
+    SCENE_LEVELS,
     SEVERITIES,
     Corrupted,
     GenericPairs,
     HPatches,
+    MegaDepth1500,
+    ScanNet1500,
+    SceneBenchmark,
     SyntheticBenchmark,
     bundled_photos,
     inside_frame,
@@ -52,7 +57,10 @@ __all__ = [
     "build_subsets",
 ]
 
-DATASETS: tuple[str, ...] = ("synthetic", "generic", "hpatches", "eth3d")
+DATASETS: tuple[str, ...] = ("synthetic", "scenes", "generic", "hpatches", "eth3d", "megadepth1500", "scannet1500")
+# The scene benchmark's pairs per level (its default size), and the size of its views.
+SCENE_PAIRS = 30
+SCENE_SIZE = (384, 512)
 PROTOCOLS: tuple[str, ...] = ("paper", "240")
 # Hypotheses N of the paper (App. A): 3 on HPatches, 4 on ETH3D.
 PAPER_SAMPLES: dict[str, int] = {"hpatches": 3, "eth3d": 4}
@@ -60,6 +68,8 @@ _NEEDS_ROOT = {
     "generic": "the pair list file",
     "hpatches": "the hpatches-sequences-release folder",
     "eth3d": "the ETH3D folder",
+    "megadepth1500": "the megadepth_test_1500 folder with LoFTR's index files",
+    "scannet1500": "the scannet_test_1500 folder with LoFTR's test.npz and intrinsics.npz",
 }
 
 
@@ -186,8 +196,18 @@ def _base_subsets(name: str, root: str | os.PathLike | None, protocol: str | Non
             EvalSubset(SyntheticBenchmark(image_dir, level=level), {"level": level})
             for level in BENCHMARK_LEVELS
         ]
+    if name == "scenes":
+        image_dir = bundled_photos("val") if root is None else Path(root)
+        return [
+            EvalSubset(SceneBenchmark(image_dir, level=level, size=SCENE_SIZE, num_pairs=SCENE_PAIRS), {"level": level})
+            for level in SCENE_LEVELS
+        ]
     if root is None:
         raise InputError(f"--dataset {name} needs --root ({_NEEDS_ROOT[name]})")
+    if name == "megadepth1500":
+        return [EvalSubset(MegaDepth1500(root))]
+    if name == "scannet1500":
+        return [EvalSubset(ScanNet1500(root))]
     if name == "generic":
         return [EvalSubset(GenericPairs(root))]
     if name == "hpatches":
@@ -213,8 +233,9 @@ def build_subsets(
 
     Args:
         name: one of :data:`DATASETS`.
-        root: ``generic``: the pair list; ``hpatches``/``eth3d``: the dataset folder; ``synthetic``:
-            an optional photo folder instead of the bundled held-out photos ``bundled_photos("val")``.
+        root: ``generic``: the pair list; ``hpatches``/``eth3d``/``megadepth1500``/``scannet1500``: the
+            dataset folder; ``synthetic``/``scenes``: an optional photo folder instead of the bundled
+            held-out photos ``bundled_photos("val")``.
         corruptions: ImageNet-C names (empty: clean images).
         severity: corruption severity 1..5.
         limit: at most this many pairs of each subset (level, rate or ``1_k``), before corruption.

@@ -15,7 +15,7 @@ import numpy as np
 
 from diffmatch.evaluation.runner import PairRecord
 from diffmatch.io import atomic_write_bytes
-from diffmatch.metrics import PCK_THRESHOLDS, summarize
+from diffmatch.metrics import PCK_THRESHOLDS, POSE_AUC_THRESHOLDS, summarize
 from diffmatch.viz import plt, save_figure
 
 __all__ = [
@@ -120,11 +120,17 @@ def write_per_pair_csv(path: str | os.PathLike, records: Sequence[PairRecord]) -
 
     Columns: ``method``, ``name``, the tags used (``level``, ``rate``, ``pair``, ``corruption``),
     ``num_pixels``, ``aepe``, ``pck1``, ``pck3``, ``pck5`` (per image), ``ause_epe``, ``ause_pck``
-    (PCK-1), ``ause_pck5`` (empty without uncertainty), ``seconds``, ``error``.
+    (PCK-1), ``ause_pck5`` (empty without uncertainty), on pose benchmarks ``rotation_error``,
+    ``translation_error`` and ``pose_error`` (degrees; ``inf`` when no pose was found), ``seconds``,
+    ``error``.
     """
     tags = [t for t in TAG_ORDER if any(t in r.tags for r in records)]
     columns = ["method", "name", *tags, "num_pixels", "aepe", *(f"pck{t}" for t in PCK_THRESHOLDS)]
-    columns += ["ause_epe", "ause_pck", "ause_pck5", "seconds", "error"]
+    columns += ["ause_epe", "ause_pck", "ause_pck5"]
+    with_pose = any(r.metrics is not None and r.metrics.pose_error is not None for r in records)
+    if with_pose:
+        columns += ["rotation_error", "translation_error", "pose_error"]
+    columns += ["seconds", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -143,32 +149,32 @@ def write_per_pair_csv(path: str | os.PathLike, records: Sequence[PairRecord]) -
                 ause_pck=_fmt(areas.get("pck1")),
                 ause_pck5=_fmt(areas.get("pck5")),
             )
+            if with_pose and metrics.pose_error is not None:
+                row.update(
+                    rotation_error=_fmt(metrics.rotation_error),
+                    translation_error=_fmt(metrics.translation_error),
+                    pose_error=_fmt(metrics.pose_error),
+                )
         writer.writerow(row)
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
-    """A fixed-width text table: one row per method and group."""
-    header = [
-        "method",
-        "group",
-        "pairs",
-        "failed",
-        "AEPE",
-        "PCK-1",
-        "PCK-3",
-        "PCK-5",
-        "AUSE-EPE",
-        "AUSE-PCK1",
-        "s/pair",
-    ]
+    """A fixed-width text table: one row per method and group (pose AUC columns on pose benchmarks)."""
+    with_pose = any(m.get("num_poses") for groups in results.values() for m in groups.values())
+    header = ["method", "group", "pairs", "failed", "AEPE", "PCK-1", "PCK-3", "PCK-5", "AUSE-EPE", "AUSE-PCK1"]
+    header += [f"AUC@{t}" for t in POSE_AUC_THRESHOLDS] if with_pose else []
+    header += ["s/pair"]
     rows = [header]
     for method, groups in results.items():
         for group, m in groups.items():
             pcks = [_fmt(None if m[f"pck{t}"] is None else 100 * m[f"pck{t}"], 2) for t in PCK_THRESHOLDS]
+            aucs = [m.get(f"pose_auc{t}") for t in POSE_AUC_THRESHOLDS] if with_pose else []
             rows.append(
                 [method, group, str(m["num_pairs"]), str(m["num_failed"]), _fmt(m["aepe"], 3), *pcks]
-                + [_fmt(m["ause_epe"]), _fmt(m["ause_pck"]), _fmt(m["seconds_per_pair"], 4)]
+                + [_fmt(m["ause_epe"]), _fmt(m["ause_pck"])]
+                + [_fmt(None if a is None else 100 * a, 1) for a in aucs]
+                + [_fmt(m["seconds_per_pair"], 4)]
             )
     rows = [[cell or "-" for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -179,7 +185,8 @@ def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     return (
         "\n".join(lines)
-        + "\n(PCK in %, per dataset: all valid pixels pooled; AEPE in px: mean of per-image means)"
+        + "\n(PCK in %, per dataset: all valid pixels pooled; AEPE in px: mean of per-image means"
+        + ("; pose AUC in %, of the pose error max(rotation, translation direction) in degrees)" if with_pose else ")")
     )
 
 

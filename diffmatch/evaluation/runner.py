@@ -1,24 +1,54 @@
 """The evaluation loop: every pair of every subset through every method, one pair at a time.
 
+A pair scores its dense flow where it has a ground-truth flow (``flow``, ``mask``), and its relative
+pose where it has a ground-truth pose (``K_source``, ``K_target``, ``R``, ``t``: the scene benchmark,
+MegaDepth-1500, ScanNet-1500): the pose is estimated from the method's matches by
+:func:`diffmatch.matches.estimate_relative_pose` with :class:`PoseOptions`, and a pose that cannot be
+estimated counts as an infinite error (as in LoFTR's protocol), not as a failed pair.
+
 A pair that fails (unreadable file, a method error, a wrong-shaped or non-finite flow) is recorded
 with its error message and the loop moves on; nothing else is discarded.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from diffmatch.baselines import Method
 from diffmatch.evaluation.datasets import EvalSubset
-from diffmatch.metrics import PairMetrics, pair_metrics, valid_errors
+from diffmatch.matches import estimate_relative_pose
+from diffmatch.metrics import PairMetrics, pair_metrics, pose_error, valid_errors
+from diffmatch.result import MatchResult
 
-__all__ = ["PairRecord", "evaluate_pair", "run_evaluation"]
+__all__ = ["POSE_KEYS", "PairRecord", "PoseOptions", "evaluate_pair", "pair_pose_error", "run_evaluation"]
+
+POSE_KEYS: tuple[str, ...] = ("K_source", "K_target", "R", "t")
+
+
+@dataclass(frozen=True)
+class PoseOptions:
+    """How a relative pose is estimated from a method's matches (:func:`estimate_relative_pose`).
+
+    Attributes:
+        num_matches: matches given to the estimator (a dense method's drawn by confidence, a sparse
+            method's own, most confident first).
+        method: ``"ransac"`` or ``"magsac"``.
+        threshold: inlier threshold in pixels.
+        seed: seed of the draw of dense matches (the same for every pair and method).
+    """
+
+    num_matches: int = 5000
+    method: str = "ransac"
+    threshold: float = 0.5
+    seed: int = 0
 
 
 @dataclass
@@ -45,40 +75,80 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def evaluate_pair(method: Method, item: dict, device: torch.device) -> PairMetrics:
+def pair_pose_error(result: MatchResult, item: dict, options: PoseOptions) -> tuple[float, float]:
+    """Rotation and translation errors (degrees) of the pose estimated from ``result``'s matches.
+
+    Args:
+        result: the method's result on the pair (batch of one).
+        item: the pair with ``K_source``, ``K_target``, ``R``, ``t`` (target camera → source camera).
+        options: the estimator's settings.
+
+    Returns:
+        ``(rotation_error, translation_error)``; ``(inf, inf)`` when no pose could be estimated.
+    """
+    generator = torch.Generator().manual_seed(options.seed)
+    try:
+        pose = estimate_relative_pose(
+            result,
+            item["K_source"],
+            item["K_target"],
+            num=options.num_matches,
+            method=options.method,
+            threshold=options.threshold,
+            source_size=tuple(item["source"].shape[-2:]),
+            generator=generator,
+        )
+    except ValueError:
+        return math.inf, math.inf
+    return pose_error(pose.rotation, pose.translation, np.asarray(item["R"]), np.asarray(item["t"]))
+
+
+def evaluate_pair(
+    method: Method, item: dict, device: torch.device, pose: PoseOptions | None = None
+) -> PairMetrics:
     """Run ``method`` on one dataset item and score it.
 
     Args:
         method: the matcher.
-        item: ``source`` ``(3, Hs, Ws)``, ``target`` ``(3, Ht, Wt)`` in ``[0, 1]``, ``flow`` ``(2, Ht, Wt)``
-            ground truth in pixels (``target(x) ≈ source(x + flow(x))``), ``mask`` ``(Ht, Wt)`` bool.
+        item: ``source`` ``(3, Hs, Ws)``, ``target`` ``(3, Ht, Wt)`` in ``[0, 1]``; optionally ``flow``
+            ``(2, Ht, Wt)`` ground truth in pixels (``target(x) ≈ source(x + flow(x))``) with ``mask``
+            ``(Ht, Wt)`` bool, and optionally a ground-truth pose (:data:`POSE_KEYS`).
         device: where the images are put.
+        pose: how poses are estimated (``None``: :class:`PoseOptions` defaults).
 
     Returns:
-        The pair's metrics; the uncertainty is used only when the method drew several samples.
+        The pair's metrics (no valid pixels without a ground-truth flow; pose errors only with a
+        ground-truth pose); the uncertainty is used only when the method drew several samples.
 
     Raises:
         ValueError: the method's flow has the wrong shape or non-finite values on valid pixels.
     """
     source = item["source"].unsqueeze(0).to(device)
     target = item["target"].unsqueeze(0).to(device)
-    gt = item["flow"].unsqueeze(0).float()
-    mask = item["mask"].bool()
     _synchronize(device)
     start = time.perf_counter()
     with torch.inference_mode():
         result = method(source, target)
     _synchronize(device)
     seconds = time.perf_counter() - start
-    if tuple(result.flow.shape) != tuple(gt.shape):
-        raise ValueError(f"flow has shape {tuple(result.flow.shape)}, expected {tuple(gt.shape)}")
-    uncertainty = result.uncertainty.cpu() if result.samples.shape[1] > 1 else None
-    errors, ranking = valid_errors(result.flow.cpu(), gt, mask, uncertainty)
-    if not torch.isfinite(torch.from_numpy(errors)).all():
-        raise ValueError("flow is not finite on valid pixels")
-    if ranking is not None and not torch.isfinite(torch.from_numpy(ranking)).all():
-        raise ValueError("uncertainty is not finite on valid pixels")
-    return pair_metrics(errors, ranking, seconds=seconds)
+    expected = (1, 2, *target.shape[-2:])
+    if tuple(result.flow.shape) != expected:
+        raise ValueError(f"flow has shape {tuple(result.flow.shape)}, expected {expected}")
+    errors, ranking = np.zeros(0), None
+    if "flow" in item:
+        gt = item["flow"].unsqueeze(0).float()
+        uncertainty = result.uncertainty.cpu() if result.samples.shape[1] > 1 else None
+        errors, ranking = valid_errors(result.flow.cpu(), gt, item["mask"].bool(), uncertainty)
+        if not torch.isfinite(torch.from_numpy(errors)).all():
+            raise ValueError("flow is not finite on valid pixels")
+        if ranking is not None and not torch.isfinite(torch.from_numpy(ranking)).all():
+            raise ValueError("uncertainty is not finite on valid pixels")
+    metrics = pair_metrics(errors, ranking, seconds=seconds)
+    if all(key in item for key in POSE_KEYS):
+        metrics.rotation_error, metrics.translation_error = pair_pose_error(
+            result, item, pose if pose is not None else PoseOptions()
+        )
+    return metrics
 
 
 def _one_line(err: BaseException) -> str:
@@ -92,6 +162,7 @@ def run_evaluation(
     device: torch.device,
     warn: Callable[[str], None] | None = None,
     progress: bool | None = None,
+    pose: PoseOptions | None = None,
 ) -> list[PairRecord]:
     """Evaluate every method on every pair; each pair is loaded (and corrupted) once for all methods.
 
@@ -99,6 +170,7 @@ def run_evaluation(
         methods: the matchers.
         subsets: the pairs and their tags.
         device: where images are put.
+        pose: how relative poses are estimated on pairs with a ground-truth pose.
         warn: called with a one-line message for every failure (default: print to stderr).
         progress: show a progress bar on stderr (``None``: only on a terminal).
 
@@ -130,7 +202,7 @@ def run_evaluation(
                 name = str(item.get("name", index))
                 for method in methods:
                     try:
-                        metrics = evaluate_pair(method, item, device)
+                        metrics = evaluate_pair(method, item, device, pose)
                     except Exception as err:  # one failed pair must not discard the others
                         message = _one_line(err)
                         warn(f"warning: {method.name} failed on {name} {tags}: {message}")
