@@ -257,11 +257,11 @@ def test_datamodule_real_val_uses_batch_size_one(generic_list) -> None:
     assert len(corrupted) == 6 and corrupted[1]["corruption"] == "contrast"
 
 
-def test_photometric_ranges_reach_synthetic_pairs_only() -> None:
+def test_photometric_ranges_reach_synthetic_and_scene_pairs_only() -> None:
     noisy = build_dataset(DataConfig("synthetic", size=(16, 16), length=2, photometric=PhotometricConfig(noise_probability=1.0)))
     assert noisy.photometric.noise_probability == 1.0
     assert build_dataset(DataConfig("synthetic", size=(16, 16), length=2)).photometric == PhotometricConfig()
-    with pytest.raises(InputError, match="photometric ranges apply to synthetic pairs only, not to 'benchmark'"):
+    with pytest.raises(InputError, match="photometric ranges apply to synthetic and scene pairs only, not to .benchmark."):
         build_dataset(DataConfig("benchmark", size=(16, 16), length=2, photometric=PhotometricConfig()))
 
 

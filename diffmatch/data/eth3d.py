@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffmatch.data.photos import load_image_tensor
+from diffmatch.data.safe_pickle import load_array_pickle
 from diffmatch.data.synthetic import inside_frame
 from diffmatch.geometry import coords_grid
 from diffmatch.io import InputError
@@ -33,26 +32,6 @@ ETH3D_SCENES: tuple[str, ...] = (
 )
 ETH3D_RATES: tuple[int, ...] = (3, 5, 7, 9, 11, 13, 15)
 _PAIR_KEYS = ("source_image", "target_image", "Xs", "Ys", "Xt", "Yt")
-# The only globals a pair list may reference: numpy arrays and scalars (numpy 1 and 2 spellings).
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that builds plain containers and numpy arrays only, never arbitrary objects."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
 def load_eth3d_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read one DenseMatching pair list (``info_ETH3D_files/<scene>_every_5_rate_of_<rate>``).
 
@@ -67,7 +46,7 @@ def load_eth3d_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path}: ETH3D pair list not found")
     try:
-        pairs = _ArrayUnpickler(io.BytesIO(path.read_bytes())).load()
+        pairs = load_array_pickle(path)
     except Exception as err:  # pickle raises many types on bad input
         raise InputError(f"{path}: not a readable ETH3D pair list ({err})") from None
     if not isinstance(pairs, list | tuple):

@@ -22,9 +22,7 @@ from LoFTR's Google Drive, and the index files from LoFTR's ``assets/`` folder o
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffmatch.data.photos import image_to_tensor
+from diffmatch.data.safe_pickle import load_array_pickle
 from diffmatch.io import InputError, load_image
 
 __all__ = [
@@ -68,28 +67,6 @@ _SCANNET_HINT = (
     "<root>/{test.npz,intrinsics.npz} and "
     "<root>/scannet_test_1500/sceneXXXX_XX/{color/<frame>.jpg,pose/<frame>.txt}"
 )
-# The only globals a LoFTR scene-info pickle may reference: numpy arrays and scalars.
-_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler that builds plain containers and numpy arrays only, never arbitrary objects."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module.removeprefix("numpy.core.")  # skip numpy 2's deprecation shim
-        return super().find_class(module, name)
-
-
 class _Pair(NamedTuple):
     scene: str
     name: str
@@ -137,7 +114,7 @@ def load_megadepth_scene_info(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: MegaDepth-1500 index file not found; {_MEGADEPTH_HINT}")
     try:
-        info = _ArrayUnpickler(io.BytesIO(path.read_bytes())).load()
+        info = load_array_pickle(path)
     except Exception as err:  # pickle raises many types on bad input
         raise InputError(f"{path}: not a readable LoFTR scene-info pickle ({err})") from None
     keys = ("image_paths", "intrinsics", "poses", "pair_infos")
