@@ -20,6 +20,7 @@ matches have their own command, ``python -m diffmatch.evaluate_confidence``.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import platform
 import sys
 import time
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _settings(
     args: argparse.Namespace, names: Sequence[str], corruptions: Sequence[str], device: torch.device
 ) -> dict[str, Any]:
@@ -127,6 +135,8 @@ def _settings(
             "python": platform.python_version(),
             "torch": torch.__version__,
             "opencv": cv2.__version__,
+            "kornia": _version("kornia"),
+            "scipy": _version("scipy"),
         },
     }
 

@@ -235,7 +235,7 @@ def test_cli_failed_pairs_give_nonzero_exit_but_full_outputs(tmp_path, capsys, m
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--dataset", "synthetic", "--methods", "sift"], "unknown method 'sift'"),
+        (["--dataset", "synthetic", "--methods", "orb"], "unknown method 'orb'"),
         (["--dataset", "kitti", "--methods", "dis"], "unknown dataset 'kitti'"),
         (["--dataset", "hpatches", "--methods", "dis"], "--dataset hpatches needs --root"),
         (["--dataset", "eth3d", "--root", "/nonexistent/eth3d", "--methods", "dis"], "/nonexistent/eth3d"),

