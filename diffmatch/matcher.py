@@ -25,6 +25,7 @@ from diffmatch.matches import GeometryEstimate
 from diffmatch.model import DiffMatch
 from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
+from diffmatch.two_pass import TwoPassConfig, concatenate_results, match_two_pass
 from diffmatch.weights import load_checkpoint, read_calibration
 
 __all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT", "AUTO_MAX_IMAGE_SIZE", "parse_image_size"]
@@ -53,6 +54,16 @@ def parse_image_size(text: str) -> int | Literal["auto"]:
     return value
 
 
+def _two_pass_config(value: bool | TwoPassConfig) -> TwoPassConfig | None:
+    if value is True:
+        return TwoPassConfig()
+    if value is False:
+        return None
+    if not isinstance(value, TwoPassConfig):
+        raise InputError(f"two_pass must be a bool or a TwoPassConfig, got {value!r}")
+    return value
+
+
 class DiffMatcher:
     """Dense matching with a trained DiffMatch model.
 
@@ -78,6 +89,8 @@ class DiffMatcher:
             ``False`` (the model's flow as it is), or ``None``: as the calibration was fitted, and
             ``True`` for a model without calibration. A calibrated confidence is only given for
             results made the way its calibration was (:attr:`Calibrator.refined`).
+        two_pass: match large viewpoint changes in two passes (:mod:`diffmatch.two_pass`): ``True``
+            (its default rule), a :class:`~diffmatch.two_pass.TwoPassConfig`, or ``False``.
     """
 
     def __init__(
@@ -87,6 +100,7 @@ class DiffMatcher:
         calibrator: Calibrator | None = None,
         image_size: ImageSize = None,
         refine: bool | VariationalRefiner | None = None,
+        two_pass: bool | TwoPassConfig = False,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
@@ -102,6 +116,7 @@ class DiffMatcher:
             except ValueError as err:
                 raise InputError(str(err)) from None
         self.image_size = image_size
+        self.two_pass = _two_pass_config(two_pass)
 
     @classmethod
     def from_checkpoint(
@@ -110,11 +125,12 @@ class DiffMatcher:
         device: str | torch.device = "auto",
         image_size: ImageSize = None,
         refine: bool | VariationalRefiner | None = None,
+        two_pass: bool | TwoPassConfig = False,
     ) -> DiffMatcher:
         """Load a Lightning ``.ckpt`` or an exported weights file (``None``: the bundled checkpoint).
 
-        ``image_size``, ``refine``: the processing size and the sub-pixel refinement (see
-        :class:`DiffMatcher`).
+        ``image_size``, ``refine``, ``two_pass``: the processing size, the sub-pixel refinement and
+        two-pass matching (see :class:`DiffMatcher`).
 
         A file with a confidence calibration (``python -m diffmatch.calibrate``) gives results with
         ``confidence``; :attr:`calibrator` is ``None`` otherwise.
@@ -131,7 +147,7 @@ class DiffMatcher:
             calibrator = None if stored is None else calibrator_from_dict(stored)
         except ValueError as err:
             raise InputError(f"{path}: damaged confidence calibration ({err})") from None
-        return cls(model, resolved, calibrator, image_size, refine)
+        return cls(model, resolved, calibrator, image_size, refine, two_pass)
 
     @property
     def stride(self) -> int:
@@ -199,6 +215,7 @@ class DiffMatcher:
         eta: float = 0.0,
         confidence_tau: float | None = None,
         refine: bool | None = None,
+        two_pass: bool | TwoPassConfig | None = None,
     ) -> MatchResult:
         """Match ``target`` to ``source``.
 
@@ -214,6 +231,8 @@ class DiffMatcher:
                 ``None``: its default, normally 3 px).
             refine: refine every hypothesis at full resolution (:attr:`refiner`, or the default
                 :class:`~diffmatch.refinement.VariationalRefiner`); ``None``: as the matcher was built.
+            two_pass: a second pass on the source warped by pass 1's homography where the view
+                changes a lot (:mod:`diffmatch.two_pass`); ``None``: as the matcher was built.
 
         Returns:
             :class:`MatchResult`: ``flow`` ``(B, 2, Ht, Wt)`` px, ``uncertainty`` ``(B, 1, Ht, Wt)`` px²,
@@ -237,18 +256,46 @@ class DiffMatcher:
         if refine is not None:
             refiner = (refiner or VariationalRefiner()) if refine else None
         reason = self.confidence_unavailable(refiner is not None)
-        if reason is not None:
-            if confidence_tau is not None:
-                raise MissingCalibrationError(reason)
-            src, tgt = self._pair(source, target)
-            model = self._model_for(src, tgt)
+        if reason is not None and confidence_tau is not None:
+            raise MissingCalibrationError(reason)
+        tau = None
+        if reason is None:
+            assert self.calibrator is not None
+            tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
+        passes = self.two_pass if two_pass is None else _two_pass_config(two_pass)
+        src, tgt = self._pair(source, target)
+        if passes is None:
+            return self._match_tensors(src, tgt, num_samples, num_steps, generator, eta, tau, refiner)
+        generators = generator if isinstance(generator, list) else [generator] * src.shape[0]
+        results = [
+            match_two_pass(
+                lambda s, t, g=g: self._match_tensors(s, t, num_samples, num_steps, g, eta, tau, refiner),
+                src[i : i + 1],
+                tgt[i : i + 1],
+                passes,
+            )[0]
+            for i, g in enumerate(generators)
+        ]
+        return results[0] if len(results) == 1 else concatenate_results(results)
+
+    def _match_tensors(
+        self,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
+        num_samples: int,
+        num_steps: int,
+        generator: Generators,
+        eta: float,
+        tau: float | None,
+        refiner: VariationalRefiner | None,
+    ) -> MatchResult:
+        """One pass over checked image batches; ``tau``: the confidence's τ (``None``: no confidence)."""
+        model = self._model_for(src, tgt)
+        if tau is None:
             result = model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
             return result if refiner is None else refiner.refine_result(src, tgt, result)
         assert self.calibrator is not None
-        tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
-        src, tgt = self._pair(source, target)
         reverse = "fb_error" in self.calibrator.cues
-        model = self._model_for(src, tgt)
         result, cues = match_with_cues(model, src, tgt, num_samples, num_steps, eta, generator, reverse, refiner)
         result.confidence = self.calibrator.predict(cues, tau)
         result.confidence_tau = tau
@@ -323,3 +370,15 @@ class DiffMatcher:
         See :func:`diffmatch.matches.estimate_fundamental` for the options.
         """
         return matches.estimate_fundamental(result, num, **kwargs)
+
+    @staticmethod
+    def estimate_relative_pose(
+        result: MatchResult, K_source: Any, K_target: Any, num: int = 5000, **kwargs: Any
+    ) -> matches.RelativePose:
+        """Relative pose ``(R, t)`` from the target camera to the source camera (``X_source = R X_target + t``,
+        ``t`` a unit direction) from ``num`` matches drawn by confidence, through OpenCV's essential matrix.
+
+        See :func:`diffmatch.matches.estimate_relative_pose` for the options (``mode``, ``method``,
+        ``threshold`` in px, ``source_size``, ...).
+        """
+        return matches.estimate_relative_pose(result, K_source, K_target, num, **kwargs)

@@ -28,7 +28,7 @@ class StandInMatcher:
     def __init__(self) -> None:
         self.dis = DISFlow()
 
-    def match(self, source, target, num_samples=3, num_steps=5, generator=None, refine=None) -> MatchResult:
+    def match(self, source, target, num_samples=3, num_steps=5, generator=None, refine=None, two_pass=None) -> MatchResult:
         base = self.dis(source, target).flow
         noise = torch.randn((base.shape[0], num_samples, *base.shape[1:]), generator=generator)
         return MatchResult.from_samples(base.unsqueeze(1) + noise)

@@ -3,6 +3,7 @@
 * ``checkpoint``: DiffMatch, :meth:`DiffMatcher.match` with ``num_samples``/``num_steps`` (its
   hypotheses refined at full resolution, as :class:`~diffmatch.matcher.DiffMatcher` does by default);
 * ``checkpoint-unrefined``: the same without the sub-pixel refinement, the model's flow as it is;
+* ``checkpoint-two-pass``: the same with two-pass matching (:mod:`diffmatch.two_pass`);
 * ``raw-corr``: :meth:`DiffMatcher.match_raw` (``mode="hard"``), the paper's "Raw corr." row;
 * ``raw-corr-soft``: the same correlation read with a soft-argmax;
 * ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.baselines`);
@@ -39,7 +40,13 @@ __all__ = [
     "build_methods",
 ]
 
-MATCHER_METHODS: tuple[str, ...] = ("checkpoint", "checkpoint-unrefined", "raw-corr", "raw-corr-soft")
+MATCHER_METHODS: tuple[str, ...] = (
+    "checkpoint",
+    "checkpoint-unrefined",
+    "checkpoint-two-pass",
+    "raw-corr",
+    "raw-corr-soft",
+)
 ZERO_SHOT_METHODS: tuple[str, ...] = ("dift", "dino", "fused")
 
 
@@ -111,6 +118,7 @@ class CheckpointMethod:
     generator: torch.Generator
     name: str = "checkpoint"
     refine: bool | None = None
+    two_pass: bool | None = None
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
         """Match a pair; see :class:`~diffmatch.baselines.Method`."""
@@ -121,6 +129,7 @@ class CheckpointMethod:
             num_steps=self.num_steps,
             generator=self.generator,
             refine=self.refine,
+            two_pass=self.two_pass,
         )
 
 
@@ -172,11 +181,12 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
     matcher = _load_diffmatcher(options) if any(n in MATCHER_METHODS for n in names) else None
     methods: list[Method] = []
     for name in names:
-        if name in ("checkpoint", "checkpoint-unrefined"):
+        if name in ("checkpoint", "checkpoint-unrefined", "checkpoint-two-pass"):
             generator = torch.Generator(device=options.device).manual_seed(options.seed)
             refine = False if name == "checkpoint-unrefined" else None
+            passes = True if name == "checkpoint-two-pass" else None
             methods.append(
-                CheckpointMethod(matcher, options.num_samples, options.num_steps, generator, name, refine)
+                CheckpointMethod(matcher, options.num_samples, options.num_steps, generator, name, refine, passes)
             )
         elif name in ("raw-corr", "raw-corr-soft"):
             methods.append(

@@ -1,0 +1,166 @@
+"""Two-pass matching for large viewpoint changes (PDC-Net's "H" inference mode, done with DiffMatch).
+
+Pass 1 matches the pair as it is. A homography is fitted (MAGSAC++) to its most confident matches;
+when it moves the image a lot (:attr:`TwoPassConfig.min_motion`) and explains enough of them
+(:attr:`TwoPassConfig.min_inliers`), the source is warped by it onto the target's frame, so that
+what remains is a small motion, and pass 2 matches the warped source to the target. Pass 2's
+flow ``f2`` points into the warped source; through the homography ``H`` (target pixels → source
+pixels) it becomes a flow into the source, ``f(x) = H(x + f2(x)) - x``. Each pixel keeps the pass
+whose match is more confident (the calibrated confidence, or the smaller variance without one),
+and only where pass 2's match lands inside the source.
+
+Flow convention: on the target grid, ``target(x) ≈ source(x + flow(x))``, in pixels, channel 0 = x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffmatch.geometry import coords_grid, homography_to_flow, warp
+from diffmatch.matches import estimate_homography
+from diffmatch.result import MatchResult
+
+__all__ = ["TwoPassConfig", "compose_with_homography", "concatenate_results", "match_two_pass"]
+
+Matcher = Callable[[torch.Tensor, torch.Tensor], MatchResult]
+
+
+@dataclass(frozen=True)
+class TwoPassConfig:
+    """When and how the second pass runs.
+
+    Attributes:
+        num_matches: pass 1's most confident matches the homography is fitted to.
+        threshold: MAGSAC++'s inlier threshold in source pixels.
+        min_inliers: the share of those matches the homography must explain, or pass 2 is skipped
+            (a scene far from one plane: warping it by one homography tears it apart).
+        min_motion: the homography's mean displacement over the target, as a share of the target's
+            larger side, below which pass 2 is skipped (pass 1 already saw a small motion).
+    """
+
+    num_matches: int = 5000
+    threshold: float = 3.0
+    min_inliers: float = 0.5
+    min_motion: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.num_matches < 4 or self.threshold <= 0:
+            raise ValueError(f"num_matches must be >= 4 and threshold > 0, got {self.num_matches}, {self.threshold}")
+        if not 0.0 <= self.min_inliers <= 1.0 or self.min_motion < 0:
+            raise ValueError(f"min_inliers must be in [0, 1] and min_motion >= 0, got {self.min_inliers}, {self.min_motion}")
+
+
+def compose_with_homography(flow: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
+    """Flow into the source from a flow into the source warped by ``homography``.
+
+    Args:
+        flow: ``(..., 2, H, W)`` flow on the target grid into the warped source (which has the
+            target's size): ``target(x) ≈ warped(x + flow(x))``.
+        homography: ``(3, 3)`` target pixels → source pixels; ``warped(p) = source(H p)``.
+
+    Returns:
+        ``(..., 2, H, W)`` flow into the source: ``H(x + flow(x)) - x``.
+    """
+    h, w = flow.shape[-2:]
+    grid = coords_grid(1, h, w, flow.device, torch.float64)[0]
+    points = grid + flow.double()
+    ones = torch.ones_like(points[..., :1, :, :])
+    mapped = torch.einsum("ij,...jhw->...ihw", homography.double().to(flow.device), torch.cat((points, ones), -3))
+    z = mapped[..., 2:, :, :]
+    z = torch.where(z.abs() < 1e-12, torch.full_like(z, 1e-12), z)
+    return (mapped[..., :2, :, :] / z - grid).to(flow.dtype)
+
+
+def _weights(result: MatchResult) -> torch.Tensor:
+    """``(B, 1, H, W)``: higher is a better match (the calibrated confidence, else minus the variance)."""
+    return result.confidence if result.confidence is not None else -result.uncertainty
+
+
+def _fit(result: MatchResult, source_size: tuple[int, int], config: TwoPassConfig) -> torch.Tensor | None:
+    """Pass 1's homography, or ``None`` when pass 2 should not run."""
+    try:
+        # A fixed generator: ties among equally confident matches are broken the same way every time.
+        estimate = estimate_homography(
+            result,
+            num=config.num_matches,
+            mode="top_k",
+            threshold=config.threshold,
+            source_size=source_size,
+            generator=torch.Generator().manual_seed(0),
+        )
+    except ValueError:
+        return None
+    if estimate.inliers.mean() < config.min_inliers:
+        return None
+    homography = torch.from_numpy(estimate.matrix)
+    h, w = result.flow.shape[-2:]
+    motion = homography_to_flow(homography, (h, w)).norm(dim=1).mean()
+    if not torch.isfinite(motion) or float(motion) < config.min_motion * max(h, w):
+        return None
+    if not np.isfinite(estimate.matrix).all() or np.linalg.det(estimate.matrix) <= 0:  # a mirror: no view change
+        return None
+    return homography
+
+
+def match_two_pass(
+    match: Matcher, source: torch.Tensor, target: torch.Tensor, config: TwoPassConfig | None = None
+) -> tuple[MatchResult, list[bool]]:
+    """Match with a second pass on the source warped by pass 1's homography, where that helps.
+
+    Args:
+        match: matches a batch of one, ``(1, 3, Hs, Ws)`` source and ``(1, 3, Ht, Wt)`` target images in
+            ``[0, 1]``, to a :class:`MatchResult` (e.g. a bound :meth:`DiffMatcher.match`).
+        source: ``(B, 3, Hs, Ws)`` images in ``[0, 1]``.
+        target: ``(B, 3, Ht, Wt)`` images.
+        config: the pass-2 rule (``None``: :class:`TwoPassConfig` defaults).
+
+    Returns:
+        ``(result, used)``: the combined result (``flow`` ``(B, 2, Ht, Wt)`` into the source, its
+        hypotheses, variance, ``init_flow`` and ``confidence`` taken per pixel from the pass kept
+        there), and per pair whether pass 2 ran.
+    """
+    config = config if config is not None else TwoPassConfig()
+    results, used = [], []
+    for src, tgt in zip(source, target):
+        src, tgt = src[None], tgt[None]
+        first = match(src, tgt)
+        homography = _fit(first, tuple(src.shape[-2:]), config)
+        if homography is None:
+            results.append(first)
+            used.append(False)
+            continue
+        to_source = homography_to_flow(homography.to(torch.float64), tuple(tgt.shape[-2:])).to(tgt.dtype)
+        warped, _ = warp(src, to_source.to(src.device))
+        second = match(warped.clamp(0, 1), tgt)
+        samples = compose_with_homography(second.samples, homography)
+        flow = compose_with_homography(second.flow, homography)
+        hs, ws = src.shape[-2:]
+        landing = coords_grid(1, *tgt.shape[-2:], flow.device, flow.dtype) + flow
+        inside = (landing[:, 0] >= -0.5) & (landing[:, 0] <= ws - 0.5) & (landing[:, 1] >= -0.5) & (landing[:, 1] <= hs - 0.5)
+        take = (_weights(second) > _weights(first)) & inside[:, None]
+        combined = MatchResult.from_samples(torch.where(take[:, None], samples, first.samples))
+        if first.init_flow is not None and second.init_flow is not None:
+            combined.init_flow = torch.where(take, compose_with_homography(second.init_flow, homography), first.init_flow)
+        if first.confidence is not None and second.confidence is not None:
+            combined.confidence = torch.where(take, second.confidence, first.confidence)
+            combined.confidence_tau = first.confidence_tau
+        results.append(combined)
+        used.append(True)
+    return concatenate_results(results), used
+
+
+def concatenate_results(results: list[MatchResult]) -> MatchResult:
+    """One result for a batch from per-pair results (hypotheses, ``init_flow`` and ``confidence`` kept)."""
+    if len(results) == 1:
+        return results[0]
+    out = MatchResult.from_samples(torch.cat([r.samples for r in results]))
+    if all(r.init_flow is not None for r in results):
+        out.init_flow = torch.cat([r.init_flow for r in results])
+    if all(r.confidence is not None for r in results):
+        out.confidence = torch.cat([r.confidence for r in results])
+        out.confidence_tau = results[0].confidence_tau
+    return out
