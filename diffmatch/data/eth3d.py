@@ -43,12 +43,7 @@ def load_eth3d_pairs(path: str | os.PathLike) -> list[dict[str, Any]]:
         InputError: missing file, a disallowed or corrupt pickle, or missing keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: ETH3D pair list not found")
-    try:
-        pairs = load_array_pickle(path)
-    except Exception as err:  # pickle raises many types on bad input
-        raise InputError(f"{path}: not a readable ETH3D pair list ({err})") from None
+    pairs = load_array_pickle(path, "ETH3D pair list")
     if not isinstance(pairs, list | tuple):
         raise InputError(f"{path}: expected a list of pairs, got {type(pairs).__name__}")
     for number, pair in enumerate(pairs):

@@ -111,12 +111,7 @@ def load_megadepth_scene_info(path: str | os.PathLike) -> dict[str, Any]:
         InputError: missing file, a disallowed or corrupt pickle, or missing keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: MegaDepth-1500 index file not found; {_MEGADEPTH_HINT}")
-    try:
-        info = load_array_pickle(path)
-    except Exception as err:  # pickle raises many types on bad input
-        raise InputError(f"{path}: not a readable LoFTR scene-info pickle ({err})") from None
+    info = load_array_pickle(path, "MegaDepth-1500 index file (a LoFTR scene-info pickle)", _MEGADEPTH_HINT)
     keys = ("image_paths", "intrinsics", "poses", "pair_infos")
     if not isinstance(info, dict) or any(key not in info for key in keys):
         raise InputError(f"{path}: expected a dict with the keys {keys}")

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from diffmatch.io import InputError
+
 __all__ = ["load_array_pickle"]
 
 # The only globals such a file may reference: numpy arrays and scalars (numpy 1 and 2 spellings).
@@ -34,12 +36,22 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_array_pickle(path: str | os.PathLike) -> Any:
+def load_array_pickle(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:
     """Unpickle ``path``, allowing only containers, numpy arrays and numpy scalars.
 
+    Args:
+        path: the file.
+        what: what the file is, for messages (``"ETH3D pair list"``).
+        missing_hint: appended to the message of a missing file (where to get it).
+
     Raises:
-        OSError: the file cannot be read.
-        pickle.UnpicklingError (or another exception of the pickle machinery): a disallowed global
-            or a corrupt file.
+        InputError: a missing file, or one that is not such a pickle (a disallowed global, a corrupt
+            or truncated file), in one line.
     """
-    return _ArrayUnpickler(io.BytesIO(Path(path).read_bytes())).load()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found{'; ' + missing_hint if missing_hint else ''}")
+    try:
+        return _ArrayUnpickler(io.BytesIO(path.read_bytes())).load()
+    except Exception as err:  # pickle raises many types on bad input
+        raise InputError(f"{path}: not a readable {what} ({err})") from None
