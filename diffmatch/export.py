@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         help="export the trained denoiser, not its moving average (Lightning checkpoints of runs with ema_decay)",
     )
     args = parser.parse_args(argv)
-    created = check_out_file(args.out)  # before the checkpoint is read
+    created = check_out_file(args.out, flag=None)  # before the checkpoint is read
     from diffmatch.weights import export_weights  # torch: after the arguments are known to be good
 
     try:

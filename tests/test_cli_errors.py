@@ -165,7 +165,7 @@ def test_export_to_a_folder_is_one_line_before_reading(tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "diffmatch.export", str(tmp_path / "absent.ckpt"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120, env=ENV, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert _lines(proc.stderr) == [f"error: --out {tmp_path}: is a folder; give a file name, e.g. {tmp_path / 'model.pt'}"]
+    assert _lines(proc.stderr) == [f"error: {tmp_path}: is a folder; give a file name, e.g. {tmp_path / 'model.pt'}"]
 
 
 def test_export_keeps_float16_weights_float16(tmp_path, checkpoint):

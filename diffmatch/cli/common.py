@@ -104,10 +104,15 @@ def _probe_writable(folder: Path) -> None:
         pass
 
 
-def check_out_folder(out: str | os.PathLike, flag: str = "--out") -> list[Path]:
+def _named(flag: str | None, path: Path) -> str:
+    return f"{flag} {path}" if flag else str(path)
+
+
+def check_out_folder(out: str | os.PathLike, flag: str | None = "--out") -> list[Path]:
     """Make sure files can be written in the folder ``out``, creating it (and missing parents) if needed.
 
-    Call it before loading a model or data: a bad output path then costs nothing.
+    Call it before loading a model or data: a bad output path then costs nothing. ``flag`` names the
+    option in the message (``None`` for a positional argument).
 
     Returns:
         The folders this created, deepest first, for :func:`remove_empty_folders` if the run stops early.
@@ -117,18 +122,18 @@ def check_out_folder(out: str | os.PathLike, flag: str = "--out") -> list[Path]:
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"{flag} {out}: exists and is not a folder")
+        raise InputError(f"{_named(flag, out)}: exists and is not a folder")
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
         _probe_writable(out)
     except OSError as err:
         remove_empty_folders(created)
-        raise InputError(f"{flag} {out}: cannot write there ({err.strerror or type(err).__name__})") from None
+        raise InputError(f"{_named(flag, out)}: cannot write there ({err.strerror or type(err).__name__})") from None
     return created
 
 
-def check_out_file(path: str | os.PathLike, flag: str = "--out") -> list[Path]:
+def check_out_file(path: str | os.PathLike, flag: str | None = "--out") -> list[Path]:
     """Make sure the file ``path`` can be written (atomically, beside itself), creating missing parent folders.
 
     Returns:
@@ -139,11 +144,11 @@ def check_out_file(path: str | os.PathLike, flag: str = "--out") -> list[Path]:
     """
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'model.pt'}")
+        raise InputError(f"{_named(flag, path)}: is a folder; give a file name, e.g. {path / 'model.pt'}")
     if path.exists() and not path.is_file():
-        raise InputError(f"{flag} {path}: exists and is not a regular file")
+        raise InputError(f"{_named(flag, path)}: exists and is not a regular file")
     try:
         return check_out_folder(path.parent, flag)
-    except InputError:
-        raise InputError(f"{flag} {path}: cannot write in its folder {path.parent}") from None
+    except InputError as err:
+        raise InputError(f"{_named(flag, path)}: cannot write in its folder ({err})") from None
 
