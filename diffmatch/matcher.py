@@ -243,7 +243,9 @@ class DiffMatcher:
             src, tgt = self._pair(source, target)
             model = self._model_for(src, tgt)
             result = model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
-            return result if refiner is None else refiner.refine_result(src, tgt, result)
+            result = result if refiner is None else refiner.refine_result(src, tgt, result)
+            result.no_confidence_reason = reason  # what require_confidence() says
+            return result
         assert self.calibrator is not None
         tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
         src, tgt = self._pair(source, target)
