@@ -54,6 +54,7 @@ from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError, atomic_open
 from diffmatch.metrics import end_point_error
 from diffmatch.refinement import VariationalRefiner
+from diffmatch.threads import configure_threads
 
 __all__ = ["build_parser", "calibration_pairs", "collect_cues", "main", "select_cues", "write_calibrated"]
 
@@ -276,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     taus, fixed = _check_arguments(args)
     created = check_out_file(args.out)
+    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
         from diffmatch.weights import load_checkpoint
 

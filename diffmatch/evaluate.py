@@ -56,6 +56,7 @@ from diffmatch.evaluation.runner import run_evaluation
 from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError
 from diffmatch.metrics import SPARSIFICATION_INTERVALS
+from diffmatch.threads import configure_threads
 
 __all__ = ["build_parser", "main"]
 
@@ -141,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
     created = check_out_folder(args.out)
+    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
         subsets = build_subsets(
             args.dataset, args.root, corruptions, args.severity, args.limit, args.seed, args.protocol

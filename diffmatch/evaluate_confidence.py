@@ -51,6 +51,7 @@ from diffmatch.evaluation.calibration import (
     reliability,
 )
 from diffmatch.io import InputError, atomic_open
+from diffmatch.threads import configure_threads
 
 __all__ = ["build_parser", "main", "sift_homography"]
 
@@ -249,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"{flag} must be >= {least}, got {value}")
     out = Path(args.out)
     created = check_out_folder(out)
+    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
         subsets = build_subsets("synthetic", args.root, corruptions, args.severity, args.limit, args.seed)
         matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)

@@ -45,6 +45,7 @@ from diffmatch.io import (
     save_image,
     write_flow,
 )
+from diffmatch.threads import configure_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffmatch.result import MatchResult
@@ -390,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         created = check_out_folder(out)  # before the model loads: a bad --out costs nothing
         pairs = read_pairs_file(args.pairs) if args.pairs else [(Path(args.source), Path(args.target))]
+        configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
         run = _build_matcher(args)  # once, for every pair
     except (InputError, ValueError) as err:
         remove_empty_folders(created)
