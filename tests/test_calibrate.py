@@ -23,6 +23,10 @@ def _err_lines(capsys) -> list[str]:
         (["--corrupted", "-0.5"], "--corrupted is a share of the pairs, in [0, 1], got -0.5"),
         (["--samples", "0"], "--samples must be >= 1"),
         (["--out", "FOLDER"], "is a folder; give a file name"),
+        (["--taus", "1,x"], "--taus must be a comma list of numbers, got '1,x'"),
+        (["--taus", "1,5"], "--default-tau 3.0 must be one of --taus (1.0, 5.0)"),
+        (["--cues", "variance,colour"], "--cues must be 'auto' or a comma list of"),
+        (["--pairs", "2"], "need --pairs >= 4 and --pixels >= 10"),
     ],
 )
 def test_bad_argument_or_out_is_one_line_before_the_model_loads(tmp_path, capsys, extra, message):
@@ -40,6 +44,13 @@ def test_steps_beyond_the_model_are_refused_before_matching(tmp_path, checkpoint
     err = _err_lines(capsys)
     assert err == ["error: --steps must be in [1, 5] for this model, got 9"]
     assert not (tmp_path / "cal.pt").exists()
+
+
+def test_benchmark_photos_are_refused(tmp_path, checkpoint, capsys):
+    argv = [str(checkpoint), "--out", str(tmp_path / "cal.pt"), "--photos", str(ROOT / "data" / "photos" / "val")]
+    assert calibrate_main(argv) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "these are the benchmark's held-out photos" in err[0], err
 
 
 def test_a_model_that_is_wrong_everywhere_is_one_line(tmp_path, checkpoint, capsys):

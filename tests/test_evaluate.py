@@ -310,3 +310,12 @@ def test_evaluate_confidence_checks_out_before_loading(tmp_path, capsys):
     code = confidence_main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(blocker)])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"error: --out {blocker}: exists and is not a folder"]
+
+
+def test_evaluate_confidence_needs_a_calibrated_checkpoint(tmp_path, checkpoint, capsys):
+    from diffmatch.evaluate_confidence import main as confidence_main
+
+    code = confidence_main(["--checkpoint", str(checkpoint), "--limit", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has no confidence calibration" in err[0], err
+    assert not (tmp_path / "o").exists()

@@ -296,6 +296,22 @@ def test_exif_rotated_photo_is_matched_upright(tmp_path, checkpoint, photo):
     assert np.load(tmp / "c" / "flow.npy").shape == (80, 112, 2)  # the upright target's grid
 
 
+def test_pil_image_with_an_exif_orientation_is_used_upright(photo):
+    from PIL import Image
+
+    from diffmatch.inputs import to_image_batch
+
+    upright = photo[:40, :64]
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated 90° clockwise: "rotate 90° counter-clockwise to display"
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(upright, -1)))
+    sideways.info["exif"] = exif.tobytes()
+    sideways.getexif()[0x0112] = 8
+    batch = to_image_batch(sideways)
+    assert batch.shape == (1, 3, 40, 64)
+    torch.testing.assert_close(batch, to_image_batch(upright))
+
+
 @pytest.mark.parametrize("kind", ["array", "tensor"])
 def test_nan_or_inf_pixels_are_refused(checkpoint, photo, kind):
     matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu")
