@@ -34,11 +34,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
 
+from diffmatch.cli.common import (
+    EXIT_FAILED,
+    OneLineArgumentParser,
+    check_out_file,
+    one_line_errors,
+    print_error,
+    remove_empty_folders,
+)
 from diffmatch.confidence import CUES, DEFAULT_TAUS, fit_calibrator, logistic_loss
 from diffmatch.cues import match_with_cues
 from diffmatch.evaluation.calibration import expected_calibration_error
@@ -46,6 +54,7 @@ from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError, atomic_open
 from diffmatch.metrics import end_point_error
 from diffmatch.refinement import VariationalRefiner
+from diffmatch.threads import configure_threads
 
 __all__ = ["build_parser", "calibration_pairs", "collect_cues", "main", "select_cues", "write_calibrated"]
 
@@ -54,20 +63,15 @@ _TOLERANCE = 0.002  # nats: a smaller cue set this close to the best is preferre
 _SEVERITIES = (5, 3)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m diffmatch.calibrate``."""
-    parser = _Parser(prog="python -m diffmatch.calibrate", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="python -m diffmatch.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="exported weights (.pt) or Lightning .ckpt")
-    parser.add_argument("--out", required=True, help="where to write the checkpoint with its calibration")
+    parser.add_argument("--out", required=True, help="the checkpoint file to write, with its calibration (may be CHECKPOINT itself)")
     parser.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="photo folder, not the benchmark's (default data/photos/extra)")
     parser.add_argument("--pairs", type=int, default=48, help="validation pairs (default 48, a third per level)")
     parser.add_argument("--size", type=int, default=240, help="square image side in px (default 240, as the benchmark)")
-    parser.add_argument("--corrupted", type=float, default=0.25, help="share of pairs with an ImageNet-C corruption (default 0.25; 0.5 left clean pairs under-confident, README)")
+    parser.add_argument("--corrupted", type=float, default=0.25, help="share of pairs with an ImageNet-C corruption, 0..1 (default 0.25; 0.5 left clean pairs under-confident, README)")
     parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's own, its sampling_steps or else T)")
     parser.add_argument("--pixels", type=int, default=3000, help="valid pixels kept per pair (default 3000)")
@@ -220,27 +224,72 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
     return values
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Fit and write; returns the exit status (0 ok, 2 bad input)."""
-    args = build_parser().parse_args(argv)
-    from diffmatch.weights import load_checkpoint
+def _check_arguments(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[str, ...] | None]:
+    """Every check that needs neither the model nor the photos; returns ``(taus, fixed cues or None)``.
 
+    Raises:
+        InputError: the first bad argument.
+    """
+    taus = _floats(args.taus, "--taus")
+    if args.default_tau not in taus:
+        raise InputError(f"--default-tau {args.default_tau} must be one of --taus {taus}")
+    fixed = None
+    if args.cues != "auto":
+        fixed = tuple(c.strip() for c in args.cues.split(",") if c.strip())
+        if not fixed or any(c not in CUES for c in fixed):
+            raise InputError(f"--cues must be 'auto' or a comma list of {', '.join(CUES)}, got {args.cues!r}")
+    if args.pairs < 4 or args.pixels < 10:
+        raise InputError("need --pairs >= 4 and --pixels >= 10")
+    if not 0.0 <= args.corrupted <= 1.0:
+        raise InputError(f"--corrupted is a share of the pairs, in [0, 1], got {args.corrupted:g}")
+    if args.samples < 1:
+        raise InputError(f"--samples must be >= 1, got {args.samples}")
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.size < 32:
+        raise InputError(f"--size must be >= 32 px, got {args.size}")
+    return taus, fixed
+
+
+def _check_errors(errors: np.ndarray, taus: Sequence[float]) -> None:
+    """A calibration needs pixels on both sides of every τ; say so in one line when a model has none.
+
+    Raises:
+        ValueError: every pixel is within ``τ``, or none is (a briefly trained model).
+    """
+    for tau in taus:
+        share = float((errors < tau).mean())
+        if share in (0.0, 1.0):
+            which = "none" if share == 0.0 else "every one"
+            raise ValueError(
+                f"cannot calibrate at τ = {tau:g} px: {which} of the {errors.size} pixels is within it "
+                f"(median error {np.median(errors):.1f} px); a confidence needs both kinds: train the model "
+                "further, or choose --taus (and --default-tau) around its errors"
+            )
+
+
+@one_line_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """Fit and write; returns the exit status (0 ok, 1 the fit failed, 2 bad input, 130 interrupted).
+
+    Arguments and ``--out`` are checked before the model and photos are loaded.
+    """
+    args = build_parser().parse_args(argv)
+    taus, fixed = _check_arguments(args)
+    created = check_out_file(args.out)
+    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
-        taus = _floats(args.taus, "--taus")
-        if args.default_tau not in taus:
-            raise InputError(f"--default-tau {args.default_tau} must be one of --taus {taus}")
-        if args.cues != "auto":
-            fixed = tuple(c.strip() for c in args.cues.split(",") if c.strip())
-            if not fixed or any(c not in CUES for c in fixed):
-                raise InputError(f"--cues must be 'auto' or a comma list of {', '.join(CUES)}, got {args.cues!r}")
-        if args.pairs < 4 or args.pixels < 10:
-            raise InputError("need --pairs >= 4 and --pixels >= 10")
+        from diffmatch.weights import load_checkpoint
+
         device = resolve_device(args.device)
         model = load_checkpoint(args.checkpoint, device=device)
+        limit = model.config.num_train_timesteps
+        if args.steps is not None and args.steps > limit:
+            raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
         items = calibration_pairs(args.photos, args.pairs, args.size, args.corrupted, args.seed)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     start = time.perf_counter()
     print(f"matching {len(items)} pairs from {args.photos} ...", file=sys.stderr)
     refiner = None if args.no_refine else VariationalRefiner()
@@ -248,8 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, items, args.samples, args.steps, args.pixels, args.seed, device, True, refiner
     )
     match_seconds = time.perf_counter() - start
-    chosen, table = select_cues(cues, errors, pair, taus)
-    if args.cues != "auto":
+    try:
+        _check_errors(errors, taus)
+        chosen, table = select_cues(cues, errors, pair, taus)
+    except ValueError as err:
+        print_error(err)
+        return EXIT_FAILED
+    if fixed is not None:
         chosen = fixed
     print(f"{'cues':<45} {'held-out NLL':>12}  " + "  ".join(f"ECE@{t:g}" for t in taus))
     for row in table:

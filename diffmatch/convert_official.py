@@ -21,8 +21,6 @@ names the unknown, missing and mis-shaped keys.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,9 @@ import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 
+from diffmatch.cli.common import OneLineArgumentParser, check_out_file, one_line_errors, remove_empty_folders
 from diffmatch.denoiser import FlowDenoiser
+from diffmatch.features.base import MissingWeightsError
 from diffmatch.io import InputError
 from diffmatch.model import DiffMatch, config_from_dict
 from diffmatch.upsampler import CascadeDiffMatch
@@ -223,13 +223,16 @@ def convert_stage1(checkpoint: str | Path, vgg16: str = "imagenet") -> DiffMatch
         vgg16: VGG-16 weights: ``imagenet`` (torch hub cache) or a ``.pth`` path.
 
     Raises:
-        InputError: unreadable file, keys that do not fit, or the VGG-16 weights not available.
+        InputError: unreadable file, keys that do not fit, or the VGG-16 weights not available (a
+            :class:`~diffmatch.features.MissingWeightsError`).
     """
     official = read_official_state_dict(checkpoint)
     settings = {**OFFICIAL_MODEL, "feature_kwargs": {**OFFICIAL_MODEL["feature_kwargs"], "weights": vgg16}}
     try:
         model = DiffMatch(config_from_dict(settings))
-    except ValueError as err:  # the VGG-16 weights: one line saying what to download and where
+    except MissingWeightsError:  # the ImageNet VGG-16 file: what to download and where (and weights=FILE)
+        raise
+    except ValueError as err:  # an unreadable --vgg16 file
         raise InputError(str(err)) from None
     _load_denoiser(model.denoiser, official, str(checkpoint))
     return model.eval()
@@ -258,9 +261,13 @@ def convert_upsampler(checkpoint: str | Path, stage1: str | Path) -> CascadeDiff
     return model.eval()
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    """``python -m diffmatch.convert_official CKPT OUT.pt [--stage upsampler --stage1 OUT1.pt]``."""
-    parser = argparse.ArgumentParser(
+    """``python -m diffmatch.convert_official CKPT OUT.pt [--stage upsampler --stage1 OUT1.pt]``.
+
+    Returns the exit status: 0 written, 1 a write failed, 2 bad input (``OUT`` is checked first), 130 interrupted.
+    """
+    parser = OneLineArgumentParser(
         prog="python -m diffmatch.convert_official",
         description="Convert an official DiffMatch checkpoint (KU-CVLAB/DiffMatch) into diffmatch exported weights.",
     )
@@ -268,21 +275,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="exported weights to write (.pt)")
     parser.add_argument("--stage", choices=("stage1", "upsampler"), default="stage1")
     parser.add_argument("--stage1", help="with --stage upsampler: the converted stage-1 file")
-    parser.add_argument("--vgg16", default="imagenet", help="VGG-16 weights for stage 1: 'imagenet' or a .pth path")
+    parser.add_argument(
+        "--vgg16", default="imagenet",
+        help="VGG-16 weights for stage 1: 'imagenet' (torchvision's vgg16-397923af.pth in the torch hub cache) or a .pth path",
+    )
     args = parser.parse_args(argv)
+    if args.stage == "upsampler" and not args.stage1:
+        raise InputError("--stage upsampler needs --stage1 OUT1.pt (the converted stage-1 file)")
+    created = check_out_file(args.out, flag=None)
     from diffmatch.weights import save_weights
 
     try:
         if args.stage == "upsampler":
-            if not args.stage1:
-                raise InputError("--stage upsampler needs --stage1 OUT1.pt (the converted stage-1 file)")
             model = convert_upsampler(args.checkpoint, args.stage1)
         else:
             model = convert_stage1(args.checkpoint, args.vgg16)
         out = save_weights(model, args.out)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except MissingWeightsError as err:
+        remove_empty_folders(created)
+        raise InputError(err.text("--vgg16")) from None
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     kind = "stage 1 + upsampler" if args.stage == "upsampler" else "stage 1"
     print(f"wrote {out} ({kind}, official settings)")
     return 0

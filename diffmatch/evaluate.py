@@ -10,8 +10,9 @@ Prints a table per method and group (``all``; the synthetic levels ``easy``/``me
 the ETH3D rates ``rate_3`` .. ``rate_15``; the HPatches pairs ``1_2`` .. ``1_6``; each corruption
 type) and writes, atomically, ``summary.json``, ``per_pair.csv``, ``sparsification.png`` and, with
 corruptions, ``corruptions.png`` to ``--out``. A pair that fails is reported on stderr and in
-``per_pair.csv`` and the run goes on; the exit status is then 1. Bad arguments exit with status 2
-and a one-line error. Metrics are defined in :mod:`diffmatch.metrics`; see ``docs/evaluation.md``.
+``per_pair.csv`` and the run goes on; the exit status is then 1. Bad arguments, an ``--out`` that
+cannot be written and ``--steps`` beyond the model's ``T`` exit with status 2 and a one-line error
+before any pair runs; Ctrl-C exits with status 130. Metrics are defined in :mod:`diffmatch.metrics`; see ``docs/evaluation.md``.
 
 The calibrated confidence (reliability diagram, ECE per τ) and homography accuracy from confident
 matches have their own command, ``python -m diffmatch.evaluate_confidence``.
@@ -25,11 +26,19 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import cv2
 import torch
 
+from diffmatch.cli.common import (
+    EXIT_FAILED,
+    OneLineArgumentParser,
+    check_out_folder,
+    one_line_errors,
+    print_error,
+    remove_empty_folders,
+)
 from diffmatch.evaluation.datasets import (
     DATASETS,
     PAPER_SAMPLES,
@@ -49,20 +58,14 @@ from diffmatch.evaluation.runner import PoseOptions, run_evaluation
 from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError
 from diffmatch.metrics import SPARSIFICATION_INTERVALS
+from diffmatch.threads import configure_threads
 
 __all__ = ["build_parser", "main"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one line on stderr (no usage dump), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``python -m diffmatch.evaluate``."""
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog="python -m diffmatch.evaluate",
         description="Evaluate dense matchers (AEPE, PCK-1/3/5, AUSE, time per pair) on a benchmark.",
     )
@@ -141,18 +144,27 @@ def _settings(
     }
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the evaluation; returns the exit status (0 ok, 1 some pairs failed, 2 bad input)."""
+    """Run the evaluation; returns the exit status (0 ok, 1 some pairs failed, 2 bad input, 130 interrupted).
+
+    Every argument and ``--out`` are checked before the data and models are loaded, and ``--steps``
+    against the checkpoint before the first pair runs.
+    """
     args = build_parser().parse_args(argv)
+    if args.dataset not in DATASETS:
+        raise InputError(f"unknown dataset {args.dataset!r}, expected one of {', '.join(DATASETS)}")
+    args.protocol = default_protocol(args.dataset, args.protocol)
+    if args.samples is None:
+        args.samples = PAPER_SAMPLES[args.dataset] if args.protocol == "paper" else 3
+    names = parse_methods(args.methods)
+    corruptions = parse_corruptions(args.corruptions)
+    device = resolve_device(args.device)
+    if args.limit is not None and args.limit < 1:
+        raise InputError(f"--limit must be >= 1, got {args.limit}")
+    created = check_out_folder(args.out)
+    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
-        if args.dataset not in DATASETS:
-            raise InputError(f"unknown dataset {args.dataset!r}, expected one of {', '.join(DATASETS)}")
-        args.protocol = default_protocol(args.dataset, args.protocol)
-        if args.samples is None:
-            args.samples = PAPER_SAMPLES[args.dataset] if args.protocol == "paper" else 3
-        names = parse_methods(args.methods)
-        corruptions = parse_corruptions(args.corruptions)
-        device = resolve_device(args.device)
         subsets = build_subsets(
             args.dataset, args.root, corruptions, args.severity, args.limit, args.seed, args.protocol
         )
@@ -171,9 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         pose = PoseOptions(args.pose_matches, args.pose_estimator, args.pose_threshold, args.seed)
         methods = build_methods(names, options)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except BaseException:
+        remove_empty_folders(created)
+        raise
 
     start = time.perf_counter()
     records = run_evaluation(methods, subsets, device, pose=pose)
@@ -203,18 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.protocol is not None:
         print(f"protocol: {args.protocol}")
     print(format_table(results))
-    try:
-        written = write_outputs(args.out, summary, records)
-    except OSError as err:
-        print(f"error: cannot write to --out {args.out}: {err}", file=sys.stderr)
-        return 2
+    written = write_outputs(args.out, summary, records)  # an OSError (a full disk): one line, status 1
     print(f"wrote {', '.join(str(p) for p in written)}")
     if failures:
-        print(
-            f"error: {len(failures)} of {len(records)} (pair, method) evaluations failed; see per_pair.csv",
-            file=sys.stderr,
-        )
-        return 1
+        print_error(f"{len(failures)} of {len(records)} (pair, method) evaluations failed; see per_pair.csv")
+        return EXIT_FAILED
     return 0
 
 

@@ -33,11 +33,17 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
 
+from diffmatch.cli.common import (
+    OneLineArgumentParser,
+    check_out_folder,
+    one_line_errors,
+    remove_empty_folders,
+)
 from diffmatch.evaluation.calibration import (
     corner_error,
     homography_accuracy,
@@ -45,20 +51,16 @@ from diffmatch.evaluation.calibration import (
     reliability,
 )
 from diffmatch.io import InputError, atomic_open
+from diffmatch.threads import configure_threads
 
 __all__ = ["build_parser", "main", "sift_homography"]
 
 HOMOGRAPHY_METHODS = ("top-k", "spread", "sampled", "random", "sift")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m diffmatch.evaluate_confidence``."""
-    parser = _Parser(prog="python -m diffmatch.evaluate_confidence", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="python -m diffmatch.evaluate_confidence", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="a calibrated checkpoint (default: the bundled one)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--root", help="synthetic benchmark photo folder (default: the held-out data/photos/val)")
@@ -231,14 +233,25 @@ def plot_reliability(path: Path, results: dict[str, Any], taus: Sequence[float],
     save_figure(path, fig)
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the evaluation; returns the exit status (0 ok, 2 bad input)."""
+    """Run the evaluation; returns the exit status (0 ok, 2 bad input, 130 interrupted).
+
+    Arguments and ``--out`` are checked before the photos and the model are loaded.
+    """
     args = build_parser().parse_args(argv)
     from diffmatch.evaluation.datasets import build_subsets, parse_corruptions
     from diffmatch.matcher import DiffMatcher
 
+    corruptions = parse_corruptions(args.corruptions)
+    for flag, value, least in (("--samples", args.samples, 1), ("--steps", args.steps, 1), ("--num", args.num, 4),
+                               ("--bins", args.bins, 1), ("--limit", args.limit, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{flag} must be >= {least}, got {value}")
+    out = Path(args.out)
+    created = check_out_folder(out)
+    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
-        corruptions = parse_corruptions(args.corruptions)
         subsets = build_subsets("synthetic", args.root, corruptions, args.severity, args.limit, args.seed)
         matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)
         if matcher.calibrator is None:
@@ -246,11 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.checkpoint or 'the bundled checkpoint'} has no confidence calibration "
                 "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
             )
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-    except (InputError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        limit = matcher.model.config.num_train_timesteps
+        if args.steps is not None and args.steps > limit:
+            raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     start = time.perf_counter()
     results = _run(args, matcher, subsets)
     taus = matcher.calibrator.taus

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from diffmatch.io import InputError, load_image
 
@@ -16,7 +16,17 @@ __all__ = ["ImageInput", "resolve_device", "to_image_batch"]
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
-def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
+def _check_finite(values: np.ndarray | torch.Tensor, name: str) -> None:
+    """Refuse NaN and infinite pixel values: one would spread through the whole flow and uncertainty."""
+    finite = np.isfinite(values) if isinstance(values, np.ndarray) else torch.isfinite(values)
+    if not finite.all():
+        raise InputError(
+            f"{name}: {int((~finite).sum())} pixel value(s) are NaN or infinite; images must be finite "
+            "(uint8, uint16, or float in [0, 1])"
+        )
+
+
+def _array_to_tensor(array: np.ndarray, name: str = "image") -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
@@ -26,6 +36,7 @@ def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
     elif array.dtype == np.uint16:
         scaled = array.astype(np.float32) / 65535.0
     elif np.issubdtype(array.dtype, np.floating):
+        _check_finite(array, name)
         scaled = array.astype(np.float32)
     else:
         raise InputError(f"image array dtype must be uint8, uint16 or float, got {array.dtype}")
@@ -41,15 +52,16 @@ def _to_rgb(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _one_image(image: ImageInput) -> torch.Tensor:
+def _one_image(image: ImageInput, name: str) -> torch.Tensor:
     if isinstance(image, (str, os.PathLike)):
-        return _array_to_tensor(load_image(Path(image)))
+        return _array_to_tensor(load_image(Path(image)), name)
     if isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)  # upright, as load_image reads files
         if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
-        return _array_to_tensor(np.asarray(image))
+        return _array_to_tensor(np.asarray(image), name)
     if isinstance(image, np.ndarray):
-        return _array_to_tensor(image)
+        return _array_to_tensor(image, name)
     raise InputError(
         f"unsupported image type {type(image).__name__}; expected a path, PIL image, array or tensor"
     )
@@ -60,10 +72,11 @@ def to_image_batch(images: ImageInput | list[ImageInput], name: str = "image") -
 
     Accepted: a path, a PIL image, an ``(H, W[, C])`` uint8/uint16/float array, a ``(C, H, W)`` or
     ``(B, C, H, W)`` tensor (uint8 or float in ``[0, 1]``) with ``C`` in 1, 3, 4, or a list of those
-    with one size. Grayscale is replicated and alpha is dropped.
+    with one size. Grayscale is replicated and alpha is dropped. Files and PIL images are turned
+    upright by their EXIF orientation.
 
     Raises:
-        InputError: unreadable file, wrong shape, dtype or mixed sizes.
+        InputError: unreadable file, wrong shape, dtype or mixed sizes, NaN or infinite values.
     """
     if isinstance(images, torch.Tensor):
         tensor = images
@@ -74,16 +87,17 @@ def to_image_batch(images: ImageInput | list[ImageInput], name: str = "image") -
                 f"{name} tensor must be (C, H, W) or (B, C, H, W) with C in 1, 3, 4, got {tuple(images.shape)}"
             )
         tensor = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+        _check_finite(tensor, name)
         return _to_rgb(tensor)
     if isinstance(images, (list, tuple)):
         if not images:
             raise InputError(f"{name}: empty list of images")
-        batch = [_one_image(im) for im in images]
+        batch = [_one_image(im, name) for im in images]
         sizes = {tuple(b.shape[-2:]) for b in batch}
         if len(sizes) > 1:
             raise InputError(f"{name}: images in one batch must share a size, got {sorted(sizes)}")
         return torch.stack(batch)
-    return _one_image(images).unsqueeze(0)
+    return _one_image(images, name).unsqueeze(0)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

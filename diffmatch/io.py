@@ -10,7 +10,11 @@ chosen by the file extension:
 * ``.npz``: ``flow`` plus optional ``valid``, ``uncertainty`` and ``samples``.
 
 Every writer is atomic: data goes to a temporary file in the same folder, which then replaces the
-target, so an interrupted run never leaves a half-written file.
+target, so an interrupted run never leaves a half-written file; :func:`atomic_folder` does the same
+for a folder of files.
+
+Images are read upright: an EXIF orientation tag (a phone photo stored sideways) is applied when
+reading, as PIL's ``ImageOps.exif_transpose`` does, so flows live on the image as it is displayed.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,8 +34,10 @@ import numpy as np
 __all__ = [
     "InputError",
     "FLOW_FORMATS",
+    "atomic_folder",
     "atomic_open",
     "atomic_write_bytes",
+    "exif_orientation",
     "load_image",
     "save_image",
     "read_flow",
@@ -73,6 +80,50 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
 
 
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike, merge: bool = False) -> Iterator[Path]:
+    """A hidden temporary folder whose files appear in ``folder`` only if the block succeeds.
+
+    Write a set of files into the yielded folder. If the block raises (``KeyboardInterrupt``
+    included), the temporary folder and everything in it is removed and ``folder`` is left as it was.
+
+    Args:
+        folder: where the files belong.
+        merge: ``False``: the temporary folder (``.NAME.XXXX.partial`` beside ``folder``) replaces
+            ``folder`` as a whole, in one rename (an existing ``folder`` is moved aside first and
+            removed after). ``True``: ``folder`` is kept (it may hold other files, e.g. a
+            user-given output folder); the temporary folder is made inside it and each file is
+            moved in with an atomic rename at the end, replacing a file of the same name.
+
+    Yields:
+        The temporary folder to write into.
+    """
+    folder = Path(folder)
+    if merge:
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".diffmatch.", suffix=".partial", dir=folder))
+    else:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        yield staging
+        if merge:
+            for path in sorted(staging.iterdir()):
+                os.replace(path, folder / path.name)
+            staging.rmdir()
+        else:
+            old = None
+            if folder.is_dir() and not folder.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+                os.replace(folder, old / folder.name)
+            os.replace(staging, folder)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _atomic_with_buffer(path: str | os.PathLike, fill: Callable[[io.BytesIO], None]) -> None:
     buffer = io.BytesIO()
     fill(buffer)
@@ -87,20 +138,60 @@ def _require_file(path: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- images
+_EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation tag (1..8) of an image file; 1 (upright) when it has none or PIL cannot read it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:  # reads the header only
+            value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """``(H, W[, C])`` pixels as stored, turned upright for EXIF ``orientation`` (as ``ImageOps.exif_transpose``)."""
+    if orientation == 2:
+        image = image[:, ::-1]
+    elif orientation == 3:
+        image = image[::-1, ::-1]
+    elif orientation == 4:
+        image = image[::-1]
+    elif orientation == 5:
+        image = image.swapaxes(0, 1)
+    elif orientation == 6:
+        image = np.rot90(image, -1)
+    elif orientation == 7:
+        image = image[::-1, ::-1].swapaxes(0, 1)
+    elif orientation == 8:
+        image = np.rot90(image, 1)
+    return np.ascontiguousarray(image)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Load an image as ``(H, W, 3)`` uint8 RGB.
+    """Load an image as ``(H, W, 3)`` uint8 RGB, upright.
 
     Grayscale is replicated to three channels, an alpha channel is dropped, and 16-bit images are
-    scaled to 8 bits.
+    scaled to 8 bits. An EXIF orientation tag is applied (:func:`exif_orientation`), so a phone photo
+    stored sideways is read as it is displayed.
 
     Raises:
-        InputError: the file is missing or cannot be decoded.
+        InputError: the file is missing or cannot be decoded, or a floating-point image holds NaN
+            or infinite values.
     """
     path = _require_file(path)
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # pixels as stored
     if image is None:
         raise InputError(f"{path}: not a readable image")
+    image = _apply_orientation(image, exif_orientation(path))
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        bad = int((~np.isfinite(image)).any(axis=-1).sum() if image.ndim == 3 else (~np.isfinite(image)).sum())
+        raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite")
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:

@@ -265,18 +265,23 @@ class DiffMatcher:
         passes = self.two_pass if two_pass is None else _two_pass_config(two_pass)
         src, tgt = self._pair(source, target)
         if passes is None:
-            return self._match_tensors(src, tgt, num_samples, num_steps, generator, eta, tau, refiner)
-        generators = generator if isinstance(generator, list) else [generator] * src.shape[0]
-        results = [
-            match_two_pass(
-                lambda s, t, g=g: self._match_tensors(s, t, num_samples, num_steps, g, eta, tau, refiner),
-                src[i : i + 1],
-                tgt[i : i + 1],
-                passes,
-            )[0]
-            for i, g in enumerate(generators)
-        ]
-        return results[0] if len(results) == 1 else concatenate_results(results)
+            result = self._match_tensors(src, tgt, num_samples, num_steps, generator, eta, tau, refiner)
+        else:
+            generators = generator if isinstance(generator, list) else [generator] * src.shape[0]
+            result = concatenate_results(
+                [
+                    match_two_pass(
+                        lambda s, t, g=g: self._match_tensors(s, t, num_samples, num_steps, g, eta, tau, refiner),
+                        src[i : i + 1],
+                        tgt[i : i + 1],
+                        passes,
+                    )[0]
+                    for i, g in enumerate(generators)
+                ]
+            )
+        if reason is not None:
+            result.no_confidence_reason = reason  # what require_confidence() says
+        return result
 
     def _match_tensors(
         self,

@@ -34,6 +34,7 @@ __all__ = [
     "Condition",
     "DiffMatch",
     "LEGACY_MODEL",
+    "clamp_mean",
     "config_from_dict",
     "config_from_stored",
     "expand_generators",
@@ -67,8 +68,9 @@ class DiffMatchConfig:
             output flows to the image with ``align_corners=True``, as the official code.
         flow_scale: the diffusion runs on this multiple of the normalised flow (see
             :class:`~diffmatch.diffusion.FlowDiffusion`); 1 is the paper's setting.
-        clamp_flow: clamp every sampled normalised flow to ``[-1, 1]`` (the official code clamps the
-            mean of its hypotheses; the two agree unless hypotheses straddle the bound).
+        clamp_flow: clamp the mean of the sampled normalised hypotheses to ``[-1, 1]``, as the
+            official code does (:func:`clamp_mean`: each hypothesis is moved by its pixel's clamp of
+            the mean, so the variance is kept).
         use_local_cost: condition on the local cost (ablation: Table 4 II).
         use_init_flow: condition on ``F_init`` and predict a residual on it (ablation: Table 4 III).
         diffusion: train and sample as a diffusion model; ``False`` is direct regression (Table 3).
@@ -416,9 +418,8 @@ class DiffMatch(nn.Module):
         out = self.diffusion.sample(
             denoise, (b * num_samples, 2, c, c), num_steps, eta, generators, init.device, init.dtype, start
         )
-        if self.config.clamp_flow:
-            out = out.clamp(-1.0, 1.0)
-        return out.view(b, num_samples, 2, c, c)
+        out = out.view(b, num_samples, 2, c, c)
+        return clamp_mean(out) if self.config.clamp_flow else out
 
     @torch.no_grad()
     def forward(
@@ -460,6 +461,27 @@ def _drop_feature_weights(module: nn.Module, state: dict[str, Any], prefix: str,
 
 def _ignore_missing_feature_weights(module: nn.Module, incompatible: Any) -> None:
     incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if ".features." not in f".{k}"]
+
+
+def clamp_mean(samples: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """Hypotheses moved so that their mean is clamped to ``[-bound, bound]``, as the official code clamps.
+
+    The official sampler averages its ``N`` hypotheses and clamps that mean to ``[-1, 1]``
+    (``ddim_sample_loop``, then ``run_sample_lr``); clamping each hypothesis instead differs
+    wherever they straddle the bound. Every hypothesis of a pixel is moved by the same amount, the
+    mean's clamp there: the mean becomes the official flow, and the spread (the uncertainty) is kept.
+
+    Args:
+        samples: ``(B, N, 2, h, w)`` normalised flows (target grid, ``target(x) ≈ source(x + flow(x))``).
+        bound: the clamp.
+
+    Returns:
+        ``(B, N, 2, h, w)``, the same hypotheses shifted per pixel and component.
+    """
+    if samples.ndim != 5 or samples.shape[2] != 2:
+        raise ValueError(f"samples must be (B, N, 2, h, w), got {tuple(samples.shape)}")
+    mean = samples.mean(dim=1, keepdim=True)
+    return samples + (mean.clamp(-bound, bound) - mean)
 
 
 def expand_generators(

@@ -11,7 +11,9 @@ only moves matches by a few pixels (on large images it runs coarse to fine from 
 processing size, see ``coarsest_side``): large errors of the coarse flow stay as they are, and the
 result depends on the coarse flow being roughly right, which is DiffMatch's job.
 
-It runs on the CPU (OpenCV); tensors on another device are moved there and back.
+It runs on the CPU (OpenCV); tensors on another device are moved there and back. It keeps within
+PyTorch's thread count (``torch.get_num_threads()``): that many flows are refined side by side, or
+fewer flows with several OpenCV threads each (:mod:`diffmatch.threads`).
 
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x; tensors are
 ``(B, 2, H, W)``.
@@ -19,7 +21,6 @@ Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, cha
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ import torch
 from diffmatch.baselines import to_gray_uint8
 from diffmatch.geometry import check_flow, resize_flow
 from diffmatch.result import MatchResult
+from diffmatch.threads import opencv_threads
 
 __all__ = ["VariationalRefiner"]
 
@@ -149,8 +151,11 @@ class VariationalRefiner:
         def refine(k: int) -> np.ndarray:
             return self._refine_pyramid(pyramids[k // n], work[k])
 
-        # OpenCV releases the GIL: the flows are refined side by side (about 1.5x faster on 2 cores).
-        with ThreadPoolExecutor(max_workers=max(1, min(len(work), os.cpu_count() or 1))) as pool:
+        # OpenCV releases the GIL: the flows are refined side by side, within PyTorch's thread budget
+        # (diffmatch.threads): k flows at once with budget // k OpenCV threads each, never more in all.
+        budget = max(1, torch.get_num_threads())
+        workers = max(1, min(len(work), budget))
+        with opencv_threads(budget // workers), ThreadPoolExecutor(max_workers=workers) as pool:
             refined = list(pool.map(refine, range(len(work))))
         out = torch.from_numpy(np.stack(refined)).permute(0, 3, 1, 2)
         if resized:

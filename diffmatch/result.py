@@ -73,6 +73,8 @@ class MatchResult:
         matches: for a sparse matcher, one :class:`SparseMatches` per pair of the batch, the matches
             its dense ``flow`` was interpolated from; geometry estimators
             (:mod:`diffmatch.matches`) then use them instead of sampling the dense flow.
+        no_confidence_reason: why ``confidence`` is ``None``, when the matcher knows (e.g. a
+            calibration fitted on refined flows and a ``refine=False`` result); :meth:`require_confidence` says it.
     """
 
     flow: torch.Tensor
@@ -82,18 +84,20 @@ class MatchResult:
     confidence: torch.Tensor | None = None
     confidence_tau: float | None = None
     matches: list[SparseMatches] | None = None
+    no_confidence_reason: str | None = None
 
     def require_confidence(self) -> torch.Tensor:
-        """``confidence``, or a clear error when the model that made this result has none.
+        """``confidence``, or a clear error saying why this result has none.
 
         Raises:
-            ValueError: no calibrated confidence (a :class:`~diffmatch.confidence.MissingCalibrationError`).
+            ValueError: no calibrated confidence (a :class:`~diffmatch.confidence.MissingCalibrationError`),
+                with :attr:`no_confidence_reason` when the matcher gave one.
         """
         if self.confidence is None:
-            raise MissingCalibrationError(
-                "this result has no confidence: the checkpoint is not calibrated "
-                "(add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
+            reason = self.no_confidence_reason or (
+                "the checkpoint is not calibrated (add one with `python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
             )
+            raise MissingCalibrationError(f"this result has no confidence: {reason}")
         return self.confidence
 
     @classmethod

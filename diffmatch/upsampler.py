@@ -26,7 +26,7 @@ from diffmatch.denoiser import DenoiserConfig, FlowDenoiser
 from diffmatch.diffusion import FlowDiffusion, Generators
 from diffmatch.features import Features
 from diffmatch.geometry import check_flow, from_grid, resize_flow, to_grid
-from diffmatch.model import DiffMatch, DiffMatchConfig, expand_generators
+from diffmatch.model import DiffMatch, DiffMatchConfig, clamp_mean, expand_generators
 from diffmatch.result import MatchResult
 
 __all__ = [
@@ -282,9 +282,8 @@ class FlowUpsampler(nn.Module):
         out = self.diffusion.sample(
             denoise, (b * n, 2, s, s), num_steps, eta, generator, init.device, init.dtype, start
         )
-        if self.clamp_flow:
-            out = out.clamp(-1.0, 1.0)
-        return out.view(b, n, 2, s, s)
+        out = out.view(b, n, 2, s, s)
+        return clamp_mean(out) if self.clamp_flow else out
 
 
 class CascadeDiffMatch(DiffMatch):

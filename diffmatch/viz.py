@@ -115,6 +115,35 @@ def uncertainty_to_color(uncertainty: np.ndarray, vmax: float | None = None, leg
     return _with_color_bar(image, top) if legend else image
 
 
+def _has_glyph(font: Any, char: str) -> bool:
+    """Whether ``font`` draws ``char`` itself rather than its placeholder box (PIL's default font lacks "²")."""
+    missing = font.getmask("\U0010fffd")  # a private-use code point no font draws
+    drawn = font.getmask(char)
+    return drawn.size != missing.size or bytes(drawn) != bytes(missing)
+
+
+def _draw_label(draw: Any, xy: tuple[int, int], text: str, font: Any, size: int, ink: bool = True) -> int:
+    """Draw ``text`` (``None`` ``draw``: only measure) and return the right edge of its ink.
+
+    A trailing "²" that the font cannot draw is written as a raised "2" in a smaller size, so the
+    unit reads px² with any font.
+    """
+    from PIL import ImageFont
+
+    parts = [(text, font, 0)]
+    if text.endswith("²") and not _has_glyph(font, "²"):
+        small = ImageFont.load_default(size=max(6, round(size * 0.65)))
+        parts = [(text[:-1], font, 0), ("2", small, -round(size * 0.15))]
+    x, y = xy
+    right = x
+    for part, face, dy in parts:
+        if ink:
+            draw.text((x, y + dy), part, fill="black", font=face)
+        right = max(right, draw.textbbox((x, y + dy), part, font=face)[2])
+        x += round(draw.textlength(part, font=face))
+    return right
+
+
 def _with_color_bar(image: np.ndarray, top: float) -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFont
 
@@ -123,18 +152,20 @@ def _with_color_bar(image: np.ndarray, top: float) -> np.ndarray:
         return image
     size = int(np.clip(h // 28, 10, 24))
     font = ImageFont.load_default(size=size)
-    unit = "px²" if isinstance(font, ImageFont.FreeTypeFont) else "px^2"  # the bitmap font lacks "²"
+    unit = "px²" if isinstance(font, ImageFont.FreeTypeFont) else "px^2"  # the bitmap font has no sizes
     labels = (f"{top:.3g} {unit}", "0")
-    gap, bar = max(3, h // 64), max(8, h // 24)
-    width = int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font) for t in labels)) + 6
+    gap, bar, pad = max(3, h // 64), max(8, h // 24), 3
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width = max(_draw_label(measure, (0, 0), t, font, size, ink=False) for t in labels) + 2 * pad
     ramp = np.linspace(255, 0, h).round().astype(np.uint8)[:, None].repeat(bar, axis=1)
     colors = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
     canvas = Image.new("RGB", (w + gap + bar + width, h), "white")
     canvas.paste(Image.fromarray(image), (0, 0))
     canvas.paste(Image.fromarray(colors), (w + gap, 0))
     draw = ImageDraw.Draw(canvas)
-    draw.text((w + gap + bar + 3, 0), labels[0], fill="black", font=font)
-    draw.text((w + gap + bar + 3, h - size - 3), labels[1], fill="black", font=font)
+    left = w + gap + bar + pad
+    _draw_label(draw, (left, round(size * 0.15)), labels[0], font, size)
+    _draw_label(draw, (left, h - size - 3), labels[1], font, size)
     return np.asarray(canvas)
 
 

@@ -205,18 +205,23 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
 
 
 def export_weights(
-    checkpoint: str | os.PathLike, out: str | os.PathLike, half: bool = False, ema: bool = True
+    checkpoint: str | os.PathLike, out: str | os.PathLike, half: bool | None = None, ema: bool = True
 ) -> Path:
     """Turn a Lightning ``.ckpt`` (or exported file) into a small inference file, written atomically.
 
     Args:
         checkpoint: source checkpoint.
         out: destination ``.pt`` file.
-        half: store floating-point tensors as float16 (halves the size; loaded back as float32).
+        half: store floating-point tensors as float16 (halves the size; loaded back as float32);
+            ``False``: as float32; ``None``: as the checkpoint stores them (float16 when all of its
+            floating-point weights are, as in a file exported with ``half=True``).
         ema: export the denoiser's moving average when the checkpoint has one, else the trained
             weights (:func:`read_cascade_checkpoint`).
     """
-    config, upsampler, _ = read_cascade_checkpoint(checkpoint)
+    config, upsampler, state = read_cascade_checkpoint(checkpoint, ema=ema)
+    if half is None:
+        floats = [v for v in state.values() if v.is_floating_point()]
+        half = bool(floats) and all(v.dtype == torch.float16 for v in floats)
     model = _build(config, upsampler)
     load_model_weights(model, checkpoint, ema=ema)  # validates before writing anything
     model.config = config

@@ -1,7 +1,7 @@
 """How does the multi-hypothesis uncertainty behave as the number of hypotheses grows?
 
-    python scripts/uncertainty_hypotheses.py --out docs/results/uncertainty           # bundled model
-    python scripts/uncertainty_hypotheses.py --checkpoint PATH --limit 30 --corruptions all --limit 2
+    python scripts/uncertainty_hypotheses.py --out outputs/uncertainty                 # bundled model
+    python scripts/uncertainty_hypotheses.py --checkpoint PATH --corruptions all --limit 2 --out outputs/uncertainty-c
 
 Each pair of the held-out synthetic benchmark is matched once with ``--max-samples`` hypotheses
 (DDIM from independent noise, one seeded generator for the run). For every ``N`` from 1 to that
@@ -16,7 +16,8 @@ per ``N``:
 
 It writes ``hypotheses.json`` and ``error_vs_variance.png`` (target, warped source, error map and
 variance map at the largest ``N``, on ``--figure-pairs`` pairs of different photos spread over the
-levels) into ``--out``.
+levels) into ``--out``. It refuses to overwrite files that git tracks (``docs/results/uncertainty``
+holds the retired demo model's results, which the README shows) unless ``--overwrite-tracked``.
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x.
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -68,6 +70,22 @@ def error_vs_variance_figure(panels: list[dict]) -> plt.Figure:
     return fig
 
 
+def _tracked(paths: list[Path]) -> list[Path]:
+    """Those of ``paths`` that git tracks (none when git or a checkout is not there)."""
+    found = []
+    for path in paths:
+        if not path.parent.is_dir():
+            continue
+        try:
+            proc = subprocess.run(["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent,
+                                  capture_output=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return []
+        if proc.returncode == 0:
+            found.append(path)
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="DiffMatch checkpoint (default: the bundled one)")
@@ -78,10 +96,20 @@ def main() -> None:
     parser.add_argument("--figure-pairs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (e.g. outputs/uncertainty)")
+    parser.add_argument(
+        "--overwrite-tracked", action="store_true",
+        help="allow replacing result files that git tracks (docs/results/uncertainty is the retired demo's)",
+    )
     args = parser.parse_args()
     if args.max_samples < 2:
         parser.error("--max-samples must be >= 2 (a variance needs two hypotheses)")
+    out = Path(args.out)
+    tracked = _tracked([out / "hypotheses.json", out / "error_vs_variance.png"])
+    if tracked and not args.overwrite_tracked:
+        parser.exit(2, f"error: --out {out}: would overwrite {', '.join(map(str, tracked))}, tracked by git "
+                       "(results shown in the README); choose another folder, e.g. outputs/uncertainty, "
+                       "or pass --overwrite-tracked\n")
 
     matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)
     corruptions = parse_corruptions(args.corruptions)
@@ -135,13 +163,12 @@ def main() -> None:
     seconds = time.perf_counter() - start
 
     summary = {
-        "checkpoint": args.checkpoint or "bundled",
+        "checkpoint": args.checkpoint or "checkpoints/diffmatch_xfeat.pt (bundled)",
         "corruptions": list(corruptions),
         "pairs": index,
         "seconds": seconds,
         "rows": {n: {key: float(np.mean(v)) if v else None for key, v in row.items()} for n, row in rows.items()},
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / "hypotheses.json", "w") as handle:
         json.dump(summary, handle, indent=2)

@@ -159,6 +159,11 @@ def test_confidence_only_for_flows_made_as_the_calibration_was(tiny_model, tmp_p
     other = matcher.match(src, tgt, num_samples=2, num_steps=2, refine=not fitted_refined)
     assert other.confidence is None
     fitted = "with" if fitted_refined else "without"
+    # The result says why it has none: the refinement differs, not a missing calibration (#29 item 8).
+    with pytest.raises(MissingCalibrationError) as missing:
+        other.require_confidence()
+    assert f"calibrated {fitted} the sub-pixel refinement" in str(missing.value)
+    assert "not calibrated" not in str(missing.value)
     with pytest.raises(MissingCalibrationError, match=f"calibrated {fitted} the sub-pixel refinement"):
         matcher.match(src, tgt, num_samples=2, num_steps=2, refine=not fitted_refined, confidence_tau=3.0)
     switched = DiffMatcher.from_checkpoint(path, device="cpu", refine=not fitted_refined)

@@ -192,6 +192,16 @@ def test_missing_vgg16_weights_say_what_to_download(tmp_path: Path, monkeypatch:
     assert convert_official.main([str(sr), str(tmp_path / "out.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "vgg16-397923af.pth" in err and "\n" not in err
+    # The command's own flag, not the Python argument (#29 item 10).
+    assert "or pass --vgg16 /path/to/vgg16-397923af.pth" in err and "weights=" not in err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_out_that_is_a_folder_is_refused_before_converting(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert convert_official.main([str(tmp_path / "absent.pt"), str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path}: is a folder; give a file name, e.g. {tmp_path / 'model.pt'}"
+    ]
 
 
 def _offline(*args, **kwargs):

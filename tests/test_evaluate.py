@@ -340,3 +340,43 @@ def test_runner_scores_poses_of_pairs_without_ground_truth_flow():
     failed = evaluate_pair(matcher, item, torch.device("cpu"))
     assert failed.pose_error == math.inf
     assert summarize([metrics, failed])["pose_auc5"] == pytest.approx(0.5, abs=0.01)
+
+
+# ------------------------------------------------------------------ checked before the work (#29)
+def test_out_that_is_a_file_is_refused_before_the_benchmark_runs(tmp_path, capsys):
+    blocker = tmp_path / "results.txt"
+    blocker.write_text("not a folder")
+    # The checkpoint does not exist: an --out check made after loading would report that instead.
+    argv = ["--dataset", "synthetic", "--methods", "checkpoint", "--checkpoint", str(tmp_path / "missing.pt"),
+            "--out", str(blocker)]
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [f"error: --out {blocker}: exists and is not a folder"]
+
+
+def test_steps_beyond_the_model_are_refused_before_any_pair(tmp_path, checkpoint, capsys):
+    out = tmp_path / "eval"
+    code, stdout, err = _run(["--dataset", "synthetic", "--methods", "checkpoint", "--checkpoint", str(checkpoint),
+                              "--steps", "9", "--limit", "1", "--out", str(out)], capsys)
+    assert code == 2 and stdout == ""
+    assert err.strip().splitlines() == ["error: --steps must be in [1, 5] for this model, got 9"]
+    assert not out.exists()
+
+
+def test_evaluate_confidence_checks_out_before_loading(tmp_path, capsys):
+    from diffmatch.evaluate_confidence import main as confidence_main
+
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    code = confidence_main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(blocker)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: --out {blocker}: exists and is not a folder"]
+
+
+def test_evaluate_confidence_needs_a_calibrated_checkpoint(tmp_path, checkpoint, capsys):
+    from diffmatch.evaluate_confidence import main as confidence_main
+
+    code = confidence_main(["--checkpoint", str(checkpoint), "--limit", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "has no confidence calibration" in err[0], err
+    assert not (tmp_path / "o").exists()

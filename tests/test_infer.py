@@ -207,7 +207,7 @@ def test_api_bad_inputs_raise_value_error(checkpoint, tmp_path):
         matcher.match(np.zeros((8, 8, 5), np.uint8), np.zeros((8, 8, 3), np.uint8))
 
 
-def test_interrupted_run_leaves_no_partial_files(tmp_path, checkpoint, images, monkeypatch):
+def test_interrupted_run_leaves_no_partial_files(tmp_path, checkpoint, images, monkeypatch, capsys):
     import diffmatch.cli.infer as cli
 
     def explode(*args, **kwargs):
@@ -215,12 +215,43 @@ def test_interrupted_run_leaves_no_partial_files(tmp_path, checkpoint, images, m
 
     monkeypatch.setattr(cli, "write_flow", explode)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(out), "--checkpoint",
-                    str(checkpoint), "--no-viz"])
-    for path in out.iterdir():
-        assert not path.name.endswith(".tmp"), path
-        np.load(path)  # whatever was written is complete
+    code = infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(out), "--checkpoint",
+                       str(checkpoint), "--no-viz"])
+    assert code == 130 and capsys.readouterr().err.strip().startswith("interrupted")
+    assert not out.exists()  # flow.npy and uncertainty.npy were written, but never published; --out was new
+
+
+def test_pairs_file_honours_quotes_tabs_and_relative_paths(tmp_path, checkpoint, photo, capsys):
+    names = ["my photo.png", "a,b.png", "#1.png", "it's.png"]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, name in enumerate(names):
+        cv2.imwrite(str(folder / name), cv2.cvtColor(photo[i : i + 64, : 72], cv2.COLOR_RGB2BGR))
+    pairs = folder / "pairs.txt"
+    pairs.write_text(
+        "# source target\n"
+        '"my photo.png" "a,b.png"   # spaces and a comma, quoted\n'
+        "'#1.png', \"it's.png\"\n"
+        f"my photo.png\t{folder / '#1.png'}\n"  # a tab: both fields literal, the second absolute
+    )
+    out = tmp_path / "out"
+    code = infer_main(["--pairs", str(pairs), "--out", str(out), "--checkpoint", str(checkpoint), "--no-viz",
+                       "--samples", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["0000_my photo_a,b", "0001_#1_it's", "0002_my photo_#1"]
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('"my photo.png b.png', "pairs.txt:1: unclosed \" quote"),
+    ("my photo.png b.png", "pairs.txt:1: expected 'source target', got 3 path(s)"),
+])
+def test_bad_pairs_line_is_one_line_before_the_model_loads(tmp_path, line, message, capsys):
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text(line + "\n")
+    code = infer_main(["--pairs", str(pairs), "--out", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "no.pt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 def test_zero_shot_matcher_through_cli(tmp_path, images):
@@ -235,3 +266,71 @@ def test_zero_shot_matcher_through_cli(tmp_path, images):
     # A model path the matcher does not use is an impossible option.
     assert infer_main(["--matcher", "dino", "--dino-model", str(dino), "--sd-model", str(dino), "--source",
                        str(images[0]), "--target", str(images[1]), "--out", str(tmp_path / "o2")]) == 2
+
+
+# ----------------------------------------------------------------------- upright and finite inputs (#29)
+def _tagged(path, image: np.ndarray, orientation: int, **save) -> None:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(image).save(path, exif=exif.tobytes(), **save)
+
+
+def test_exif_rotated_photo_is_matched_upright(tmp_path, checkpoint, photo):
+    # A phone photo stored sideways with orientation 6 (the reproduction): its pixels are the
+    # upright picture rotated 90° counter-clockwise, and the tag says "rotate 90° clockwise to display".
+    upright_src, upright_tgt = photo[:96, :112], photo[10:90, 8:120]
+    tmp = tmp_path
+    cv2.imwrite(str(tmp / "src.png"), cv2.cvtColor(upright_src, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp / "tgt.png"), cv2.cvtColor(upright_tgt, cv2.COLOR_RGB2BGR))
+    _tagged(tmp / "src_sideways.png", np.rot90(upright_src, 1), 6)
+    _tagged(tmp / "tgt_sideways.jpg", np.rot90(upright_tgt, 1), 6, quality=98)
+    base = ["--checkpoint", str(checkpoint), "--samples", "2", "--no-viz", "--flow-format", "npy"]
+    assert infer_main(["--source", str(tmp / "src.png"), "--target", str(tmp / "tgt.png"), "--out", str(tmp / "a"), *base]) == 0
+    assert infer_main(["--source", str(tmp / "src_sideways.png"), "--target", str(tmp / "tgt.png"), "--out",
+                       str(tmp / "b"), *base]) == 0
+    np.testing.assert_array_equal(np.load(tmp / "b" / "flow.npy"), np.load(tmp / "a" / "flow.npy"))
+    assert infer_main(["--source", str(tmp / "src.png"), "--target", str(tmp / "tgt_sideways.jpg"), "--out",
+                       str(tmp / "c"), *base]) == 0
+    assert np.load(tmp / "c" / "flow.npy").shape == (80, 112, 2)  # the upright target's grid
+
+
+def test_pil_image_with_an_exif_orientation_is_used_upright(photo):
+    from PIL import Image
+
+    from diffmatch.inputs import to_image_batch
+
+    upright = photo[:40, :64]
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated 90° clockwise: "rotate 90° counter-clockwise to display"
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(upright, -1)))
+    sideways.info["exif"] = exif.tobytes()
+    sideways.getexif()[0x0112] = 8
+    batch = to_image_batch(sideways)
+    assert batch.shape == (1, 3, 40, 64)
+    torch.testing.assert_close(batch, to_image_batch(upright))
+
+
+@pytest.mark.parametrize("kind", ["array", "tensor"])
+def test_nan_or_inf_pixels_are_refused(checkpoint, photo, kind):
+    matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu")
+    image = photo[:64, :80].astype(np.float32) / 255
+    bad = image.copy()
+    bad[10:20, 10:20] = np.nan
+    bad[0, 0, 0] = np.inf
+    source = bad if kind == "array" else torch.from_numpy(bad).permute(2, 0, 1)
+    with pytest.raises(InputError, match=r"source: 301 pixel value\(s\) are NaN or infinite"):
+        matcher.match(source, image)
+
+
+def test_nan_pixels_in_an_image_file_fail_that_pair_in_one_line(tmp_path, checkpoint, images, capsys):
+    nan = tmp_path / "nan.tiff"
+    values = np.full((80, 112), 0.5, np.float32)
+    values[:10, :10] = np.nan
+    cv2.imwrite(str(nan), values)
+    code = infer_main(["--source", str(images[0]), "--target", str(nan), "--out", str(tmp_path / "o"),
+                       "--checkpoint", str(checkpoint), "--no-viz"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "nan.tiff: 100 pixel(s) are NaN or infinite" in err[0]
+    assert not (tmp_path / "o" / "flow.npy").exists()

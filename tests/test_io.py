@@ -98,3 +98,29 @@ def test_atomic_open_leaves_nothing_on_failure(tmp_path):
             handle.write(b"half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- EXIF orientation (#29)
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_load_image_applies_the_exif_orientation_as_pil_does(tmp_path, photo, orientation):
+    from PIL import Image, ImageOps
+
+    stored = photo[:40, :64]  # not square: a rotation changes the shape
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "tagged.png"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    with Image.open(path) as image:
+        upright = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    loaded = load_image(path)
+    assert loaded.shape == upright.shape
+    np.testing.assert_array_equal(loaded, upright)
+
+
+def test_float_image_with_nan_is_refused(tmp_path):
+    image = np.full((20, 30), 0.5, np.float32)
+    image[3:5, 4:7] = np.nan
+    path = tmp_path / "nan.tiff"
+    assert cv2.imwrite(str(path), image)
+    with pytest.raises(InputError, match=r"nan\.tiff: 6 pixel\(s\) are NaN or infinite"):
+        load_image(path)

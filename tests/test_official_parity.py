@@ -21,8 +21,13 @@ checkout of the official repository at 045ea83, on CPU in float32, importing its
   fine maps, ``local_feat_sr`` + ``build_local_corr_sr`` and the same DDIM loop (``n_batch=3``).
 
 A wrapper around each U-Net recorded its input noise, timesteps and outputs at every step. Both
-final samples stay inside [-1, 1] (checked when writing), so the official clamp of the mean and ours
-of each hypothesis agree here.
+final samples stay inside [-1, 1] (checked when writing), so they do not exercise the final clamp.
+
+``fixtures/official_clamp.pt`` (about 0.1 MB) does: ``scripts/make_official_clamp_fixture.py`` runs
+the official ``ddim_sample_loop`` (imported from a checkout at 045ea83) with the stage-1 U-Net above,
+its final conv scaled by 10 and ``F_init`` moved towards the right edge, so that the 3 hypotheses
+leave [-1, 1] and straddle the bound at 58 of the 256 cells. The official code clamps their mean;
+clamping each hypothesis (what this project did before) misses its final flow by up to 0.105.
 """
 
 from __future__ import annotations
@@ -34,10 +39,24 @@ import torch
 
 from diffmatch.convert_official import official_to_denoiser
 from diffmatch.features import Features
+from diffmatch.model import Condition, DiffMatch, clamp_mean
 from diffmatch.upsampler import CascadeDiffMatch
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_parity.pt"
+CLAMP_FIXTURE = Path(__file__).parent / "fixtures" / "official_clamp.pt"
 TOL = 1e-4
+STAGE1 = {
+    "features": "vgg16",
+    "feature_kwargs": {"weights": "random", "levels": ["pool2"], "half_levels": []},
+    "image_size": 64,
+    "cost_size": 16,
+    "init_flow": "hard",
+    "radius": 4,
+    "local_cost_order": "x_major",
+    "resize": "official",
+    "clamp_flow": True,
+    "denoiser": {"base_channels": 4, "norm_groups": 4, "attention_resolutions": [4, 2], "num_heads": 4},
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,20 +66,8 @@ def official() -> dict:
 
 @pytest.fixture(scope="module")
 def model(official: dict) -> CascadeDiffMatch:
-    config = {
-        "features": "vgg16",
-        "feature_kwargs": {"weights": "random", "levels": ["pool2"], "half_levels": []},
-        "image_size": 64,
-        "cost_size": 16,
-        "init_flow": "hard",
-        "radius": 4,
-        "local_cost_order": "x_major",
-        "resize": "official",
-        "clamp_flow": True,
-        "denoiser": {"base_channels": 4, "norm_groups": 4, "attention_resolutions": [4, 2], "num_heads": 4},
-    }
     upsampler = {"size": 32, "radius": 4, "refine": "mean", "normalize_after_sampling": True}
-    model = CascadeDiffMatch(config, upsampler).eval()
+    model = CascadeDiffMatch(STAGE1, upsampler).eval()
     model.denoiser.load_state_dict(official_to_denoiser(official["stage1_state_dict"], model.denoiser))
     model.upsampler.denoiser.load_state_dict(
         official_to_denoiser(official["upsampler_state_dict"], model.upsampler.denoiser)
@@ -124,3 +131,37 @@ def test_upsampler_matches_official(model: CascadeDiffMatch, official: dict) -> 
 
 def test_fixture_is_small() -> None:
     assert FIXTURE.stat().st_size < 1_000_000
+    assert CLAMP_FIXTURE.stat().st_size < 200_000
+
+
+@torch.no_grad()
+def test_stage1_clamps_the_mean_of_the_hypotheses_as_the_official_code(official: dict) -> None:
+    """Official mode (``clamp_flow``) on hypotheses beyond [-1, 1]: the official loop's final flow (#29 item 11)."""
+    fixture = torch.load(CLAMP_FIXTURE, map_location="cpu", weights_only=True)
+    model = DiffMatch(STAGE1).eval()
+    model.denoiser.load_state_dict(official_to_denoiser(official["stage1_state_dict"], model.denoiser))
+    for parameter in model.denoiser.unet.conv_out.parameters():  # the official "out.2", scaled as in the fixture
+        parameter.mul_(fixture["residual_scale"])
+    cond = Condition(init_flow=fixture["init_flow"], local_cost=fixture["local_cost"], features=(None, None))
+    calls, handle = _record(model.denoiser)
+    try:
+        samples = model.sample_normalized(cond, 3, 5, init_noise=fixture["noise"][None])
+    finally:
+        handle.remove()
+    hypotheses = fixture["hypotheses"]
+    _close(calls[-1][1], hypotheses, "the hypotheses' last x0 predictions")
+    # The fixture exercises the clamp: hypotheses straddle the bound, and clamping each one misses.
+    assert ((hypotheses > 1).any(0) & (hypotheses < 1).any(0)).sum() > 20
+    assert (hypotheses.clamp(-1, 1).mean(0) - fixture["sample"][0]).abs().max() > 0.05
+    _close(samples.mean(1), fixture["sample"], "final flow (the clamped mean of 3 hypotheses)")
+    # Each hypothesis moves by its cell's clamp of the mean: the spread, the uncertainty, is the official one.
+    _close(samples[0] - samples[0].mean(0), hypotheses - hypotheses.mean(0), "hypotheses around their mean")
+
+
+def test_clamp_mean_moves_hypotheses_together() -> None:
+    samples = torch.tensor([0.8, 1.4, 1.1]).view(1, 3, 1, 1, 1).expand(1, 3, 2, 1, 1).clone()
+    clamped = clamp_mean(samples)
+    torch.testing.assert_close(clamped.mean(1), torch.ones(1, 2, 1, 1))
+    torch.testing.assert_close(clamped - clamped.mean(1, keepdim=True), samples - samples.mean(1, keepdim=True))
+    inside = torch.rand(2, 4, 2, 3, 3) - 0.5
+    assert torch.equal(clamp_mean(inside), inside)

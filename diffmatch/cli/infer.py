@@ -17,16 +17,35 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diffmatch.io import FLOW_FORMATS, InputError, atomic_open, load_image, save_image, write_flow
+from diffmatch.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    OneLineArgumentParser,
+    check_out_folder,
+    describe_os_error,
+    one_line_errors,
+    print_error,
+    remove_empty_folders,
+)
+from diffmatch.io import (
+    FLOW_FORMATS,
+    InputError,
+    atomic_folder,
+    atomic_open,
+    load_image,
+    save_image,
+    write_flow,
+)
+from diffmatch.threads import configure_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffmatch.result import MatchResult
@@ -41,6 +60,7 @@ __all__ = [
     "parse_args",
     "read_pairs_file",
     "remove_empty_folders",
+    "split_pairs_line",
     "upsample_result",
     "write_outputs",
 ]
@@ -50,11 +70,8 @@ MATCHERS = ("diffmatch", "dift", "dino", "fused")
 # (README, "Inference on your own images": about 1.1 GB plus 0.38 GB of RAM (0.14 GB with --no-refine) and
 # 20 MB of output per megapixel).
 LARGE_IMAGE_MP = 12.0
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        self.exit(2, f"error: {message} (see --help)\n")
+# Write errors that end the run: no later pair could be written either.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _image_size(text: str) -> int | str:
@@ -67,7 +84,7 @@ def _image_size(text: str) -> int | str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = _Parser(prog="infer.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="infer.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", help="source image (the flow points into it)")
     parser.add_argument("--target", help="target image (the flow lives on its grid)")
     parser.add_argument("--pairs", help="text file with one 'source target' pair per line")
@@ -123,50 +140,74 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_out_folder(out: Path) -> list[Path]:
-    """Make sure files can be written in ``out``, creating it (and missing parents) if needed.
+def split_pairs_line(line: str) -> list[str]:
+    """The fields of one pairs-file line.
 
-    Returns:
-        The folders this created, deepest first, for :func:`remove_empty_folders` if the run stops early.
+    A line with a tab is split at tabs, each field taken literally (spaces, quotes, commas and ``#``
+    included). Otherwise fields are separated by spaces or commas, shell-style: ``"..."`` or
+    ``'...'`` keep spaces, commas and ``#`` inside a path, ``#`` at the start of a field begins a
+    comment, and backslashes are literal (Windows paths).
 
     Raises:
-        InputError: one line naming ``out`` and why it cannot take the outputs.
+        InputError: an unclosed quote.
     """
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    created = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        remove_empty_folders(created)
-        raise InputError(f"--out {out}: cannot write there ({err.strerror or type(err).__name__})") from None
-    return created
-
-
-def remove_empty_folders(folders: list[Path]) -> None:
-    """Remove each of ``folders`` (deepest first) that exists and is empty."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            pass
+    if "\t" in line:
+        fields = []
+        for field in (f.strip() for f in line.split("\t")):
+            if field.startswith("#"):
+                break
+            if field:
+                fields.append(field)
+        return fields
+    fields, current, quote, started = [], [], None, False
+    for char in line:
+        if quote is not None:
+            if char == quote:
+                quote = None
+            else:
+                current.append(char)
+        elif char in "\"'":
+            quote, started = char, True
+        elif char.isspace() or char == ",":
+            if started:
+                fields.append("".join(current))
+                current, started = [], False
+        elif char == "#" and not started:
+            break
+        else:
+            current.append(char)
+            started = True
+    if quote is not None:
+        raise InputError(f"unclosed {quote} quote")
+    if started:
+        fields.append("".join(current))
+    return fields
 
 
 def read_pairs_file(path: str | Path) -> list[tuple[Path, Path]]:
-    """Read ``source target`` lines (``#`` comments and blank lines allowed); relative paths are relative to the file."""
+    """Read ``source target`` lines (see :func:`split_pairs_line`; blank lines and ``#`` comments allowed).
+
+    Relative paths are relative to the pairs file's folder, not to the working directory.
+
+    Raises:
+        InputError: a missing or empty file, or a line without exactly two paths (names the line).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: pairs file not found")
     pairs = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
+        try:
+            parts = split_pairs_line(line)
+        except InputError as err:
+            raise InputError(f"{path}:{number}: {err} in {line.strip()!r}") from None
+        if not parts:
             continue
-        parts = line.replace(",", " ").split()
         if len(parts) != 2:
-            raise InputError(f"{path}:{number}: expected 'source target', got {line!r}")
+            raise InputError(
+                f"{path}:{number}: expected 'source target', got {len(parts)} path(s) in {line.strip()!r} "
+                "(quote paths with spaces, commas or '#', or separate the two with a tab)"
+            )
         pairs.append(tuple((path.parent / p) if not Path(p).is_absolute() else Path(p) for p in parts))
     if not pairs:
         raise InputError(f"{path}: no pairs listed")
@@ -336,18 +377,53 @@ def _large_image_warning(path: Path, image: np.ndarray) -> str | None:
     )
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
+    """Run ``infer.py``; returns the exit status.
+
+    0: every pair written; 1: a pair failed (the others are written) or the disk is full (the run
+    stops); 2: bad arguments, checked before the model loads; 130: interrupted (Ctrl-C). Each pair's
+    files appear together or not at all (:func:`~diffmatch.io.atomic_folder`).
+    """
     args = parse_args(argv)
     out = Path(args.out)
     created: list[Path] = []
     try:
         created = check_out_folder(out)  # before the model loads: a bad --out costs nothing
         pairs = read_pairs_file(args.pairs) if args.pairs else [(Path(args.source), Path(args.target))]
+        configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
         run = _build_matcher(args)  # once, for every pair
     except (InputError, ValueError) as err:
         remove_empty_folders(created)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print_error(err)
+        return EXIT_USAGE
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    try:
+        failed = _match_pairs(args, out, pairs, run)
+    except BaseException:  # Ctrl-C, a full disk: leave no empty folder behind
+        remove_empty_folders(created)
+        raise
+    if failed:
+        if len(pairs) > 1:
+            print_error(f"{failed} of {len(pairs)} pairs failed")
+        return EXIT_FAILED
+    return 0
+
+
+def _match_pairs(
+    args: argparse.Namespace,
+    out: Path,
+    pairs: list[tuple[Path, Path]],
+    run: Callable[[np.ndarray, np.ndarray, int], MatchResult],
+) -> int:
+    """Match and write every pair; returns how many failed.
+
+    Raises:
+        OSError: the disk is full or read-only: no later pair could be written either (the pairs
+            written so far are complete).
+    """
     from tqdm import tqdm
 
     if args.samples == 1 and args.matcher == "diffmatch":
@@ -366,16 +442,21 @@ def main(argv: list[str] | None = None) -> int:
             result = run(small_source, small_target, index)
             scale = (source.shape[0] / small_source.shape[0], source.shape[1] / small_source.shape[1])
             result = upsample_result(result, target.shape[:2], scale, samples=args.flow_format == "npz")
-            written = write_outputs(
-                folder, result, source, target, args.flow_format, not args.no_viz, args.min_confidence
-            )
+            # --pairs: the pair's folder appears whole; one pair: its files join --out together.
+            with atomic_folder(folder, merge=not args.pairs) as staging:
+                written = write_outputs(
+                    staging, result, source, target, args.flow_format, not args.no_viz, args.min_confidence
+                )
         except (InputError, ValueError) as err:
             failed += 1
             tqdm.write(f"error: pair {index} ({src_path} -> {tgt_path}): {err}", file=sys.stderr)
             continue
+        except OSError as err:
+            if err.errno in _DISK_ERRORS:
+                done = f"; pairs 0..{index - 1} are written" if index else ""
+                raise OSError(err.errno, f"{err.strerror} (pair {index}{done})", err.filename) from None
+            failed += 1
+            tqdm.write(f"error: pair {index} ({src_path} -> {tgt_path}): {describe_os_error(err)}", file=sys.stderr)
+            continue
         tqdm.write(f"wrote {folder}{os.sep}{', '.join(written)}")
-    if failed:
-        if len(pairs) > 1:
-            print(f"error: {failed} of {len(pairs)} pairs failed", file=sys.stderr)
-        return 1
-    return 0
+    return failed

@@ -3,23 +3,36 @@
 Everything the trainer takes works as usual: ``--trainer.devices 4 --trainer.strategy ddp``,
 ``--trainer.num_nodes 2`` (SLURM is detected by Lightning), ``--ckpt_path last`` to resume, and
 loggers chosen in config (CSV by default; ``configs/loggers/wandb.yaml`` or ``tensorboard.yaml``).
+
+:func:`run` is ``train.py``'s entry point: a config that needs a missing backbone wheel, dataset root
+or file, a setting the trainer refuses (``--trainer.max_steps -5``) or a truncated ``--ckpt_path``
+stops with one line and exit status 2, before any training; Ctrl-C outside Lightning's own handling
+exits with status 130.
 """
 
 from __future__ import annotations
 
 import netrc
 import os
-from typing import Any
+import zipfile
+from pathlib import Path
+from typing import Any, NoReturn
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from diffmatch.cli.common import EXIT_INTERRUPTED, one_line_errors
 from diffmatch.data import PairDataModule
+from diffmatch.io import InputError
 from diffmatch.training import AtomicCheckpointIO, DiffMatchModule
 
-__all__ = ["DiffMatchCLI", "StepProgressBar", "main"]
+__all__ = ["DiffMatchCLI", "OneLineArgumentParser", "StepProgressBar", "check_resume_checkpoint", "main", "run"]
+
+# ``--ckpt_path`` values Lightning resolves itself rather than reading as a file.
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 def _wandb_offline_without_key() -> None:
@@ -51,6 +64,29 @@ class StepProgressBar(TQDMProgressBar):
         return total
 
 
+def check_resume_checkpoint(path: str | os.PathLike | None) -> None:
+    """Refuse a ``--ckpt_path`` that cannot be resumed from, before the model is set up and trained.
+
+    ``None`` and the names Lightning resolves itself (``last``, ``best``, ``hpc``, ``registry``, URLs)
+    pass. A file must exist and be a complete PyTorch zip archive (what ``torch.save`` and Lightning
+    write); a truncated copy lacks the archive's directory at its end.
+
+    Raises:
+        InputError: one line naming the file and what is wrong with it.
+    """
+    if path is None or str(path) in _SPECIAL_CKPT_PATHS or "://" in str(path):
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"--ckpt_path {path}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise InputError(f"--ckpt_path {path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"--ckpt_path {path}: empty file, not a checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"--ckpt_path {path}: truncated or damaged checkpoint (not a complete PyTorch file)")
+
+
 class DiffMatchCLI(LightningCLI):
     """LightningCLI whose trainer writes checkpoints atomically unless the config sets its own plugins,
     and shows a :class:`StepProgressBar` unless the config sets its own progress bar."""
@@ -62,7 +98,27 @@ class DiffMatchCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             # CSV by default (Lightning would pick TensorBoard whenever it is installed).
             kwargs.setdefault("logger", CSVLogger(save_dir=trainer_config.get("default_root_dir") or "."))
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # e.g. --trainer.max_steps -5
+            raise InputError(f"trainer settings: {err}") from None
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check ``--ckpt_path`` before LightningCLI reads its settings from the file."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_resume_checkpoint(self.config[subcommand].get("ckpt_path"))
+
+
+class OneLineArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, whose errors are one line on stderr (no 70-line usage block), status 2."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)
+        text = " ".join(str(message).split())
+        self.exit(2, f"error: {text} (see {self.prog.replace(' [options]', '')} --help)\n")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         given = config.get("callbacks") or []
@@ -86,8 +142,45 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     return DiffMatchCLI(
         DiffMatchModule,
         PairDataModule,
+        parser_class=OneLineArgumentParser,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
     )
+
+
+def _input_error(err: BaseException | None) -> InputError | None:
+    """The :class:`InputError` behind ``err`` (jsonargparse wraps errors raised while building configs)."""
+    seen = []
+    while err is not None and not isinstance(err, InputError) and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return err if isinstance(err, InputError) else None
+
+
+@one_line_errors
+def run(args: list[str] | None = None) -> int:
+    """``train.py``: run the training CLI and return its exit status.
+
+    A missing backbone wheel, dataset root or file, a setting the trainer refuses, or a
+    ``--ckpt_path`` that cannot be resumed from is one line on stderr and status 2 (not a traceback);
+    Ctrl-C is status 130 (during fit after Lightning's own one-line graceful shutdown; checkpoints
+    are written atomically, so none is half-written). Other exceptions are bugs and keep their traceback.
+    """
+    try:
+        main(args)
+    except SystemExit as exit_:
+        # Ctrl-C during fit: Lightning shuts down gracefully, says so in one line and exits 1 from
+        # inside its `except KeyboardInterrupt`; keep its line and give the shell's status for Ctrl-C.
+        if isinstance(exit_.__context__, KeyboardInterrupt):
+            return EXIT_INTERRUPTED
+        raise
+    except MisconfigurationException as err:  # Lightning's word for a bad setting, also raised in fit
+        raise InputError(str(err).strip()) from None
+    except Exception as err:
+        cause = _input_error(err)
+        if cause is None:
+            raise
+        raise cause from None
+    return 0

@@ -172,13 +172,19 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
     """Instantiate the named methods; DiffMatch's checkpoint is loaded once for all that use it.
 
     Raises:
-        InputError: bad options, or a model that cannot be loaded.
+        InputError: bad options (``num_steps`` beyond the model's ``T`` included), or a model that
+            cannot be loaded.
     """
     if options.num_samples < 1 or (options.num_steps is not None and options.num_steps < 1):
         raise InputError(
             f"--samples and --steps must be >= 1, got {options.num_samples} and {options.num_steps}"
         )
     matcher = _load_diffmatcher(options) if any(n in MATCHER_METHODS for n in names) else None
+    sampled = any(n in ("checkpoint", "checkpoint-unrefined") for n in names)
+    if sampled and options.num_steps is not None:
+        limit = matcher.model.config.num_train_timesteps
+        if options.num_steps > limit:  # before any pair runs, not once per pair
+            raise InputError(f"--steps must be in [1, {limit}] for this model, got {options.num_steps}")
     methods: list[Method] = []
     for name in names:
         if name in ("checkpoint", "checkpoint-unrefined", "checkpoint-two-pass"):

@@ -2,26 +2,42 @@
 
 Every zero-shot extractor takes ``pretrained_model_name_or_path``: either a local directory (used as
 is, never touching the network) or a Hub model id. A model id is first looked up in the local cache
-only; the network is tried only when the caller allows it and the process is not offline
-(``HF_HUB_OFFLINE``). Any failure becomes a single :class:`~diffmatch.io.InputError` that names the
-model id and says where to put the files.
+only; the network is tried only when the caller allows it, the process is not offline
+(``HF_HUB_OFFLINE``) and the Hub answers a connection within a few seconds (otherwise the Hub
+client would retry for about half a minute before failing). Any failure becomes a single
+:class:`~diffmatch.io.InputError` that names the model id and the installed ``huggingface_hub``'s
+download command (:func:`download_command`).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import urllib.request
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn.functional as F
 
 from diffmatch.io import InputError
 
-__all__ = ["hub_offline", "load_pretrained", "as_size", "resize_image", "pad_to_multiple", "crop_to_image"]
+__all__ = [
+    "as_size",
+    "crop_to_image",
+    "download_command",
+    "hub_offline",
+    "hub_reachable",
+    "load_pretrained",
+    "pad_to_multiple",
+    "resize_image",
+]
 
 T = TypeVar("T")
+HUB_PROBE_SECONDS = 3.0  # a reachable Hub answers a TCP connection well within this
 
 
 def hub_offline() -> bool:
@@ -30,6 +46,47 @@ def hub_offline() -> bool:
         os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
         for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     )
+
+
+def download_command() -> str:
+    """The download command of the installed ``huggingface_hub``: ``hf download`` (0.34 and later), else
+    ``huggingface-cli download`` (the older name, removed in 1.0)."""
+    try:
+        version = metadata.version("huggingface_hub")
+    except metadata.PackageNotFoundError:
+        return "hf download"
+    parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:2]]
+    return "hf download" if tuple(parts) >= (0, 34) else "huggingface-cli download"
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers/transformers
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the Hugging Face Hub (``HF_ENDPOINT``), or the proxy that reaches it, accepts a connection.
+
+    One TCP connection with a short timeout: without it, an offline machine spends about half a
+    minute in the Hub client's retries before failing.
+    """
+    parts = urlsplit(_hub_endpoint())
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme) if host else None
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxy_parts.hostname, proxy_parts.port or 80
+    if not host:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _looks_like_path(name: str) -> bool:
@@ -86,7 +143,7 @@ def load_pretrained(
     if _looks_like_path(name):
         raise InputError(f"{name}: no such {what} model directory")
     hint = (
-        f"download it with `huggingface-cli download {name} --local-dir DIR` and pass `{cli_flag} DIR` "
+        f"download it with `{download_command()} {name} --local-dir DIR` and pass `{cli_flag} DIR` "
         f"(pretrained_model_name_or_path=DIR), or set HF_HOME to the cache that holds it"
     )
     try:
@@ -98,6 +155,11 @@ def load_pretrained(
             f"{what} model {name!r} is not in the local Hugging Face cache ({_cache_dir()}) and downloads are "
             f"off; {hint} ({_reason(first)})"
         ) from None
+    if not hub_reachable():
+        raise InputError(
+            f"{what} model {name!r} is not in the local Hugging Face cache ({_cache_dir()}) and the Hub "
+            f"({_hub_endpoint()}) cannot be reached; {hint}"
+        )
     try:
         return loader(name, False)
     except Exception as err:  # network down, repository gated or renamed, ...

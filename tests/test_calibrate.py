@@ -1,0 +1,65 @@
+"""``python -m diffmatch.calibrate`` as a user meets it: arguments and --out checked first, one line on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from diffmatch.calibrate import main as calibrate_main
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = ROOT / "data" / "photos" / "train"
+
+
+def _err_lines(capsys) -> list[str]:
+    return [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--corrupted", "2"], "--corrupted is a share of the pairs, in [0, 1], got 2"),
+        (["--corrupted", "-0.5"], "--corrupted is a share of the pairs, in [0, 1], got -0.5"),
+        (["--samples", "0"], "--samples must be >= 1"),
+        (["--out", "FOLDER"], "is a folder; give a file name"),
+        (["--taus", "1,x"], "--taus must be a comma list of numbers, got '1,x'"),
+        (["--taus", "1,5"], "--default-tau 3.0 must be one of --taus (1.0, 5.0)"),
+        (["--cues", "variance,colour"], "--cues must be 'auto' or a comma list of"),
+        (["--pairs", "2"], "need --pairs >= 4 and --pixels >= 10"),
+    ],
+)
+def test_bad_argument_or_out_is_one_line_before_the_model_loads(tmp_path, capsys, extra, message):
+    # The checkpoint does not exist: only a check made before loading it can report the argument.
+    extra = [str(tmp_path) if a == "FOLDER" else a for a in extra]
+    argv = [str(tmp_path / "missing.pt"), "--out", str(tmp_path / "cal.pt"), *extra]
+    assert calibrate_main(argv) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_steps_beyond_the_model_are_refused_before_matching(tmp_path, checkpoint, capsys):
+    argv = [str(checkpoint), "--out", str(tmp_path / "cal.pt"), "--steps", "9", "--photos", str(PHOTOS)]
+    assert calibrate_main(argv) == 2
+    err = _err_lines(capsys)
+    assert err == ["error: --steps must be in [1, 5] for this model, got 9"]
+    assert not (tmp_path / "cal.pt").exists()
+
+
+def test_benchmark_photos_are_refused(tmp_path, checkpoint, capsys):
+    argv = [str(checkpoint), "--out", str(tmp_path / "cal.pt"), "--photos", str(ROOT / "data" / "photos" / "val")]
+    assert calibrate_main(argv) == 2
+    err = _err_lines(capsys)
+    assert len(err) == 1 and "these are the benchmark's held-out photos" in err[0], err
+
+
+def test_a_model_that_is_wrong_everywhere_is_one_line(tmp_path, checkpoint, capsys):
+    # The random tiny model is within 0.01 px nowhere, as a briefly trained model is within 1 px nowhere.
+    out = tmp_path / "cal.pt"
+    argv = [str(checkpoint), "--out", str(out), "--photos", str(PHOTOS), "--pairs", "4", "--size", "64",
+            "--pixels", "50", "--samples", "2", "--taus", "0.01", "--default-tau", "0.01", "--no-refine",
+            "--device", "cpu"]
+    assert calibrate_main(argv) == 1
+    err = [x for x in _err_lines(capsys) if not x.startswith(("matching ", "  pair "))]
+    assert len(err) == 1 and "cannot calibrate at τ = 0.01 px: none of the 200 pixels is within it" in err[0], err
+    assert not out.exists()
