@@ -121,6 +121,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the sub-pixel refinement of DiffMatch's flow at full resolution (faster, coarser; "
         "README, 'Sub-pixel refinement')",
     )
+    parser.add_argument(
+        "--two-pass", action="store_true",
+        help="match large viewpoint changes in two passes: the source warped by the first pass's homography "
+        "is matched again where that helps (README, 'Two-pass matching')",
+    )
     parser.add_argument("--matcher", default="diffmatch", choices=MATCHERS, help="zero-shot matchers need --sd-model/--dino-model")
     parser.add_argument("--sd-model", help="Stable Diffusion folder or hub id (dift, fused)")
     parser.add_argument("--dino-model", help="DINOv2 folder or hub id (dino, fused)")
@@ -335,7 +340,11 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         from diffmatch.matcher import DiffMatcher
 
         matcher = DiffMatcher.from_checkpoint(
-            args.checkpoint, device=args.device, image_size=args.image_size, refine=False if args.no_refine else None
+            args.checkpoint,
+            device=args.device,
+            image_size=args.image_size,
+            refine=False if args.no_refine else None,
+            two_pass=args.two_pass,
         )
         reason = matcher.confidence_unavailable()
         if args.min_confidence is not None and reason is not None:
@@ -355,8 +364,9 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         raise InputError(f"--min-confidence needs --matcher diffmatch with a calibrated checkpoint, not {args.matcher}")
     if args.image_size is not None:
         raise InputError(f"--image-size applies to --matcher diffmatch, not {args.matcher}")
-    if args.no_refine:
-        raise InputError(f"--no-refine applies to --matcher diffmatch, not {args.matcher}")
+    if args.no_refine or args.two_pass:
+        flag = "--no-refine" if args.no_refine else "--two-pass"
+        raise InputError(f"{flag} applies to --matcher diffmatch, not {args.matcher}")
     from diffmatch.inputs import resolve_device
     from diffmatch.zeroshot import ZeroShotMatcher
 
