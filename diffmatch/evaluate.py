@@ -49,6 +49,7 @@ from diffmatch.evaluation.runner import PoseOptions, run_evaluation
 from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError
 from diffmatch.metrics import SPARSIFICATION_INTERVALS
+from diffmatch.precision import check_precision
 
 __all__ = ["build_parser", "main"]
 
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of DiffMatch sampling and corruption noise")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument(
+        "--precision", default="32", choices=("32", "bf16", "16"),
+        help="dtype of DiffMatch's networks (default 32; 16 needs CUDA); the cost volume and flows stay float32",
+    )
+    parser.add_argument(
         "--pose-matches", type=int, default=5000, help="pose benchmarks: matches given to the essential matrix (default 5000)"
     )
     parser.add_argument(
@@ -129,6 +134,7 @@ def _settings(
         "limit": args.limit,
         "seed": args.seed,
         "device": str(device),
+        "precision": args.precision,
         "pose": {"matches": args.pose_matches, "estimator": args.pose_estimator, "threshold_px": args.pose_threshold},
         "sparsification_intervals": SPARSIFICATION_INTERVALS,
         "versions": {
@@ -153,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = parse_methods(args.methods)
         corruptions = parse_corruptions(args.corruptions)
         device = resolve_device(args.device)
+        check_precision(args.precision, device)
         subsets = build_subsets(
             args.dataset, args.root, corruptions, args.severity, args.limit, args.seed, args.protocol
         )
@@ -162,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_steps=args.steps,
             seed=args.seed,
             device=device,
+            precision=args.precision,
             sd_model=args.sd_model,
             dino_model=args.dino_model,
         )

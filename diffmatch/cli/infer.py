@@ -104,6 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the sub-pixel refinement of DiffMatch's flow at full resolution (faster, coarser; "
         "README, 'Sub-pixel refinement')",
     )
+    parser.add_argument(
+        "--precision", default="32", choices=("32", "bf16", "16"),
+        help="dtype of DiffMatch's networks: 32 (default), bf16 (CUDA, or a CPU with native bfloat16) or 16 "
+        "(CUDA only); the cost volume and flows stay float32 (README, 'Speed and memory')",
+    )
     parser.add_argument("--matcher", default="diffmatch", choices=MATCHERS, help="zero-shot matchers need --sd-model/--dino-model")
     parser.add_argument("--sd-model", help="Stable Diffusion folder or hub id (dift, fused)")
     parser.add_argument("--dino-model", help="DINOv2 folder or hub id (dino, fused)")
@@ -294,7 +299,8 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         from diffmatch.matcher import DiffMatcher
 
         matcher = DiffMatcher.from_checkpoint(
-            args.checkpoint, device=args.device, image_size=args.image_size, refine=False if args.no_refine else None
+            args.checkpoint, device=args.device, image_size=args.image_size, refine=False if args.no_refine else None,
+            precision=args.precision,
         )
         reason = matcher.confidence_unavailable()
         if args.min_confidence is not None and reason is not None:
@@ -316,6 +322,8 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         raise InputError(f"--image-size applies to --matcher diffmatch, not {args.matcher}")
     if args.no_refine:
         raise InputError(f"--no-refine applies to --matcher diffmatch, not {args.matcher}")
+    if args.precision != "32":
+        raise InputError(f"--precision applies to --matcher diffmatch, not {args.matcher}")
     from diffmatch.inputs import resolve_device
     from diffmatch.zeroshot import ZeroShotMatcher
 
