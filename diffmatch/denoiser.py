@@ -148,7 +148,7 @@ class FlowDenoiser(nn.Module):
             local_cost: ``(B, K, h, w)`` local cost, or ``None`` when the model has none.
 
         Returns:
-            ``(B, 2, h, w)`` predicted normalised clean flow ``F_0``.
+            ``(B, 2, h, w)`` predicted normalised clean flow ``F_0``, float32 whatever the U-Net's dtype.
         """
         scale = self.flow_scale
         parts = [noisy_flow]
@@ -160,7 +160,8 @@ class FlowDenoiser(nn.Module):
                 raise ValueError(f"local_cost must have {self.cost_channels} channels, got {got}")
             parts.append(local_cost)
         t = timestep.float() * self.timestep_scale if self.config.rescale_timesteps else timestep
-        residual = self.unet(torch.cat(parts, dim=1), t).sample
+        # The U-Net runs in its weights' dtype (diffmatch.precision); flows stay float32.
+        residual = self.unet(torch.cat(parts, dim=1).to(self.unet.dtype), t).sample.float()
         if scale != 1.0:
             residual = residual / scale
         return init_flow + residual if self.use_init_flow else residual

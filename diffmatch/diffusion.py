@@ -121,13 +121,43 @@ class FlowDiffusion:
         # All noise is drawn up front, per item, so results do not depend on the batch composition.
         noise = draw_noise((shape[0], num_steps + 1, *shape[1:]), generator, device, dtype)
         start = noise[:, 0] if init_noise is None else init_noise.to(device=device, dtype=dtype)
+        return self.sample_from(denoise, start, num_steps, eta, noise[:, 1:])
+
+    def sample_from(
+        self,
+        denoise: Denoise,
+        start: torch.Tensor,
+        num_steps: int,
+        eta: float = 0.0,
+        step_noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The DDIM loop from a given starting noise ``F_T``; a pure function of its inputs when ``eta = 0``.
+
+        :meth:`sample` draws the noise and calls this; the ONNX export
+        (:mod:`diffmatch.onnx_export`) traces it with the steps unrolled and ``start`` as an input.
+
+        Args:
+            denoise: ``denoise(F_t, t) -> F_0``, as in :meth:`sample`.
+            start: ``(B, 2, h, w)`` standard normal ``F_T``.
+            num_steps: number of DDIM steps, ``1 <= num_steps <= T``.
+            eta: DDIM stochasticity.
+            step_noise: ``(B, num_steps, 2, h, w)`` noise of each step; needed only when ``eta > 0``.
+
+        Returns:
+            The final normalised ``F_0`` estimate, ``(B, 2, h, w)``.
+        """
+        if not 1 <= num_steps <= self.num_train_timesteps:
+            raise ValueError(f"num_steps must be in [1, {self.num_train_timesteps}], got {num_steps}")
+        if eta > 0 and step_noise is None:
+            raise ValueError("eta > 0 needs step_noise")
         sample = start * self.scheduler.init_noise_sigma
         timesteps = self.visited_timesteps(num_steps)
         for i, t in enumerate(timesteps):
-            timestep = torch.full((shape[0],), t, device=device, dtype=torch.long)
+            timestep = torch.full((start.shape[0],), t, device=start.device, dtype=torch.long)
             clean = denoise(sample, timestep) * self.flow_scale
             prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-            sample = self.ddim_step(clean, sample, t, prev, eta, noise[:, i + 1])
+            noise = None if step_noise is None else step_noise[:, i]
+            sample = self.ddim_step(clean, sample, t, prev, eta, noise)
         return sample / self.flow_scale
 
     def visited_timesteps(self, num_steps: int) -> list[int]:
@@ -141,7 +171,7 @@ class FlowDiffusion:
         return [round(last - i * last / (num_steps - 1)) for i in range(num_steps)]
 
     def ddim_step(
-        self, clean: torch.Tensor, sample: torch.Tensor, t: int, prev: int, eta: float, noise: torch.Tensor
+        self, clean: torch.Tensor, sample: torch.Tensor, t: int, prev: int, eta: float, noise: torch.Tensor | None
     ) -> torch.Tensor:
         """One DDIM update from timestep ``t`` to ``prev`` (paper Eq. 3); ``prev = -1`` means ``ᾱ = 1``.
 
@@ -155,7 +185,7 @@ class FlowDiffusion:
             t: current timestep.
             prev: next timestep, or ``-1`` after the last.
             eta: DDIM stochasticity.
-            noise: standard normal noise of ``sample``'s shape (used when ``eta > 0``).
+            noise: standard normal noise of ``sample``'s shape (used, and needed, when ``eta > 0``).
         """
         alphas = self.scheduler.alphas_cumprod
         a_t = alphas[t].to(sample.device, torch.float32)
@@ -164,5 +194,7 @@ class FlowDiffusion:
         eps = (sample - a_t.sqrt() * clean) / (1 - a_t).sqrt()
         out = a_prev.sqrt() * clean + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
         if eta > 0:
+            if noise is None:
+                raise ValueError("eta > 0 needs noise")
             out = out + sigma * noise
         return out.to(sample.dtype)

@@ -58,6 +58,7 @@ from diffmatch.evaluation.runner import PoseOptions, run_evaluation
 from diffmatch.inputs import resolve_device
 from diffmatch.io import InputError
 from diffmatch.metrics import SPARSIFICATION_INTERVALS
+from diffmatch.precision import check_precision
 from diffmatch.threads import configure_threads
 
 __all__ = ["build_parser", "main"]
@@ -96,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of DiffMatch sampling and corruption noise")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument(
+        "--precision", default="32", choices=("32", "bf16", "16"),
+        help="dtype of DiffMatch's networks (default 32; 16 needs CUDA); the cost volume and flows stay float32",
+    )
+    parser.add_argument(
         "--pose-matches", type=int, default=5000, help="pose benchmarks: matches given to the essential matrix (default 5000)"
     )
     parser.add_argument(
@@ -132,6 +137,7 @@ def _settings(
         "limit": args.limit,
         "seed": args.seed,
         "device": str(device),
+        "precision": args.precision,
         "pose": {"matches": args.pose_matches, "estimator": args.pose_estimator, "threshold_px": args.pose_threshold},
         "sparsification_intervals": SPARSIFICATION_INTERVALS,
         "versions": {
@@ -160,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = parse_methods(args.methods)
     corruptions = parse_corruptions(args.corruptions)
     device = resolve_device(args.device)
+    check_precision(args.precision, device)
+    if args.pose_matches < 5 or args.pose_threshold <= 0:
+        raise InputError(
+            f"--pose-matches must be >= 5 and --pose-threshold > 0, got {args.pose_matches} and {args.pose_threshold}"
+        )
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
     created = check_out_folder(args.out)
@@ -174,13 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_steps=args.steps,
             seed=args.seed,
             device=device,
+            precision=args.precision,
             sd_model=args.sd_model,
             dino_model=args.dino_model,
         )
-        if args.pose_matches < 5 or args.pose_threshold <= 0:
-            raise InputError(
-                f"--pose-matches must be >= 5 and --pose-threshold > 0, got {args.pose_matches} and {args.pose_threshold}"
-            )
         pose = PoseOptions(args.pose_matches, args.pose_estimator, args.pose_threshold, args.seed)
         methods = build_methods(names, options)
     except BaseException:

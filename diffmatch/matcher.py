@@ -7,6 +7,7 @@ original images, channel 0 = x.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from diffmatch.inputs import ImageInput, resolve_device, to_image_batch
 from diffmatch.io import InputError
 from diffmatch.matches import GeometryEstimate
 from diffmatch.model import DiffMatch
+from diffmatch.precision import Precision, check_precision, native_bf16, precision_dtype
 from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
 from diffmatch.two_pass import TwoPassConfig, concatenate_results, match_two_pass
@@ -91,6 +93,14 @@ class DiffMatcher:
             results made the way its calibration was (:attr:`Calibrator.refined`).
         two_pass: match large viewpoint changes in two passes (:mod:`diffmatch.two_pass`): ``True``
             (its default rule), a :class:`~diffmatch.two_pass.TwoPassConfig`, or ``False``.
+        precision: the dtype of the model's networks (feature extractor and U-Net): ``"32"``
+            (float32), ``"bf16"`` (bfloat16, CUDA or CPU) or ``"16"`` (float16, CUDA only); their
+            weights are cast once, in place. The cost volume, ``F_init``, the DDIM update, the flows
+            and the refinement stay float32 (:mod:`diffmatch.precision`). bfloat16 is fast only
+            where the device has native bfloat16 arithmetic (a warning says when a CPU has not).
+        compile: ``torch.compile`` the denoiser's U-Net (in place, on first use; the first match of
+            each new shape pays the compilation). Opt-in: it helps where kernel launches dominate
+            (small models on a GPU) and costs a compilation per process.
     """
 
     def __init__(
@@ -101,9 +111,24 @@ class DiffMatcher:
         image_size: ImageSize = None,
         refine: bool | VariationalRefiner | None = None,
         two_pass: bool | TwoPassConfig = False,
+        precision: Precision = "32",
+        compile: bool = False,
     ) -> None:
         self.device = resolve_device(device)
-        self.model = model.eval().to(self.device)
+        self.precision = check_precision(precision, self.device)
+        if not isinstance(compile, bool):
+            raise InputError(f"compile must be True or False, got {compile!r}")
+        if self.precision == "bf16" and not native_bf16(self.device):
+            warnings.warn(
+                "precision bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16/AMX), so convolutions "
+                "take a slow fallback, about 10x slower than precision 32",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self.model = model.eval().to(device=self.device, dtype=precision_dtype(self.precision))
+        if compile:
+            self.model.denoiser.unet.compile()  # in place: parameter names (checkpoints) stay as they are
+        self.compiled = compile
         self.calibrator = calibrator
         if refine is None:
             refine = calibrator.refined if calibrator is not None else True
@@ -126,11 +151,14 @@ class DiffMatcher:
         image_size: ImageSize = None,
         refine: bool | VariationalRefiner | None = None,
         two_pass: bool | TwoPassConfig = False,
+        precision: Precision = "32",
+        compile: bool = False,
     ) -> DiffMatcher:
         """Load a Lightning ``.ckpt`` or an exported weights file (``None``: the bundled checkpoint).
 
-        ``image_size``, ``refine``, ``two_pass``: the processing size, the sub-pixel refinement and
-        two-pass matching (see :class:`DiffMatcher`).
+        ``image_size``, ``refine``, ``two_pass``, ``precision``, ``compile``: the processing size, the
+        sub-pixel refinement, two-pass matching, the networks' precision and ``torch.compile`` (see
+        :class:`DiffMatcher`).
 
         A file with a confidence calibration (``python -m diffmatch.calibrate``) gives results with
         ``confidence``; :attr:`calibrator` is ``None`` otherwise.
@@ -141,13 +169,14 @@ class DiffMatcher:
         """
         path = BUNDLED_CHECKPOINT if path is None else Path(path)
         resolved = resolve_device(device)
+        check_precision(precision, resolved)  # before the model loads: a bad option costs nothing
         model = load_checkpoint(path, device="cpu")
         stored = read_calibration(path)
         try:
             calibrator = None if stored is None else calibrator_from_dict(stored)
         except ValueError as err:
             raise InputError(f"{path}: damaged confidence calibration ({err})") from None
-        return cls(model, resolved, calibrator, image_size, refine, two_pass)
+        return cls(model, resolved, calibrator, image_size, refine, two_pass, precision, compile)
 
     @property
     def stride(self) -> int:

@@ -27,6 +27,7 @@ from diffmatch.denoiser import LEGACY_DENOISER, DenoiserConfig, FlowDenoiser
 from diffmatch.diffusion import FlowDiffusion, Generators
 from diffmatch.features import Features, build_features
 from diffmatch.geometry import check_flow, from_grid, to_grid
+from diffmatch.precision import full_precision
 from diffmatch.result import MatchResult
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "config_from_dict",
     "config_from_stored",
     "expand_generators",
+    "network_dtype",
 ]
 
 # Values of settings added after the first checkpoints were written: stored settings without one of
@@ -210,18 +212,26 @@ class DiffMatch(nn.Module):
         return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=antialias)
 
     def _cost_maps(self, features: Features) -> list[torch.Tensor]:
+        # float32 whatever the autocast precision: see condition_from_maps.
         c = self.config.cost_size
         corners = self.config.resize == "official"
-        return [
-            l2_normalize(F.interpolate(f, size=(c, c), mode="bilinear", align_corners=corners))
-            for f in features.coarse
-        ]
+        maps = []
+        for f in features.coarse:
+            with full_precision(f):
+                maps.append(l2_normalize(F.interpolate(f.float(), size=(c, c), mode="bilinear", align_corners=corners)))
+        return maps
 
     def extract(self, source: torch.Tensor, target: torch.Tensor) -> tuple[Features, Features]:
-        """Features of both images, resized to ``image_size`` first; one backbone pass for the pair."""
+        """Features of both images, resized to ``image_size`` first; one backbone pass for the pair.
+
+        The images are resized in their own dtype and then cast to the extractor's (bfloat16 or
+        float16 when the matcher's precision says so, :mod:`diffmatch.precision`); the maps come out
+        in the extractor's dtype.
+        """
         if source.shape[0] != target.shape[0]:
             raise ValueError(f"source and target batch sizes differ: {source.shape[0]} vs {target.shape[0]}")
-        both = self.features(torch.cat((self._prepare(source), self._prepare(target))))
+        images = torch.cat((self._prepare(source), self._prepare(target)))
+        both = self.features(images.to(network_dtype(self.features, images.dtype)))
         b = source.shape[0]
         split = [
             Features([m[:b] for m in both.coarse], None if both.fine is None else both.fine[:b]),
@@ -230,8 +240,10 @@ class DiffMatch(nn.Module):
         return split[0], split[1]
 
     def correlation(self, source_maps: list[torch.Tensor], target_maps: list[torch.Tensor]) -> torch.Tensor:
-        """Global cost averaged over levels (as the official code does), ``(B, c*c, c*c)``."""
-        return torch.stack([global_correlation(s, t) for s, t in zip(source_maps, target_maps)]).mean(0)
+        """Global cost averaged over levels (as the official code does), ``(B, c*c, c*c)``, float32."""
+        with full_precision(source_maps[0]):
+            costs = [global_correlation(s.float(), t.float()) for s, t in zip(source_maps, target_maps)]
+            return costs[0] if len(costs) == 1 else torch.stack(costs).mean(0)
 
     def initial_flow(self, correlation: torch.Tensor) -> torch.Tensor:
         """``F_init`` in cost-grid pixels from the global cost, ``(B, 2, c, c)``."""
@@ -256,14 +268,21 @@ class DiffMatch(nn.Module):
         target_maps: list[torch.Tensor],
         features: tuple[Features, Features] | None = None,
     ) -> Condition:
-        """``F_init`` and the local cost from feature maps already on the cost grid, ``(B, C_l, c, c)`` each."""
+        """``F_init`` and the local cost from feature maps already on the cost grid, ``(B, C_l, c, c)`` each.
+
+        Computed in float32 even under autocast (:mod:`diffmatch.precision`): the soft-argmax divides
+        cosine similarities near 1 by a temperature of 0.005, so a bfloat16 cost (2⁻⁸ resolution)
+        would move ``F_init`` by whole cells; and autocast would cast the ``(c², c²)`` volume to
+        bfloat16 for the matmuls and back to float32 for the softmax and the local cost's sampling.
+        """
         c = self.config.cost_size
-        corr = self.correlation(source_maps, target_maps)
-        init_px = self.initial_flow(corr)
-        local = None
-        if self.config.use_local_cost:
-            x_major = self.config.local_cost_order == "x_major"
-            local = local_correlation(corr, init_px, (c, c), self.config.radius, x_major=x_major)
+        with full_precision(source_maps[0]):
+            corr = self.correlation(source_maps, target_maps)
+            init_px = self.initial_flow(corr)
+            local = None
+            if self.config.use_local_cost:
+                x_major = self.config.local_cost_order == "x_major"
+                local = local_correlation(corr, init_px, (c, c), self.config.radius, x_major=x_major)
         empty = Features(coarse=[], fine=None)
         return Condition(init_flow=init_px / c, local_cost=local, features=features or (empty, empty))
 
@@ -451,6 +470,14 @@ class DiffMatch(nn.Module):
         samples_px = self.from_cost_grid(samples.flatten(0, 1), size_t, size_s).view(b, n, 2, *size_t)
         init_px = self.from_cost_grid(cond.init_flow, size_t, size_s)
         return MatchResult.from_samples(samples_px, init_flow=init_px)
+
+
+def network_dtype(module: nn.Module, default: torch.dtype = torch.float32) -> torch.dtype:
+    """The dtype ``module`` computes in: its first floating-point parameter's (``default`` without one)."""
+    for param in module.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return default
 
 
 def _drop_feature_weights(module: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:

@@ -27,6 +27,7 @@ from diffmatch.diffusion import FlowDiffusion, Generators
 from diffmatch.features import Features
 from diffmatch.geometry import check_flow, from_grid, resize_flow, to_grid
 from diffmatch.model import DiffMatch, DiffMatchConfig, clamp_mean, expand_generators
+from diffmatch.precision import full_precision
 from diffmatch.result import MatchResult
 
 __all__ = [
@@ -164,15 +165,16 @@ class FlowUpsampler(nn.Module):
         return resize_flow(coarse * c, (s, s)) / s
 
     def local_cost(self, source: torch.Tensor, target: torch.Tensor, init_flow: torch.Tensor) -> torch.Tensor:
-        """``(B, (2R+1)², s, s)`` cost of fine features ``(B, C, s, s)`` around normalised ``init_flow``."""
-        return local_feature_correlation(
-            source,
-            target,
-            init_flow * self.config.size,
-            self.config.radius,
-            x_major=self.x_major,
-            normalize_after_sampling=self.config.normalize_after_sampling,
-        )
+        """``(B, (2R+1)², s, s)`` cost of fine features ``(B, C, s, s)`` around normalised ``init_flow``, float32."""
+        with full_precision(source):  # as stage 1's cost (DiffMatch.condition_from_maps)
+            return local_feature_correlation(
+                source.float(),
+                target.float(),
+                init_flow.float() * self.config.size,
+                self.config.radius,
+                x_major=self.x_major,
+                normalize_after_sampling=self.config.normalize_after_sampling,
+            )
 
     def to_fine_grid(self, flow: torch.Tensor, source_size: tuple[int, int]) -> torch.Tensor:
         """Pixel flow at a target's size to normalised flow on the fine grid."""

@@ -1,24 +1,45 @@
-"""Inference speed and memory at 512², against the VGG-16 floor.
+"""Inference speed and memory at 512², side by side: the default model, the paper-size model, the floors.
 
-    python scripts/bench_inference.py                      # bundled checkpoint
-    python scripts/bench_inference.py --checkpoint PATH    # any checkpoint
-    python scripts/bench_inference.py --paper              # also the paper-size model (random weights)
-    python scripts/bench_inference.py --compare OLD.pt     # also another checkpoint, e.g. a retired one
-    python scripts/bench_inference.py --paper --device cuda [--bf16]   # on a GPU (bf16 autocast)
+    python scripts/bench_inference.py                                   # CPU (and CUDA when present)
+    python scripts/bench_inference.py --skip-paper --repeats 3          # without the paper-size model
+    python scripts/bench_inference.py --device cuda --precision 32,bf16,autocast-bf16 --repeats 10
+    python scripts/bench_inference.py --device cpu --precision 32,bf16 --paper-precision 32
+    python scripts/bench_inference.py --checkpoint PATH --compare OLD.pt --image-size 512
+    python scripts/bench_inference.py --json results.json               # also write the rows as JSON
 
-Each measurement runs in a fresh process so that its peak resident memory (``ru_maxrss``, the whole
-process including the Python runtime and torch) is its own; on CUDA the peak is the GPU memory
-allocated by torch (``max_memory_allocated``) and every timing ends with a synchronisation. Prints
-seconds per pair for 1 and 3 samples (each checkpoint's own number of DDIM steps; 5 for the paper
-model), with and without the sub-pixel refinement (``DiffMatcher``'s default, run on the CPU), OpenCV's DIS optical flow (medium preset) on the same pair as the classical reference, the time
-of a plain VGG-16 forward pass (``torchvision.models.vgg16().features``) on the same two images, and
-each row's ratio to it.
+Rows, per device and precision:
+
+* the default model (``--checkpoint``, default the bundled one) on a 512² pair with 1 and 3
+  hypotheses, as ``DiffMatcher.match`` runs it by default: refined, with the calibrated confidence
+  (whose cues include a reverse pass); and the same unrefined (no confidence, so no reverse pass);
+* the paper-size model: ``configs/paper.yaml``'s ``model.model`` built with random VGG-16 weights
+  (``diffmatch.weights.without_pretrained_features``: no ImageNet file is needed, and the weights do
+  not change the time), 1, 2 and 3 samples × 5 DDIM steps, unrefined, against the paper's
+  112 / 123 / 140 ms on its GPU (``--skip-paper`` leaves it out: minutes on a CPU);
+* the VGG-16 floor: a plain ``torchvision.models.vgg16().features`` pass over both images, the
+  least any VGG-based matcher at 512² costs; every row's time is also given as a multiple of it;
+* OpenCV's DIS optical flow (medium preset), the classical reference (CPU only).
+
+``--precision`` lists the precisions of the model rows: ``32``, ``bf16``, ``16`` (CUDA), as
+``DiffMatcher(precision=...)`` runs them (weights cast once; the matching in float32), and
+``autocast-bf16``: the float32 model with the whole match under ``torch.autocast(bfloat16)``, how
+bf16 ran before (kept to compare). ``--compile`` adds compiled rows (``DiffMatcher(compile=True)``;
+the compilation is in the warm-up, not in the time).
+
+Each measurement runs in a fresh process so that its peak memory is its own: on the CPU the peak
+resident memory of the whole process (``ru_maxrss``, Python runtime and torch included), on CUDA the
+GPU memory allocated by torch (``max_memory_allocated``); CUDA timings end with a synchronisation.
+One warm-up call precedes the ``--repeats`` timed calls (the paper rows on a CPU: 1 timed call).
+Besides wall-clock seconds, each row gives the process's CPU seconds (user + system, all threads):
+on a shared machine the wall clock grows with the other jobs, the CPU time much less. The 1-minute
+load average is printed with the CPU rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -28,6 +49,9 @@ from pathlib import Path
 import torch
 
 SIZE = 512
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_MS = {1: 112, 2: 123, 3: 140}  # the paper's GPU timings of its model at 512², ms per pair
+PRECISIONS = ("32", "bf16", "16", "autocast-bf16")
 
 
 def _images() -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,25 +59,37 @@ def _images() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(1, 3, SIZE, SIZE, generator=g), torch.rand(1, 3, SIZE, SIZE, generator=g)
 
 
-def _timed(fn, repeats: int, device: str) -> float:
+def _timed(fn, repeats: int, device: str) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds per call, after one warm-up call."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()  # warm-up
+    fn()  # warm-up (and, with --compile, the compilation)
     sync()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         fn()
     sync()
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - start) / repeats, (time.process_time() - cpu) / repeats
+
+
+def _paper_model():
+    """``configs/paper.yaml``'s model with random backbone weights (same architecture, same time)."""
+    import yaml
+
+    from diffmatch.model import DiffMatch, config_from_dict
+    from diffmatch.weights import without_pretrained_features
+
+    settings = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())["model"]["model"]
+    return DiffMatch(without_pretrained_features(config_from_dict(settings)))
 
 
 def measure(
-    kind: str, checkpoint: str | None, samples: int, repeats: int, device: str = "cpu", bf16: bool = False,
-    image_size: str | None = None, refine: bool = True,
+    kind: str, checkpoint: str | None, samples: int, repeats: int, device: str = "cpu", precision: str = "32",
+    image_size: str | None = None, refine: bool = True, compile: bool = False,
 ) -> dict:
-    """One measurement in this process: ``vgg``, ``model`` or ``paper``."""
+    """One measurement in this process: ``vgg``, ``dis``, ``model`` or ``paper``."""
     torch.set_grad_enabled(False)
     source, target = (x.to(device) for x in _images())
-    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16)
+    autocast = precision == "autocast-bf16"
     if kind == "dis":
         import cv2
 
@@ -67,86 +103,149 @@ def measure(
         net = vgg16(weights=None).features.eval().to(device)
         run = lambda: net(torch.cat([source, target]))  # noqa: E731
     else:
-        from diffmatch.matcher import DiffMatcher, parse_image_size
-        from diffmatch.model import DiffMatch, DiffMatchConfig
+        import warnings
 
-        if kind == "paper":
-            model = DiffMatch(DiffMatchConfig(feature_kwargs={"weights": "random"}))
-            matcher = DiffMatcher(model, device=device, refine=refine)
-        else:
-            size = None if image_size is None else parse_image_size(image_size)
-            matcher = DiffMatcher.from_checkpoint(checkpoint, device=device, image_size=size, refine=refine)
+        from diffmatch.matcher import DiffMatcher, parse_image_size
+
+        own = "32" if autocast else precision
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the slow-bf16-CPU warning: the row shows it
+            if kind == "paper":
+                matcher = DiffMatcher(_paper_model(), device=device, refine=refine, precision=own, compile=compile)
+            else:
+                size = None if image_size is None else parse_image_size(image_size)
+                matcher = DiffMatcher.from_checkpoint(
+                    checkpoint, device=device, image_size=size, refine=refine, precision=own, compile=compile
+                )
         gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
         steps = 5 if kind == "paper" else None  # None: the checkpoint's own sampling steps
         run = lambda: matcher.match(source, target, num_samples=samples, num_steps=steps, generator=gen())  # noqa: E731
-    with autocast:
-        seconds = _timed(run, repeats, device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=autocast):
+        seconds, cpu_seconds = _timed(run, repeats, device)
     if device == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"kind": kind, "samples": samples, "seconds": seconds, "peak_mb": peak_mb}
+    return {"kind": kind, "samples": samples, "seconds": seconds, "cpu_seconds": cpu_seconds, "peak_mb": peak_mb}
 
 
-def _run(
-    kind: str, checkpoint: str | None, samples: int, repeats: int, device: str, bf16: bool, image_size: str | None = None,
-    refine: bool = True,
-) -> dict:
-    cmd = [sys.executable, __file__, "--one", kind, "--samples", str(samples), "--repeats", str(repeats), "--device", device]
+def _run(kind: str, samples: int, repeats: int, device: str, precision: str, args: argparse.Namespace,
+         refine: bool = True, checkpoint: str | None = None, compile: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--one", kind, "--samples", str(samples), "--repeats", str(repeats),
+           "--device", device, "--precision", precision]
     if not refine:
         cmd.append("--no-refine")
-    if image_size is not None and kind == "model":
-        cmd += ["--image-size", image_size]
-    if bf16:
-        cmd.append("--bf16")
+    if compile:
+        cmd.append("--compile")
+    if args.image_size is not None and kind == "model":
+        cmd += ["--image-size", args.image_size]
     if checkpoint:
         cmd += ["--checkpoint", checkpoint]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # The child imports this checkout's diffmatch, whatever is installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        nan = float("nan")
+        return {"kind": kind, "samples": samples, "seconds": nan, "cpu_seconds": nan, "peak_mb": nan, "error": tail}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rows(args: argparse.Namespace, device: str) -> list[tuple[str, dict]]:
+    """The planned measurements on ``device``: (label, keyword arguments of :func:`_run`)."""
+    rows: list[tuple[str, dict]] = []
+    name = Path(args.checkpoint).name if args.checkpoint else "default model"
+    size = f" at {args.image_size}" if args.image_size else ""
+    compiles = (False, True) if args.compile else (False,)
+    for precision in args.precision:
+        if precision == "16" and device != "cuda":
+            continue
+        for compiled in compiles:
+            tag = f"{precision}{', compiled' if compiled else ''}"
+            for refine in (True, False):
+                what = "refined, with confidence" if refine else "unrefined"
+                for n in (1, 3):
+                    rows.append((f"{name}{size}, {n} hyp., {what} [{tag}]",
+                                 dict(kind="model", samples=n, refine=refine, checkpoint=args.checkpoint,
+                                      precision=precision, compile=compiled)))
+            if args.compare:
+                for n in (1, 3):
+                    rows.append((f"{Path(args.compare).name}, {n} hyp., refined [{tag}]",
+                                 dict(kind="model", samples=n, checkpoint=args.compare, precision=precision,
+                                      compile=compiled)))
+            if not args.skip_paper and precision in args.paper_precision:
+                for n in (1, 2, 3):
+                    rows.append((f"paper config, {n} sample(s) x 5 steps, unrefined (paper: {PAPER_MS[n]} ms) [{tag}]",
+                                 dict(kind="paper", samples=n, refine=False, precision=precision, compile=compiled)))
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=None, help="default: the bundled checkpoint")
-    parser.add_argument("--paper", action="store_true", help="also time the paper-size model (121 M U-Net, random weights)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--skip-paper", action="store_true", help="leave out the paper-size model (minutes on a CPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row after one warm-up (default 3)")
+    parser.add_argument("--paper-repeats", type=int, help="timed calls of the paper rows (default: 1 on CPU, --repeats on CUDA)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: the CPU, and CUDA too when present (default)")
+    parser.add_argument("--precision", default="32",
+                        help=f"comma list of the model rows' precisions, of {', '.join(PRECISIONS)} (default 32)")
+    parser.add_argument("--paper-precision", help="which of --precision's precisions the paper rows run at (default: all)")
+    parser.add_argument("--compile", action="store_true", help="also time the model rows with compile=True")
     parser.add_argument("--compare", metavar="CKPT", help="also time this checkpoint (e.g. a retired default)")
     parser.add_argument("--image-size", help="processing size of the checkpoint rows (an integer or auto; default: its own)")
+    parser.add_argument("--json", metavar="PATH", help="also write every row as JSON")
     parser.add_argument("--no-refine", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", choices=("vgg", "model", "paper", "dis"), help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(
-            args.one, args.checkpoint, args.samples, args.repeats, args.device, args.bf16, args.image_size, not args.no_refine
-        )))
+        print(json.dumps(measure(args.one, args.checkpoint, args.samples, args.repeats, args.device, args.precision,
+                                 args.image_size, not args.no_refine, args.compile)))
         return
+    for option in ("precision", "paper_precision"):
+        text = getattr(args, option) if getattr(args, option) is not None else args.precision
+        names = text if isinstance(text, list) else [p.strip() for p in text.split(",") if p.strip()]
+        unknown = [p for p in names if p not in PRECISIONS]
+        if unknown or not names:
+            flag = "--" + option.replace("_", "-")
+            parser.error(f"{flag}: expected a comma list of {', '.join(PRECISIONS)}, got {unknown or 'nothing'}")
+        setattr(args, option, names)
+    if args.repeats < 1 or (args.paper_repeats is not None and args.paper_repeats < 1):
+        parser.error("--repeats and --paper-repeats must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}, input {SIZE}x{SIZE}{', bf16 autocast' if args.bf16 else ''}")
-    floor = _run("vgg", None, 1, args.repeats, args.device, args.bf16)
-    print(f"{'VGG-16 features, both images':52s} {floor['seconds']:7.3f} s/pair  peak {floor['peak_mb']:7.0f} MB   1.00x")
-    rows = [("model", args.checkpoint, s, refine) for refine in (True, False) for s in (1, 3)]
-    rows += [("model", args.compare, s, True) for s in (1, 3)] if args.compare else []
-    rows += [("paper", None, s, refine) for refine in (True, False) for s in (1, 3)] if args.paper else []
-    if args.device == "cpu":
-        rows.append(("dis", None, 1, False))
-    for kind, checkpoint, samples, refine in rows:
-        repeats = args.repeats if kind in ("model", "dis") or args.device == "cuda" else 1
-        r = _run(kind, checkpoint, samples, repeats, args.device, args.bf16, args.image_size, refine)
-        if kind == "dis":
-            name = "OpenCV DIS (medium preset)"
-        elif kind == "paper":
-            name = f"paper config model, {samples} sample(s) x 5 steps"
-        else:
-            name = f"{Path(checkpoint).name if checkpoint else 'bundled model'}, {samples} sample(s)"
-            name += f" at {args.image_size}" if args.image_size else ""
-        name += "" if kind == "dis" else (", refined" if refine else ", unrefined")
-        ratio = r["seconds"] / floor["seconds"]
-        print(f"{name:52s} {r['seconds']:7.3f} s/pair  peak {r['peak_mb']:7.0f} MB  {ratio:5.2f}x")
+    devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    print(f"torch {torch.__version__}, input {SIZE}x{SIZE}, seconds per pair after one warm-up call")
+    records = []
+    for device in devices:
+        where = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+        load = f", load average {os.getloadavg()[0]:.1f} at start" if device == "cpu" else ""
+        print(f"\n{where}{load}\n")
+        print("| row | s/pair | CPU s/pair | peak memory (MB) | x VGG floor |\n|---|---|---|---|---|")
+        floor = _run("vgg", 1, args.repeats, device, "32", args)
+        table = [("VGG-16 features, both images (floor)", floor)]
+        print(f"| {table[0][0]} | {floor['seconds']:.3f} | {floor['cpu_seconds']:.2f} | {floor['peak_mb']:.0f} | 1.00 |",
+              flush=True)
+        planned = _rows(args, device)
+        if device == "cpu":
+            planned.append(("OpenCV DIS (medium preset)", dict(kind="dis", samples=1, refine=False, precision="32")))
+        for label, row in planned:
+            repeats = args.repeats
+            if row["kind"] == "paper":
+                repeats = args.paper_repeats or (args.repeats if device == "cuda" else 1)
+            result = _run(row.pop("kind"), row.pop("samples"), repeats, device, row.pop("precision"), args, **row)
+            seconds = result["seconds"]
+            shown = f"failed: {result['error']}" if "error" in result else f"{seconds:.3f}"
+            print(f"| {label} | {shown} | {result['cpu_seconds']:.2f} | {result['peak_mb']:.0f} | "
+                  f"{seconds / floor['seconds']:.2f} |", flush=True)
+            table.append((label, result))
+        if device == "cpu":
+            print(f"\n(load average {os.getloadavg()[0]:.1f} at the end)")
+        records += [{"device": where, "row": label, **result} for label, result in table]
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=2))
 
 
 if __name__ == "__main__":

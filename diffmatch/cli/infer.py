@@ -126,6 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="match large viewpoint changes in two passes: the source warped by the first pass's homography "
         "is matched again where that helps (README, 'Two-pass matching')",
     )
+    parser.add_argument(
+        "--precision", default="32", choices=("32", "bf16", "16"),
+        help="dtype of DiffMatch's networks: 32 (default), bf16 (CUDA, or a CPU with native bfloat16) or 16 "
+        "(CUDA only); the cost volume and flows stay float32 (README, 'Speed and memory')",
+    )
     parser.add_argument("--matcher", default="diffmatch", choices=MATCHERS, help="zero-shot matchers need --sd-model/--dino-model")
     parser.add_argument("--sd-model", help="Stable Diffusion folder or hub id (dift, fused)")
     parser.add_argument("--dino-model", help="DINOv2 folder or hub id (dino, fused)")
@@ -345,6 +350,7 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
             image_size=args.image_size,
             refine=False if args.no_refine else None,
             two_pass=args.two_pass,
+            precision=args.precision,
         )
         reason = matcher.confidence_unavailable()
         if args.min_confidence is not None and reason is not None:
@@ -367,6 +373,8 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
     if args.no_refine or args.two_pass:
         flag = "--no-refine" if args.no_refine else "--two-pass"
         raise InputError(f"{flag} applies to --matcher diffmatch, not {args.matcher}")
+    if args.precision != "32":
+        raise InputError(f"--precision applies to --matcher diffmatch, not {args.matcher}")
     from diffmatch.inputs import resolve_device
     from diffmatch.zeroshot import ZeroShotMatcher
 

@@ -90,6 +90,8 @@ class MethodOptions:
         image_size: DiffMatch's processing size (``None``: the checkpoint's own; an integer or
             ``"auto"``, see :class:`~diffmatch.matcher.DiffMatcher`).
         device: where models run.
+        precision: dtype of DiffMatch's networks, ``"32"``, ``"bf16"`` or ``"16"`` (see
+            :class:`~diffmatch.matcher.DiffMatcher`).
         sd_model: Stable Diffusion folder or Hub id for ``dift``/``fused``.
         dino_model: DINOv2 folder or Hub id for ``dino``/``fused``.
     """
@@ -100,6 +102,7 @@ class MethodOptions:
     seed: int = 0
     image_size: int | str | None = None
     device: torch.device = torch.device("cpu")
+    precision: str = "32"
     sd_model: str | None = None
     dino_model: str | None = None
 
@@ -165,7 +168,9 @@ def _load_diffmatcher(options: MethodOptions) -> Any:
         )
     from diffmatch.matcher import DiffMatcher
 
-    return DiffMatcher.from_checkpoint(options.checkpoint, device=str(options.device), image_size=options.image_size)
+    return DiffMatcher.from_checkpoint(
+        options.checkpoint, device=str(options.device), image_size=options.image_size, precision=options.precision
+    )
 
 
 def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:

@@ -209,7 +209,18 @@ class VGG16Pyramid(FeatureExtractor):
             full = self._run(x, set(self.levels) | ({self.fine_level} if self.fine_level else set()))
             coarse = [full[n] for n in self.levels]
             if self.half_levels:
-                half = F.interpolate(x, scale_factor=0.5, mode="area")
+                half = _half(x)
                 half_maps = self._run(half, set(self.half_levels))
                 coarse += [half_maps[n] for n in self.half_levels]
         return Features(coarse=coarse, fine=full.get(self.fine_level) if self.fine_level else None)
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` averaged to half size (area interpolation at scale 0.5, output ``floor(H/2)``).
+
+    For even sides this is a 2x2 average pool, the same numbers as the area interpolation; the pool
+    has a fixed output size in an ONNX trace, where the interpolation's adaptive pooling does not.
+    """
+    if x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0:
+        return F.avg_pool2d(x, 2)
+    return F.interpolate(x, scale_factor=0.5, mode="area")
