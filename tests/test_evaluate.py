@@ -247,6 +247,8 @@ def test_cli_failed_pairs_give_nonzero_exit_but_full_outputs(tmp_path, capsys, m
         (["--dataset", "synthetic", "--methods", "dis", "--limit", "0"], "--limit"),
         (["--dataset", "synthetic", "--methods", "dis", "--device", "tpu"], "--device"),
         (["--dataset", "synthetic", "--methods", "dis", "--samples", "x"], "--samples"),
+        (["--dataset", "scenes", "--methods", "dis", "--pose-matches", "2"], "--pose-matches must be >= 5"),
+        (["--dataset", "scenes", "--methods", "dis", "--pose-threshold", "0"], "--pose-threshold > 0"),
         (
             ["--dataset", "synthetic", "--methods", "checkpoint", "--checkpoint", "/nonexistent.pt"],
             "checkpoint not found",
