@@ -38,3 +38,19 @@ def shifted_pair(photo: np.ndarray, dx: int, dy: int, size: int = 64) -> tuple[t
     flow = torch.zeros(2, size, size)
     flow[0], flow[1] = -dx, -dy  # source pixel x shows image point x + (x0+dx); target x + d matches
     return source[None].contiguous(), target[None].contiguous(), flow[None]
+
+
+def smooth_photo_folder(folder, shapes: dict[str, tuple[int, int]], cell: int, seed: int = 0):
+    """Write smooth random RGB photos (random colours every ``cell`` px, bicubic in between) to ``folder``.
+
+    Smooth textures keep bilinear interpolation well conditioned, so warps of them compare exactly.
+    """
+    import cv2
+
+    from diffmatch.io import save_image
+
+    rng = np.random.default_rng(seed)
+    for name, (h, w) in shapes.items():
+        coarse = rng.integers(0, 256, (h // cell, w // cell, 3), dtype=np.uint8)
+        save_image(folder / name, cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC))
+    return folder

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import smooth_photo_folder
 
 from diffmatch.data import (
     MOTIONS,
@@ -23,7 +23,7 @@ from diffmatch.data import (
 from diffmatch.data.scene_render import Camera, Plane, render, rotation_matrix, scene_flow
 from diffmatch.data.scenes import intrinsics
 from diffmatch.geometry import homography_to_flow, warp
-from diffmatch.io import InputError, save_image
+from diffmatch.io import InputError
 from diffmatch.matches import estimate_relative_pose
 from diffmatch.metrics import pose_error
 from diffmatch.result import MatchResult
@@ -33,12 +33,8 @@ SIZE = (96, 128)
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for name, shape in (("a.png", (240, 320)), ("b.jpg", (200, 200)), ("c.png", (300, 260))):
-        coarse = rng.integers(0, 256, (shape[0] // 8, shape[1] // 8, 3), dtype=np.uint8)
-        save_image(folder / name, cv2.resize(coarse, shape[::-1], interpolation=cv2.INTER_CUBIC))
-    return folder
+    shapes = {"a.png": (240, 320), "b.jpg": (200, 200), "c.png": (300, 260)}
+    return smooth_photo_folder(tmp_path_factory.mktemp("photos"), shapes, cell=8)
 
 
 def _ncc(item: dict) -> float:

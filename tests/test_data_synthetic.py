@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import smooth_photo_folder
 
 from diffmatch.data import (
     BENCHMARK_LEVELS,
@@ -19,20 +19,15 @@ from diffmatch.data import (
     sample_mapping,
 )
 from diffmatch.geometry import coords_grid, warp
-from diffmatch.io import InputError, save_image
+from diffmatch.io import InputError
 
 SIZE = (48, 64)
 
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
-    for name, shape in (("a.png", (90, 120)), ("b.jpg", (70, 70)), ("c.png", (200, 150))):
-        # Smooth random textures: bilinear interpolation of them is well conditioned.
-        coarse = rng.integers(0, 256, (shape[0] // 6, shape[1] // 6, 3), dtype=np.uint8)
-        save_image(folder / name, cv2.resize(coarse, shape[::-1], interpolation=cv2.INTER_CUBIC))
-    return folder
+    shapes = {"a.png": (90, 120), "b.jpg": (70, 70), "c.png": (200, 150)}
+    return smooth_photo_folder(tmp_path_factory.mktemp("photos"), shapes, cell=6)
 
 
 def _interior(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
