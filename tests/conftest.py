@@ -9,9 +9,13 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
-    # Tests share two cores with whatever else runs; one intra-op thread keeps timings sane.
+def _deterministic_threads(monkeypatch):
+    # Tests share two cores with whatever else runs; one intra-op thread keeps timings sane. The command
+    # lines take their budget from OMP_NUM_THREADS too (diffmatch.threads), so a CLI run inside a test
+    # uses the same single thread as the API it is compared with: PyTorch's sums differ in the last bits
+    # between thread counts, and the variational refinement can grow such differences to a pixel.
     torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield
 
 
