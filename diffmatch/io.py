@@ -31,8 +31,9 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from diffmatch.errors import InputError
+
 __all__ = [
-    "InputError",
     "FLOW_FORMATS",
     "atomic_folder",
     "atomic_open",
@@ -47,10 +48,6 @@ __all__ = [
 
 FLOW_FORMATS = (".flo", ".png", ".npy", ".npz")
 _FLO_MAGIC = 202021.25
-
-
-class InputError(ValueError):
-    """Bad user input: a missing or unreadable file, a wrong shape, an impossible option."""
 
 
 @contextlib.contextmanager

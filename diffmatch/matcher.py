@@ -14,21 +14,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from diffmatch import matches
-from diffmatch.confidence import Calibrator, MissingCalibrationError, calibrator_from_dict
-from diffmatch.cost_volume import argmax_flow, soft_argmax_flow
-from diffmatch.cues import match_with_cues
-from diffmatch.diffusion import Generators
+from diffmatch.geometry import estimation as matches
+from diffmatch.confidence import Calibrator, calibrator_from_dict
+from diffmatch.confidence.cues import match_with_cues
+from diffmatch.errors import InputError, MissingCalibrationError
 from diffmatch.geometry import warp
+from diffmatch.geometry.estimation import GeometryEstimate
 from diffmatch.inputs import ImageInput, resolve_device, to_image_batch
-from diffmatch.io import InputError
-from diffmatch.matches import GeometryEstimate
-from diffmatch.model import DiffMatch
-from diffmatch.precision import Precision, check_precision, native_bf16, precision_dtype
+from diffmatch.models.cost_volume import argmax_flow, soft_argmax_flow
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.diffusion import Generators
+from diffmatch.models.precision import Precision, check_precision, native_bf16, precision_dtype
+from diffmatch.models.weights import load_checkpoint, read_calibration
 from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
 from diffmatch.two_pass import TwoPassConfig, concatenate_results, match_two_pass
-from diffmatch.weights import load_checkpoint, read_calibration
 
 __all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT", "AUTO_MAX_IMAGE_SIZE", "parse_image_size"]
 
@@ -96,7 +96,7 @@ class DiffMatcher:
         precision: the dtype of the model's networks (feature extractor and U-Net): ``"32"``
             (float32), ``"bf16"`` (bfloat16, CUDA or CPU) or ``"16"`` (float16, CUDA only); their
             weights are cast once, in place. The cost volume, ``F_init``, the DDIM update, the flows
-            and the refinement stay float32 (:mod:`diffmatch.precision`). bfloat16 is fast only
+            and the refinement stay float32 (:mod:`diffmatch.models.precision`). bfloat16 is fast only
             where the device has native bfloat16 arithmetic (a warning says when a CPU has not).
         compile: ``torch.compile`` the denoiser's U-Net (in place, on first use; the first match of
             each new shape pays the compilation). Opt-in: it helps where kernel launches dominate
@@ -349,7 +349,7 @@ class DiffMatcher:
         model = self._model_for(src, tgt)
         c = model.config.cost_size
         feats = model.extract(src, tgt)
-        corr = model.correlation(model._cost_maps(feats[0]), model._cost_maps(feats[1]))
+        corr = model.correlation(model.cost_maps(feats[0]), model.cost_maps(feats[1]))
         if mode == "hard":
             flow = argmax_flow(corr, (c, c), (c, c))
         else:
@@ -377,7 +377,7 @@ class DiffMatcher:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sparse matches drawn by confidence, or the ``top_k`` most confident in order.
 
-        See :func:`diffmatch.matches.sample_matches`: the calibrated ``result.confidence`` when the
+        See :func:`diffmatch.geometry.estimation.sample_matches`: the calibrated ``result.confidence`` when the
         model has one, else ``1 / (1 + variance)``.
 
         Returns:
@@ -392,7 +392,7 @@ class DiffMatcher:
     def estimate_homography(result: MatchResult, num: int = 2000, **kwargs: Any) -> GeometryEstimate:
         """Homography ``H`` (target → source pixels) by MAGSAC++ (or ``method="ransac"``) on ``num`` confident matches.
 
-        See :func:`diffmatch.matches.estimate_homography` for the options (``mode``, ``method``,
+        See :func:`diffmatch.geometry.estimation.estimate_homography` for the options (``mode``, ``method``,
         ``threshold``, ``source_size``, ``min_confidence``, ...).
         """
         return matches.estimate_homography(result, num, **kwargs)
@@ -401,7 +401,7 @@ class DiffMatcher:
     def estimate_fundamental(result: MatchResult, num: int = 2000, **kwargs: Any) -> GeometryEstimate:
         """Fundamental matrix ``F`` (``source^T F target = 0``) by MAGSAC++ (or RANSAC) on confident matches.
 
-        See :func:`diffmatch.matches.estimate_fundamental` for the options.
+        See :func:`diffmatch.geometry.estimation.estimate_fundamental` for the options.
         """
         return matches.estimate_fundamental(result, num, **kwargs)
 
@@ -412,7 +412,7 @@ class DiffMatcher:
         """Relative pose ``(R, t)`` from the target camera to the source camera (``X_source = R X_target + t``,
         ``t`` a unit direction) from ``num`` matches drawn by confidence, through OpenCV's essential matrix.
 
-        See :func:`diffmatch.matches.estimate_relative_pose` for the options (``mode``, ``method``,
+        See :func:`diffmatch.geometry.estimation.estimate_relative_pose` for the options (``mode``, ``method``,
         ``threshold`` in px, ``source_size``, ...).
         """
         return matches.estimate_relative_pose(result, K_source, K_target, num, **kwargs)

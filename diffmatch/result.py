@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffmatch.confidence import MissingCalibrationError
+from diffmatch.errors import MissingCalibrationError
 
 __all__ = ["MatchResult", "SparseMatches", "samples_statistics"]
 
@@ -72,7 +72,7 @@ class MatchResult:
         confidence_tau: the threshold ``τ`` in px that ``confidence`` refers to.
         matches: for a sparse matcher, one :class:`SparseMatches` per pair of the batch, the matches
             its dense ``flow`` was interpolated from; geometry estimators
-            (:mod:`diffmatch.matches`) then use them instead of sampling the dense flow.
+            (:mod:`diffmatch.geometry.estimation`) then use them instead of sampling the dense flow.
         no_confidence_reason: why ``confidence`` is ``None``, when the matcher knows (e.g. a
             calibration fitted on refined flows and a ``refine=False`` result); :meth:`require_confidence` says it.
     """
@@ -90,7 +90,7 @@ class MatchResult:
         """``confidence``, or a clear error saying why this result has none.
 
         Raises:
-            ValueError: no calibrated confidence (a :class:`~diffmatch.confidence.MissingCalibrationError`),
+            ValueError: no calibrated confidence (a :class:`~diffmatch.errors.MissingCalibrationError`),
                 with :attr:`no_confidence_reason` when the matcher gave one.
         """
         if self.confidence is None:

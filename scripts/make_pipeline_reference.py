@@ -44,10 +44,11 @@ def tiny_cascade() -> torch.nn.Module:
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers import tiny_config
 
-    from diffmatch.upsampler import CascadeDiffMatch, UpsamplerConfig
+    from diffmatch.models.config import UpsamplerConfig
+    from diffmatch.models.diffmatch import DiffMatch
 
     torch.manual_seed(0)
-    model = CascadeDiffMatch(tiny_config(), UpsamplerConfig(size=32, radius=2))
+    model = DiffMatch(tiny_config(), UpsamplerConfig(size=32, radius=2))
     for module in (model.denoiser, model.upsampler.denoiser):
         torch.nn.init.normal_(module.unet.conv_out.weight, std=0.05)
     return model.eval()
@@ -58,7 +59,7 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    from diffmatch.cues import match_with_cues
+    from diffmatch.confidence.cues import match_with_cues
     from diffmatch.matcher import DiffMatcher
 
     matcher = DiffMatcher.from_checkpoint(device="cpu")

@@ -9,12 +9,12 @@ import pytest
 import torch
 from zeroshot_fixtures import make_tiny_dino, make_tiny_sd, textured_image
 
+from diffmatch.errors import InputError
 from diffmatch.features import build_features
 from diffmatch.features.dift import DIFT_PRESETS, DIFTExtractor
 from diffmatch.features.dino import DINOv2Extractor
 from diffmatch.features.fused import FusedExtractor, fit_pca
-from diffmatch.io import InputError
-from diffmatch.zeroshot import ZeroShotMatcher
+from diffmatch.models.zeroshot import ZeroShotMatcher
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_missing_model_gives_one_clear_error_offline(cls, monkeypatch, tmp_path)
 def test_download_command_is_the_installed_hubs():
     from importlib import metadata
 
-    from diffmatch.features._hf import download_command
+    from diffmatch.features.hub import download_command
 
     major, minor = (int(p) for p in metadata.version("huggingface_hub").split(".")[:2])
     assert download_command() == ("hf download" if (major, minor) >= (0, 34) else "huggingface-cli download")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from diffmatch import DiffMatcher
-from diffmatch.cues import match_with_cues
+from diffmatch.confidence.cues import match_with_cues
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = torch.load(ROOT / "tests" / "fixtures" / "pipeline_reference.pt", weights_only=True)

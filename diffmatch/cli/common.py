@@ -4,7 +4,7 @@ The commands (``infer.py``, ``train.py``, ``python -m diffmatch.export``, ``.cal
 ``.evaluate``, ``.evaluate_confidence``, ``.convert_official``) answer a bad input with one line on
 stderr, never a traceback:
 
-* ``2``: bad arguments, missing or corrupt inputs (:class:`~diffmatch.io.InputError`), an output
+* ``2``: bad arguments, missing or corrupt inputs (:class:`~diffmatch.errors.InputError`), an output
   path that cannot be written (checked before any model or data is loaded);
 * ``1``: the work failed (some pairs failed, a full disk, an ``OSError`` while writing);
 * ``130``: interrupted with Ctrl-C (the shell's convention, 128 + SIGINT).
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, ParamSpec
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = [
     "EXIT_FAILED",
@@ -67,7 +67,7 @@ def describe_os_error(err: OSError) -> str:
 def one_line_errors(main: Callable[P, int]) -> Callable[P, int]:
     """Wrap a command's ``main`` so that what escapes it becomes one line and an exit status.
 
-    :class:`~diffmatch.io.InputError` gives status 2, ``OSError`` (a full disk, a folder that
+    :class:`~diffmatch.errors.InputError` gives status 2, ``OSError`` (a full disk, a folder that
     vanished) 1, and ``KeyboardInterrupt`` 130 with ``interrupted`` on stderr. Anything else is a bug
     and keeps its traceback.
     """

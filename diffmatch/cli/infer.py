@@ -36,15 +36,8 @@ from diffmatch.cli.common import (
     print_error,
     remove_empty_folders,
 )
-from diffmatch.io import (
-    FLOW_FORMATS,
-    InputError,
-    atomic_folder,
-    atomic_open,
-    load_image,
-    save_image,
-    write_flow,
-)
+from diffmatch.errors import InputError
+from diffmatch.io import FLOW_FORMATS, atomic_folder, atomic_open, load_image, save_image, write_flow
 from diffmatch.threads import configure_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -376,7 +369,7 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
     if args.precision != "32":
         raise InputError(f"--precision applies to --matcher diffmatch, not {args.matcher}")
     from diffmatch.inputs import resolve_device
-    from diffmatch.zeroshot import ZeroShotMatcher
+    from diffmatch.models.zeroshot import ZeroShotMatcher
 
     device = resolve_device(args.device)
     zero = ZeroShotMatcher.from_name(args.matcher, sd_model=args.sd_model, dino_model=args.dino_model, device=device)

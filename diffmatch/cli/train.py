@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from diffmatch.cli.common import EXIT_INTERRUPTED, one_line_errors
 from diffmatch.data import PairDataModule
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 from diffmatch.training import AtomicCheckpointIO, DiffMatchModule
 
 __all__ = ["DiffMatchCLI", "OneLineArgumentParser", "StepProgressBar", "check_resume_checkpoint", "main", "run"]

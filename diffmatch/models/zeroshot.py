@@ -2,7 +2,7 @@
 
 No training: both images are resized to one processing size, features are extracted, and every
 target cell is matched to the source cell of highest cosine similarity (the argmax of
-:func:`~diffmatch.cost_volume.global_correlation`). Flows follow the project convention: on the
+:func:`~diffmatch.models.cost_volume.global_correlation`). Flows follow the project convention: on the
 target grid, ``target(x) ≈ source(x + flow(x))``, in pixels of the original images, channel 0 = x,
 ``align_corners=False``.
 
@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.cost_volume import argmax_flow, global_correlation, l2_normalize
+from diffmatch.errors import InputError
 from diffmatch.features import build_features
-from diffmatch.features._hf import as_size, resize_image
+from diffmatch.features.hub import as_size, resize_image
 from diffmatch.features.base import FeatureExtractor
 from diffmatch.geometry import pixel_to_normalized, resize_flow
 from diffmatch.inputs import ImageInput, to_image_batch
-from diffmatch.io import InputError
+from diffmatch.models.cost_volume import argmax_flow, global_correlation, l2_normalize
 from diffmatch.result import MatchResult
 
 __all__ = ["ZeroShotMatcher", "ZERO_SHOT_DEFAULTS"]
