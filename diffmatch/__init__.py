@@ -14,7 +14,7 @@ __all__ = ["DiffMatch", "DiffMatchConfig", "DiffMatcher", "MatchResult", "Variat
 
 _LAZY = {
     "DiffMatch": "diffmatch.models.diffmatch",
-    "DiffMatchConfig": "diffmatch.models.diffmatch",
+    "DiffMatchConfig": "diffmatch.models.config",
     "DiffMatcher": "diffmatch.matcher",
     "MatchResult": "diffmatch.result",
     "VariationalRefiner": "diffmatch.refinement",
@@ -22,8 +22,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffmatch.matcher import DiffMatcher
-    from diffmatch.models.diffmatch import DiffMatch
     from diffmatch.models.config import DiffMatchConfig
+    from diffmatch.models.diffmatch import DiffMatch
     from diffmatch.refinement import VariationalRefiner
     from diffmatch.result import MatchResult
 

@@ -14,10 +14,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from diffmatch.geometry import estimation as matches
 from diffmatch.confidence import Calibrator, calibrator_from_dict
 from diffmatch.confidence.cues import match_with_cues
 from diffmatch.errors import InputError, MissingCalibrationError
+from diffmatch.geometry import estimation as matches
 from diffmatch.geometry import warp
 from diffmatch.geometry.estimation import GeometryEstimate
 from diffmatch.inputs import ImageInput, resolve_device, to_image_batch

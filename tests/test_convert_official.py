@@ -12,7 +12,6 @@ from diffmatch.cli import convert_official
 from diffmatch.models import official
 from diffmatch.models.config import config_from_dict
 from diffmatch.models.denoiser import DenoiserConfig, FlowDenoiser
-from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.official import OFFICIAL_MODEL, OFFICIAL_UPSAMPLER, official_to_denoiser
 from diffmatch.models.weights import load_checkpoint
 

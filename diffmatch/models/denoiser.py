@@ -20,7 +20,7 @@ from torch import nn
 __all__ = ["DenoiserConfig", "LEGACY_DENOISER", "FlowDenoiser"]
 
 # Values of settings added after the first checkpoints were written: stored settings without one of
-# these keys were trained with this value (see ``diffmatch.models.diffmatch.config_from_stored``).
+# these keys were trained with this value (see ``diffmatch.models.config.config_from_stored``).
 LEGACY_DENOISER = {
     "num_heads": None,
     "mid_attention_norm": False,
