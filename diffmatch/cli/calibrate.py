@@ -24,6 +24,7 @@ from diffmatch.cli.common import (
     check_out_file,
     one_line_errors,
     print_error,
+    program,
     remove_empty_folders,
 )
 from diffmatch.confidence import CUES, fit_calibrator
@@ -46,7 +47,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m diffmatch.calibrate``."""
-    parser = OneLineArgumentParser(prog="python -m diffmatch.calibrate", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=program("python -m diffmatch.calibrate"), description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="exported weights (.pt) or Lightning .ckpt")
     parser.add_argument("--out", required=True, help="the checkpoint file to write, with its calibration (may be CHECKPOINT itself)")
     parser.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="photo folder, not the benchmark's (default data/photos/extra)")

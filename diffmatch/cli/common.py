@@ -15,13 +15,14 @@ This module imports nothing heavy (no torch), so that ``--help`` and argument er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn, ParamSpec
+from typing import Any, NoReturn, ParamSpec
 
 from diffmatch.errors import InputError
 
@@ -45,11 +46,45 @@ EXIT_INTERRUPTED = 130
 P = ParamSpec("P")
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """``argparse`` whose errors are one line on stderr (no usage block) and exit status 2."""
+_PROGRAM: list[str] = []  # the name the `diffmatch` command runs a subcommand under (cli/main.py)
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+def program(default: str) -> str:
+    """The command's name for its usage line: ``default`` (e.g. ``python -m diffmatch.evaluate``), or
+    ``diffmatch evaluate`` when the ``diffmatch`` command runs it."""
+    return _PROGRAM[-1] if _PROGRAM else default
+
+
+@contextlib.contextmanager
+def running_as(name: str) -> Iterator[None]:
+    """Within the block, :func:`program` answers ``name``."""
+    _PROGRAM.append(name)
+    try:
+        yield
+    finally:
+        _PROGRAM.pop()
+
+
+class OneLineErrors:
+    """Parser mixin: errors are one line on stderr (no usage block) and exit status 2.
+
+    The one base every command's parser shares: :class:`OneLineArgumentParser` (``argparse``) and the
+    training command's LightningCLI parser (:mod:`diffmatch.cli.train`).
+    """
+
+    prog: str
+    exit_on_error: bool
+
+    def error(self, message: str, *args: Any) -> NoReturn:
+        if getattr(self, "exit_on_error", True) is False:
+            super().error(message, *args)  # type: ignore[misc]  # the parser raises instead
+        text = " ".join(str(message).split())
+        command = self.prog.replace(" [options]", "")
+        self.exit(EXIT_USAGE, f"error: {text} (see {command} --help)\n")  # type: ignore[attr-defined]
+
+
+class OneLineArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """``argparse`` whose errors are one line on stderr (no usage block) and exit status 2."""
 
 
 def print_error(message: object) -> None:

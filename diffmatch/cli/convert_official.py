@@ -4,7 +4,13 @@ DiffMatch checkpoint (KU-CVLAB/DiffMatch) into diffmatch exported weights (:mod:
 
 from __future__ import annotations
 
-from diffmatch.cli.common import OneLineArgumentParser, check_out_file, one_line_errors, remove_empty_folders
+from diffmatch.cli.common import (
+    OneLineArgumentParser,
+    check_out_file,
+    one_line_errors,
+    program,
+    remove_empty_folders,
+)
 from diffmatch.errors import InputError, MissingWeightsError
 from diffmatch.models.official import convert_stage1, convert_upsampler
 
@@ -19,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns the exit status: 0 written, 1 a write failed, 2 bad input (``OUT`` is checked first), 130 interrupted.
     """
     parser = OneLineArgumentParser(
-        prog="python -m diffmatch.convert_official",
+        prog=program("python -m diffmatch.convert_official"),
         description="Convert an official DiffMatch checkpoint (KU-CVLAB/DiffMatch) into diffmatch exported weights.",
     )
     parser.add_argument("checkpoint", help="official ema_*.pt / model*.pt file (raw or EMA-wrapped state dict)")

@@ -37,6 +37,7 @@ from diffmatch.cli.common import (
     check_out_folder,
     one_line_errors,
     print_error,
+    program,
     remove_empty_folders,
 )
 from diffmatch.errors import InputError
@@ -67,7 +68,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``python -m diffmatch.evaluate``."""
     parser = OneLineArgumentParser(
-        prog="python -m diffmatch.evaluate",
+        prog=program("python -m diffmatch.evaluate"),
         description="Evaluate dense matchers (AEPE, PCK-1/3/5, AUSE, time per pair) on a benchmark.",
     )
     parser.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")

@@ -19,6 +19,7 @@ from diffmatch.cli.common import (
     OneLineArgumentParser,
     check_out_folder,
     one_line_errors,
+    program,
     remove_empty_folders,
 )
 from diffmatch.errors import InputError
@@ -36,7 +37,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m diffmatch.evaluate_confidence``."""
-    parser = OneLineArgumentParser(prog="python -m diffmatch.evaluate_confidence", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=program("python -m diffmatch.evaluate_confidence"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="a calibrated checkpoint (default: the bundled one)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--root", help="synthetic benchmark photo folder (default: the held-out data/photos/val)")

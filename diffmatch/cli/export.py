@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import sys
 
-from diffmatch.cli.common import OneLineArgumentParser, check_out_file, one_line_errors, remove_empty_folders
+from diffmatch.cli.common import (
+    OneLineArgumentParser,
+    check_out_file,
+    one_line_errors,
+    program,
+    remove_empty_folders,
+)
 
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     """Export; returns the exit status (0 written, 1 a write failed, 2 bad input, 130 interrupted)."""
-    parser = OneLineArgumentParser(prog="python -m diffmatch.export", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=program("python -m diffmatch.export"), description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="Lightning .ckpt (or an exported file)")
     parser.add_argument("out", help="destination .pt file (.onnx with --onnx)")
     precision = parser.add_mutually_exclusive_group()

@@ -34,6 +34,7 @@ from diffmatch.cli.common import (
     describe_os_error,
     one_line_errors,
     print_error,
+    program,
     remove_empty_folders,
 )
 from diffmatch.errors import InputError
@@ -77,7 +78,7 @@ def _image_size(text: str) -> int | str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineArgumentParser(prog="infer.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=program("infer.py"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", help="source image (the flow points into it)")
     parser.add_argument("--target", help="target image (the flow lives on its grid)")
     parser.add_argument("--pairs", help="text file with one 'source target' pair per line")
