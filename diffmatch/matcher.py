@@ -20,7 +20,7 @@ from diffmatch.errors import InputError, MissingCalibrationError
 from diffmatch.geometry import estimation as matches
 from diffmatch.geometry import warp
 from diffmatch.geometry.estimation import GeometryEstimate
-from diffmatch.inputs import ImageInput, resolve_device, to_image_batch
+from diffmatch.inputs import ImageInput, resolve_device, shrink_images, to_image_batch
 from diffmatch.models.cost_volume import argmax_flow, soft_argmax_flow
 from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.diffusion import Generators
@@ -245,6 +245,7 @@ class DiffMatcher:
         confidence_tau: float | None = None,
         refine: bool | None = None,
         two_pass: bool | TwoPassConfig | None = None,
+        max_size: int | None = None,
     ) -> MatchResult:
         """Match ``target`` to ``source``.
 
@@ -262,6 +263,10 @@ class DiffMatcher:
                 :class:`~diffmatch.refinement.VariationalRefiner`); ``None``: as the matcher was built.
             two_pass: a second pass on the source warped by pass 1's homography where the view
                 changes a lot (:mod:`diffmatch.two_pass`); ``None``: as the matcher was built.
+            max_size: match copies shrunk (area interpolation) so that their longer side is at most
+                this many pixels, then bring the result back to the full-size target grid
+                (:meth:`MatchResult.resized`): faster and lighter on large images, at the cost of
+                detail; ``None``: at full size.
 
         Returns:
             :class:`MatchResult`: ``flow`` ``(B, 2, Ht, Wt)`` px, ``uncertainty`` ``(B, 1, Ht, Wt)`` px²,
@@ -292,7 +297,12 @@ class DiffMatcher:
             assert self.calibrator is not None
             tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
         passes = self.two_pass if two_pass is None else _two_pass_config(two_pass)
-        src, tgt = self._pair(source, target)
+        if max_size is not None and (not isinstance(max_size, int) or max_size < self.stride):
+            raise InputError(f"max_size must be an integer >= the model's stride of {self.stride} px, got {max_size!r}")
+        full_src, full_tgt = self._pair(source, target)
+        src, tgt = shrink_images(full_src, max_size), shrink_images(full_tgt, max_size)
+        if min(*src.shape[-2:], *tgt.shape[-2:]) < self.stride:
+            raise InputError(f"max_size {max_size} shrinks an image below the model's stride of {self.stride} px")
         if passes is None:
             result = self._match_tensors(src, tgt, num_samples, num_steps, generator, eta, tau, refiner)
         else:
@@ -308,6 +318,8 @@ class DiffMatcher:
                     for i, g in enumerate(generators)
                 ]
             )
+        scale = (full_src.shape[-2] / src.shape[-2], full_src.shape[-1] / src.shape[-1])
+        result = result.resized(tuple(full_tgt.shape[-2:]), scale)
         if reason is not None:
             result.no_confidence_reason = reason  # what require_confidence() says
         return result
