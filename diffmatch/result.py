@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from diffmatch.errors import MissingCalibrationError
-from diffmatch.geometry import resize_flow
+from diffmatch.geometry.flow import resize_flow
 
 __all__ = ["MatchResult", "SparseMatches", "samples_statistics"]
 

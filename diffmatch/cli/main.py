@@ -59,9 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage())
         return 0 if args else EXIT_USAGE
     if args[0] == "--version":
-        from diffmatch import __version__
+        from importlib.metadata import version
 
-        print(f"diffmatch {__version__}")
+        print(f"diffmatch {version('diffmatch')}")
         return 0
     name, rest = args[0], args[1:]
     if name not in SUBCOMMANDS:

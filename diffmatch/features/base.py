@@ -8,7 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["Features", "FeatureExtractor", "read_weight_file"]
+__all__ = ["Features", "FeatureExtractor", "l2_normalize", "read_weight_file"]
+
+
+def l2_normalize(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """L2-normalise ``(B, C, H, W)`` features along channels."""
+    return features / features.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
 def read_weight_file(path: Path, name: str) -> dict:

@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from diffmatch.features.base import FeatureExtractor, Features
+from diffmatch.features.base import FeatureExtractor, Features, l2_normalize
 from diffmatch.features.dift import DIFTExtractor
 from diffmatch.features.dino import DINOv2Extractor
-from diffmatch.models.cost_volume import l2_normalize
 
 __all__ = ["FusedExtractor", "PCA_MODES", "fit_pca"]
 

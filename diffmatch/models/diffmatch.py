@@ -31,15 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffmatch.features import FeatureExtractor, Features, build_features, offline_kwargs
+from diffmatch.features.base import l2_normalize
 from diffmatch.geometry import check_flow, from_grid, to_grid
 from diffmatch.models.config import DiffMatchConfig, UpsamplerConfig, config_from_dict
-from diffmatch.models.cost_volume import (
-    argmax_flow,
-    global_correlation,
-    l2_normalize,
-    local_correlation,
-    soft_argmax_flow,
-)
+from diffmatch.models.cost_volume import argmax_flow, global_correlation, local_correlation, soft_argmax_flow
 from diffmatch.models.denoiser import FlowDenoiser
 from diffmatch.models.diffusion import (
     FlowDiffusion,

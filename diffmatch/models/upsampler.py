@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffmatch.features import Features
+from diffmatch.features.base import l2_normalize
 from diffmatch.geometry import check_flow, from_grid, resize_flow, to_grid
 from diffmatch.models.config import (
     DiffMatchConfig,
@@ -28,7 +29,7 @@ from diffmatch.models.config import (
     stage2_denoiser_config,
     upsampler_config_from_dict,
 )
-from diffmatch.models.cost_volume import l2_normalize, local_feature_correlation
+from diffmatch.models.cost_volume import local_feature_correlation
 from diffmatch.models.denoiser import FlowDenoiser
 from diffmatch.models.diffusion import FlowDiffusion, Generators, clamp_mean
 from diffmatch.models.loss import grid_mask, masked_flow_loss

@@ -22,11 +22,11 @@ from torch import nn
 
 from diffmatch.errors import InputError
 from diffmatch.features import build_features
-from diffmatch.features.base import FeatureExtractor
+from diffmatch.features.base import FeatureExtractor, l2_normalize
 from diffmatch.features.hub import as_size, resize_image
 from diffmatch.geometry import pixel_to_normalized, resize_flow
 from diffmatch.inputs import ImageInput, shrink_images, to_image_batch
-from diffmatch.models.cost_volume import argmax_flow, global_correlation, l2_normalize
+from diffmatch.models.cost_volume import argmax_flow, global_correlation
 from diffmatch.result import MatchResult
 
 __all__ = ["ZeroShotMatcher", "ZERO_SHOT_DEFAULTS"]
