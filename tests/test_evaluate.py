@@ -366,7 +366,7 @@ def test_steps_beyond_the_model_are_refused_before_any_pair(tmp_path, checkpoint
 
 
 def test_evaluate_confidence_checks_out_before_loading(tmp_path, capsys):
-    from diffmatch.evaluation.confidence import main as confidence_main
+    from diffmatch.cli.evaluate_confidence import main as confidence_main
 
     blocker = tmp_path / "f"
     blocker.write_text("x")
@@ -376,7 +376,7 @@ def test_evaluate_confidence_checks_out_before_loading(tmp_path, capsys):
 
 
 def test_evaluate_confidence_needs_a_calibrated_checkpoint(tmp_path, checkpoint, capsys):
-    from diffmatch.evaluation.confidence import main as confidence_main
+    from diffmatch.cli.evaluate_confidence import main as confidence_main
 
     code = confidence_main(["--checkpoint", str(checkpoint), "--limit", "1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffmatch.io import read_torch_file
+
 __all__ = ["Features", "FeatureExtractor", "l2_normalize", "read_weight_file"]
 
 
@@ -24,15 +26,9 @@ def read_weight_file(path: Path, name: str) -> dict:
         name: the backbone's name, for the messages (e.g. ``"XFeat"``).
 
     Raises:
-        ValueError: an unreadable file, or one that holds no dict.
+        InputError: a missing or unreadable file, or one that holds no dict (:func:`diffmatch.io.read_torch_file`).
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable {name} state dict ({type(err).__name__})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a {name} state dict, got {type(state).__name__}")
-    return state
+    return read_torch_file(path, f"{name} state dict")
 
 
 @dataclass

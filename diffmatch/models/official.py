@@ -30,6 +30,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 
 from diffmatch.errors import InputError, MissingWeightsError
+from diffmatch.io import read_torch_file
 from diffmatch.models.config import config_from_dict
 from diffmatch.models.denoiser import FlowDenoiser
 from diffmatch.models.diffmatch import DiffMatch
@@ -72,14 +73,7 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         InputError: missing or unreadable file, or no U-Net tensors in it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: holds a {type(data).__name__}, not a state dict")
+    data = read_torch_file(path, "PyTorch checkpoint")
     for key in _WRAPPERS:
         if isinstance(data.get(key), dict):
             data = data[key]

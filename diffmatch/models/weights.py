@@ -13,15 +13,13 @@ stage-2 settings too: exported files get an ``"upsampler": {...}`` entry and Lig
 from __future__ import annotations
 
 import os
-import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffmatch.errors import InputError
-from diffmatch.io import atomic_open
+from diffmatch.io import atomic_open, read_torch_file
 from diffmatch.models.config import (
     DiffMatchConfig,
     UpsamplerConfig,
@@ -71,16 +69,7 @@ def read_cascade_checkpoint(
         InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
     """
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a checkpoint file")
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(f"{path}: not a diffmatch checkpoint ({_load_failure(path, err)})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a diffmatch checkpoint (holds a {type(data).__name__}, not a dict)")
+    data = read_torch_file(path, "diffmatch checkpoint")
     try:
         if data.get("format") == FORMAT:
             if data.get("version") != VERSION:
@@ -116,28 +105,6 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any] | None:
     read_cascade_checkpoint(path)  # the same checks and messages as loading the model
     data = torch.load(Path(path), map_location="cpu", weights_only=True)
     return data.get("calibration")
-
-
-def _load_failure(path: Path, err: Exception) -> str:
-    """The first cause of a failed ``torch.load``, in a few words (PyTorch's advice text left out)."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if not head:
-        return "empty file"
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if unsupported:
-        return f"holds a Python object ({unsupported.group(1)}) that a weights-only load refuses"
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
-        return "truncated or damaged PyTorch file"
-    if not zipfile.is_zipfile(path) and not isinstance(err, OSError):
-        return "not a PyTorch file"
-    text = text.split("WeightsUnpickler error:", 1)[-1]
-    line = next((part.strip() for part in text.splitlines() if part.strip()), type(err).__name__)
-    cause = line.split(". ", 1)[0].rstrip(".")
-    if len(cause) > 100:  # cut at a word, never inside one
-        cause = cause[:100].rsplit(" ", 1)[0] + " …"
-    return cause
 
 
 def _upsampler_or_none(data: dict[str, Any] | None) -> UpsamplerConfig | None:
