@@ -86,7 +86,7 @@ def test_ema_warmup_forgets_the_starting_weights():
     averages = {}
     for warmup in (False, True):
         module = DiffMatchModule(model=tiny_config(), ema_decay=0.999, ema_warmup=warmup)
-        denoiser = module.trained_denoiser()
+        denoiser = module.model.trained_denoiser
         start = [p.detach().clone() for p in denoiser.parameters()]
         module.ema.update_parameters(denoiser)  # the first update copies
         with torch.no_grad():
