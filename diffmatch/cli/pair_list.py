@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader, Dataset
 
-from diffmatch.cli.common import describe_os_error, print_error
+from diffmatch.cli.common import EXIT_INTERRUPTED, describe_os_error, print_error
 from diffmatch.cli.pair_progress import PairTotals
 from diffmatch.io import InputError
 from diffmatch.threads import thread_budget
@@ -222,9 +222,12 @@ class PairListProcesses:
                 warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)`", FutureWarning)
                 self.trainer.predict(writer, return_predictions=False)
         except SystemExit as exit_:
-            # Ctrl-C: Lightning stops the other processes and exits with status 1; say it as Ctrl-C.
+            # Ctrl-C reaches every process; Lightning stops them and exits with status 1. The first
+            # process says it in one line (status 130), the others leave quietly with the same status.
             if isinstance(exit_.__context__, KeyboardInterrupt):
-                raise KeyboardInterrupt from None
+                if self.is_first:
+                    raise KeyboardInterrupt from None
+                raise SystemExit(EXIT_INTERRUPTED) from None
             raise
         counts = torch.tensor([writer.written, writer.failed, writer.not_tried], device=self.device)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")  # also waits for the last process
