@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 __all__ = ["DiffMatch", "DiffMatchConfig", "DiffMatcher", "MatchResult", "VariationalRefiner", "__version__"]
 
 _LAZY = {
-    "DiffMatch": "diffmatch.model",
-    "DiffMatchConfig": "diffmatch.model",
+    "DiffMatch": "diffmatch.models.diffmatch",
+    "DiffMatchConfig": "diffmatch.models.config",
     "DiffMatcher": "diffmatch.matcher",
     "MatchResult": "diffmatch.result",
     "VariationalRefiner": "diffmatch.refinement",
@@ -22,7 +22,8 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from diffmatch.matcher import DiffMatcher
-    from diffmatch.model import DiffMatch, DiffMatchConfig
+    from diffmatch.models.config import DiffMatchConfig
+    from diffmatch.models.diffmatch import DiffMatch
     from diffmatch.refinement import VariationalRefiner
     from diffmatch.result import MatchResult
 

@@ -1,68 +1,8 @@
-"""``python -m diffmatch.export CKPT OUT [--half | --float32] [--no-ema]``: a Lightning checkpoint to a small inference file.
+"""``python -m diffmatch.export``: exporting weights (and ONNX); the command lives in :mod:`diffmatch.cli.export` (also ``diffmatch export``)."""
 
-The weights keep the precision they are stored in (an exported float16 file stays float16) unless
-``--half`` or ``--float32`` says otherwise. ``OUT`` is checked before anything is read: a folder or
-an unwritable place is refused in one line (exit status 2).
+from diffmatch.cli.export import main
 
-``--onnx`` writes an ONNX graph of the stage-1 model instead (``OUT.onnx``; :mod:`diffmatch.onnx_export`):
-the DDIM steps unrolled (``--steps``, default the checkpoint's), the start noise an input, the images
-fixed at the processing size (``--image-size``, default the checkpoint's), opset ``--opset`` (>= 17).
-"""
-
-from __future__ import annotations
-
-import sys
-
-from diffmatch.cli.common import OneLineArgumentParser, check_out_file, one_line_errors, remove_empty_folders
-
-
-@one_line_errors
-def main(argv: list[str] | None = None) -> int:
-    """Export; returns the exit status (0 written, 1 a write failed, 2 bad input, 130 interrupted)."""
-    parser = OneLineArgumentParser(prog="python -m diffmatch.export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="Lightning .ckpt (or an exported file)")
-    parser.add_argument("out", help="destination .pt file (.onnx with --onnx)")
-    precision = parser.add_mutually_exclusive_group()
-    precision.add_argument(
-        "--half", dest="half", action="store_const", const=True,
-        help="store weights as float16 (half the size; default: the precision they are stored in)",
-    )
-    precision.add_argument(
-        "--float32", dest="half", action="store_const", const=False, help="store weights as float32",
-    )
-    parser.add_argument(
-        "--no-ema",
-        dest="ema",
-        action="store_false",
-        help="export the trained denoiser, not its moving average (Lightning checkpoints of runs with ema_decay)",
-    )
-    parser.add_argument("--onnx", action="store_true", help="export the stage-1 model as an ONNX graph (needs onnx)")
-    parser.add_argument("--steps", type=int, help="--onnx: DDIM steps to unroll (default: the checkpoint's sampling_steps, else T)")
-    parser.add_argument("--image-size", type=int, help="--onnx: the graph's square input size (default: the checkpoint's)")
-    parser.add_argument("--opset", type=int, default=17, help="--onnx: ONNX opset, >= 17 (default 17)")
-    args = parser.parse_args(argv)
-    if args.onnx and args.half is not None:
-        parser.error("--half and --float32 apply to .pt exports, not --onnx (the graph is float32)")
-    if not args.onnx and (args.steps is not None or args.image_size is not None or args.opset != 17):
-        parser.error("--steps, --image-size and --opset apply to --onnx")
-    created = check_out_file(args.out, flag=None)  # before the checkpoint is read
-    try:
-        if args.onnx:
-            from diffmatch.onnx_export import export_checkpoint_onnx
-
-            path = export_checkpoint_onnx(
-                args.checkpoint, args.out, num_steps=args.steps, image_size=args.image_size, opset=args.opset, ema=args.ema
-            )
-        else:
-            from diffmatch.weights import export_weights  # torch: after the arguments are known to be good
-
-            path = export_weights(args.checkpoint, args.out, half=args.half, ema=args.ema)
-    except BaseException:
-        remove_empty_folders(created)
-        raise
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return 0
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from diffmatch.io import InputError, load_image
+from diffmatch.errors import InputError
+from diffmatch.io import load_image
 
-__all__ = ["ImageInput", "resolve_device", "to_image_batch"]
+__all__ = ["ImageInput", "resolve_device", "shrink_images", "to_gray_uint8", "to_image_batch"]
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
@@ -118,3 +120,24 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda requested but no CUDA GPU is available; use --device cpu or auto")
     return device
+
+
+def to_gray_uint8(image: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` float RGB in ``[0, 1]`` to an ``(H, W)`` uint8 grayscale array (ITU-R 601 luma)."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
+    rgb = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+
+def shrink_images(images: torch.Tensor, max_size: int | None) -> torch.Tensor:
+    """``(B, 3, H, W)`` images shrunk (area interpolation, OpenCV's) so that their longer side is at most
+    ``max_size``; returned as they are when already small enough or ``max_size`` is ``None``."""
+    h, w = images.shape[-2:]
+    if max_size is None or max(h, w) <= max_size:
+        return images
+    scale = max_size / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    arrays = images.detach().float().permute(0, 2, 3, 1).cpu().numpy()
+    small = np.stack([cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_AREA) for a in arrays])
+    return torch.from_numpy(small).permute(0, 3, 1, 2).to(device=images.device, dtype=images.dtype)

@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -31,8 +33,9 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from diffmatch.errors import InputError
+
 __all__ = [
-    "InputError",
     "FLOW_FORMATS",
     "atomic_folder",
     "atomic_open",
@@ -42,15 +45,12 @@ __all__ = [
     "save_image",
     "read_flow",
     "read_flow_file",
+    "read_torch_file",
     "write_flow",
 ]
 
 FLOW_FORMATS = (".flo", ".png", ".npy", ".npz")
 _FLO_MAGIC = 202021.25
-
-
-class InputError(ValueError):
-    """Bad user input: a missing or unreadable file, a wrong shape, an impossible option."""
 
 
 @contextlib.contextmanager
@@ -335,3 +335,56 @@ def _write_kitti_png(path: Path, flow: np.ndarray, valid: np.ndarray | None) -> 
     if not ok:
         raise InputError(f"{path}: could not encode KITTI PNG")
     atomic_write_bytes(path, png.tobytes())
+
+
+def read_torch_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The dict a ``torch.save`` file holds, loaded on the CPU with ``weights_only`` (no code runs).
+
+    The one reader of weight files: checkpoints, exported weights, official checkpoints and backbone
+    weights all come through it, so all fail the same way.
+
+    Args:
+        path: the file.
+        what: what the file should be, for the messages (e.g. ``"diffmatch checkpoint"``).
+
+    Raises:
+        InputError: a folder, a missing file, an unreadable one (the first cause in a few words: empty,
+            truncated, not a PyTorch file, a pickled object a weights-only load refuses), or one that
+            does not hold a dict.
+    """
+    import torch  # here, so that importing diffmatch.io stays light
+
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a {what} file")
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(f"{path}: not a {what} ({_load_failure(path, err)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a {what} (holds a {type(data).__name__}, not a dict)")
+    return data
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """The first cause of a failed ``torch.load``, in a few words (PyTorch's advice text left out)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        return "empty file"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return f"holds a Python object ({unsupported.group(1)}) that a weights-only load refuses"
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return "truncated or damaged PyTorch file"
+    if not zipfile.is_zipfile(path) and not isinstance(err, OSError):
+        return "not a PyTorch file"
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    line = next((part.strip() for part in text.splitlines() if part.strip()), type(err).__name__)
+    cause = line.split(". ", 1)[0].rstrip(".")
+    if len(cause) > 100:  # cut at a word, never inside one
+        cause = cause[:100].rsplit(" ", 1)[0] + " …"
+    return cause

@@ -14,21 +14,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from diffmatch import matches
-from diffmatch.confidence import Calibrator, MissingCalibrationError, calibrator_from_dict
-from diffmatch.cost_volume import argmax_flow, soft_argmax_flow
-from diffmatch.cues import match_with_cues
-from diffmatch.diffusion import Generators
+from diffmatch.confidence import Calibrator, calibrator_from_dict
+from diffmatch.confidence.cues import match_with_cues
+from diffmatch.errors import InputError, MissingCalibrationError
+from diffmatch.geometry import estimation as matches
 from diffmatch.geometry import warp
-from diffmatch.inputs import ImageInput, resolve_device, to_image_batch
-from diffmatch.io import InputError
-from diffmatch.matches import GeometryEstimate
-from diffmatch.model import DiffMatch
-from diffmatch.precision import Precision, check_precision, native_bf16, precision_dtype
+from diffmatch.geometry.estimation import GeometryEstimate
+from diffmatch.inputs import ImageInput, resolve_device, shrink_images, to_image_batch
+from diffmatch.models.cost_volume import argmax_flow, soft_argmax_flow
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.diffusion import Generators
+from diffmatch.models.precision import Precision, check_precision, native_bf16, precision_dtype
+from diffmatch.models.weights import load_checkpoint, read_calibration
 from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
 from diffmatch.two_pass import TwoPassConfig, concatenate_results, match_two_pass
-from diffmatch.weights import load_checkpoint, read_calibration
 
 __all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT", "AUTO_MAX_IMAGE_SIZE", "parse_image_size"]
 
@@ -96,7 +96,7 @@ class DiffMatcher:
         precision: the dtype of the model's networks (feature extractor and U-Net): ``"32"``
             (float32), ``"bf16"`` (bfloat16, CUDA or CPU) or ``"16"`` (float16, CUDA only); their
             weights are cast once, in place. The cost volume, ``F_init``, the DDIM update, the flows
-            and the refinement stay float32 (:mod:`diffmatch.precision`). bfloat16 is fast only
+            and the refinement stay float32 (:mod:`diffmatch.models.precision`). bfloat16 is fast only
             where the device has native bfloat16 arithmetic (a warning says when a CPU has not).
         compile: ``torch.compile`` the denoiser's U-Net (in place, on first use; the first match of
             each new shape pays the compilation). Opt-in: it helps where kernel launches dominate
@@ -245,6 +245,7 @@ class DiffMatcher:
         confidence_tau: float | None = None,
         refine: bool | None = None,
         two_pass: bool | TwoPassConfig | None = None,
+        max_size: int | None = None,
     ) -> MatchResult:
         """Match ``target`` to ``source``.
 
@@ -262,6 +263,10 @@ class DiffMatcher:
                 :class:`~diffmatch.refinement.VariationalRefiner`); ``None``: as the matcher was built.
             two_pass: a second pass on the source warped by pass 1's homography where the view
                 changes a lot (:mod:`diffmatch.two_pass`); ``None``: as the matcher was built.
+            max_size: match copies shrunk (area interpolation) so that their longer side is at most
+                this many pixels, then bring the result back to the full-size target grid
+                (:meth:`MatchResult.resized`): faster and lighter on large images, at the cost of
+                detail; ``None``: at full size.
 
         Returns:
             :class:`MatchResult`: ``flow`` ``(B, 2, Ht, Wt)`` px, ``uncertainty`` ``(B, 1, Ht, Wt)`` px²,
@@ -292,7 +297,12 @@ class DiffMatcher:
             assert self.calibrator is not None
             tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
         passes = self.two_pass if two_pass is None else _two_pass_config(two_pass)
-        src, tgt = self._pair(source, target)
+        if max_size is not None and (not isinstance(max_size, int) or max_size < self.stride):
+            raise InputError(f"max_size must be an integer >= the model's stride of {self.stride} px, got {max_size!r}")
+        full_src, full_tgt = self._pair(source, target)
+        src, tgt = shrink_images(full_src, max_size), shrink_images(full_tgt, max_size)
+        if min(*src.shape[-2:], *tgt.shape[-2:]) < self.stride:
+            raise InputError(f"max_size {max_size} shrinks an image below the model's stride of {self.stride} px")
         if passes is None:
             result = self._match_tensors(src, tgt, num_samples, num_steps, generator, eta, tau, refiner)
         else:
@@ -308,6 +318,8 @@ class DiffMatcher:
                     for i, g in enumerate(generators)
                 ]
             )
+        scale = (full_src.shape[-2] / src.shape[-2], full_src.shape[-1] / src.shape[-1])
+        result = result.resized(tuple(full_tgt.shape[-2:]), scale)
         if reason is not None:
             result.no_confidence_reason = reason  # what require_confidence() says
         return result
@@ -349,7 +361,7 @@ class DiffMatcher:
         model = self._model_for(src, tgt)
         c = model.config.cost_size
         feats = model.extract(src, tgt)
-        corr = model.correlation(model._cost_maps(feats[0]), model._cost_maps(feats[1]))
+        corr = model.correlation(model.cost_maps(feats[0]), model.cost_maps(feats[1]))
         if mode == "hard":
             flow = argmax_flow(corr, (c, c), (c, c))
         else:
@@ -377,7 +389,7 @@ class DiffMatcher:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sparse matches drawn by confidence, or the ``top_k`` most confident in order.
 
-        See :func:`diffmatch.matches.sample_matches`: the calibrated ``result.confidence`` when the
+        See :func:`diffmatch.geometry.estimation.sample_matches`: the calibrated ``result.confidence`` when the
         model has one, else ``1 / (1 + variance)``.
 
         Returns:
@@ -392,7 +404,7 @@ class DiffMatcher:
     def estimate_homography(result: MatchResult, num: int = 2000, **kwargs: Any) -> GeometryEstimate:
         """Homography ``H`` (target → source pixels) by MAGSAC++ (or ``method="ransac"``) on ``num`` confident matches.
 
-        See :func:`diffmatch.matches.estimate_homography` for the options (``mode``, ``method``,
+        See :func:`diffmatch.geometry.estimation.estimate_homography` for the options (``mode``, ``method``,
         ``threshold``, ``source_size``, ``min_confidence``, ...).
         """
         return matches.estimate_homography(result, num, **kwargs)
@@ -401,7 +413,7 @@ class DiffMatcher:
     def estimate_fundamental(result: MatchResult, num: int = 2000, **kwargs: Any) -> GeometryEstimate:
         """Fundamental matrix ``F`` (``source^T F target = 0``) by MAGSAC++ (or RANSAC) on confident matches.
 
-        See :func:`diffmatch.matches.estimate_fundamental` for the options.
+        See :func:`diffmatch.geometry.estimation.estimate_fundamental` for the options.
         """
         return matches.estimate_fundamental(result, num, **kwargs)
 
@@ -412,7 +424,7 @@ class DiffMatcher:
         """Relative pose ``(R, t)`` from the target camera to the source camera (``X_source = R X_target + t``,
         ``t`` a unit direction) from ``num`` matches drawn by confidence, through OpenCV's essential matrix.
 
-        See :func:`diffmatch.matches.estimate_relative_pose` for the options (``mode``, ``method``,
+        See :func:`diffmatch.geometry.estimation.estimate_relative_pose` for the options (``mode``, ``method``,
         ``threshold`` in px, ``source_size``, ...).
         """
         return matches.estimate_relative_pose(result, K_source, K_target, num, **kwargs)

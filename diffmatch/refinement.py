@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 import torch
 
-from diffmatch.baselines import to_gray_uint8
 from diffmatch.geometry import check_flow, resize_flow
+from diffmatch.inputs import to_gray_uint8
 from diffmatch.result import MatchResult
 from diffmatch.threads import opencv_threads
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from diffmatch.confidence import MissingCalibrationError
+from diffmatch.errors import MissingCalibrationError
+from diffmatch.geometry.flow import resize_flow
 
 __all__ = ["MatchResult", "SparseMatches", "samples_statistics"]
 
@@ -72,7 +75,7 @@ class MatchResult:
         confidence_tau: the threshold ``τ`` in px that ``confidence`` refers to.
         matches: for a sparse matcher, one :class:`SparseMatches` per pair of the batch, the matches
             its dense ``flow`` was interpolated from; geometry estimators
-            (:mod:`diffmatch.matches`) then use them instead of sampling the dense flow.
+            (:mod:`diffmatch.geometry.estimation`) then use them instead of sampling the dense flow.
         no_confidence_reason: why ``confidence`` is ``None``, when the matcher knows (e.g. a
             calibration fitted on refined flows and a ``refine=False`` result); :meth:`require_confidence` says it.
     """
@@ -90,7 +93,7 @@ class MatchResult:
         """``confidence``, or a clear error saying why this result has none.
 
         Raises:
-            ValueError: no calibrated confidence (a :class:`~diffmatch.confidence.MissingCalibrationError`),
+            ValueError: no calibrated confidence (a :class:`~diffmatch.errors.MissingCalibrationError`),
                 with :attr:`no_confidence_reason` when the matcher gave one.
         """
         if self.confidence is None:
@@ -121,3 +124,47 @@ class MatchResult:
         if self.confidence is not None:
             out["confidence"] = self.confidence[index, 0].float().cpu().numpy()
         return out
+
+    def resized(
+        self, target_size: tuple[int, int], source_scale: tuple[float, float], samples: bool = True
+    ) -> MatchResult:
+        """This result, computed on downscaled images, brought to the full-size target grid.
+
+        Args:
+            target_size: ``(H, W)`` of the full-size target.
+            source_scale: ``(sy, sx)``, full-size source pixels per pixel of the source it was computed on.
+            samples: bring the hypotheses to full size too; ``False`` keeps only the mean as the one
+                sample (``N`` full-size flows are most of the memory of a large image).
+
+        Returns:
+            A new result with flows (mean, samples, initial) in full-size pixels
+            (:func:`diffmatch.geometry.resize_flow`, ``align_corners=False``; still ``target(x) ≈
+            source(x + flow(x))``), the variance scaled by ``sy * sx`` and every map bilinearly resized
+            to ``target_size``; sparse ``matches`` are moved to full-size pixel coordinates (pixel
+            centres kept aligned); ``self`` when nothing changes.
+        """
+        if tuple(self.flow.shape[-2:]) == tuple(target_size) and tuple(source_scale) == (1.0, 1.0):
+            return self
+        flows = lambda f: resize_flow(f, target_size, source_scale=source_scale)  # noqa: E731
+        maps = lambda m: F.interpolate(m, size=target_size, mode="bilinear", align_corners=False)  # noqa: E731
+        flow = flows(self.flow)
+        changes = {
+            "flow": flow,
+            "uncertainty": maps(self.uncertainty) * (source_scale[0] * source_scale[1]),
+            "samples": torch.stack([flows(self.samples[:, i]) for i in range(self.samples.shape[1])], dim=1)
+            if samples
+            else flow.unsqueeze(1),
+        }
+        if self.matches is not None:
+            h, w = self.flow.shape[-2:]
+            target_scale = np.array([target_size[1] / w, target_size[0] / h])
+            scale = np.array([source_scale[1], source_scale[0]])
+            changes["matches"] = [
+                SparseMatches((m.target_xy + 0.5) * target_scale - 0.5, (m.source_xy + 0.5) * scale - 0.5, m.confidence)
+                for m in self.matches
+            ]
+        if self.init_flow is not None:
+            changes["init_flow"] = flows(self.init_flow)
+        if self.confidence is not None:
+            changes["confidence"] = maps(self.confidence).clamp(0.0, 1.0)
+        return dataclasses.replace(self, **changes)

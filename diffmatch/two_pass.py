@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from diffmatch.geometry import coords_grid, homography_to_flow, warp
-from diffmatch.matches import estimate_homography
+from diffmatch.geometry.estimation import estimate_homography
 from diffmatch.result import MatchResult
 
 __all__ = ["TwoPassConfig", "compose_with_homography", "concatenate_results", "match_two_pass"]

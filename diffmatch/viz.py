@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import matplotlib.pyplot as plt
 
 __all__ = [
+    "figure_to_png",
     "flow_to_color",
     "warp_image",
     "blend_warp",
@@ -169,7 +170,7 @@ def _with_color_bar(image: np.ndarray, top: float) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def _figure_to_png(fig: plt.Figure) -> bytes:
+def figure_to_png(fig: plt.Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight", dpi=100)
     _pyplot().close(fig)
@@ -178,7 +179,7 @@ def _figure_to_png(fig: plt.Figure) -> bytes:
 
 def save_figure(path: str | os.PathLike, fig: plt.Figure) -> None:
     """Atomically write a matplotlib figure as PNG and close it."""
-    atomic_write_bytes(path, _figure_to_png(fig))
+    atomic_write_bytes(path, figure_to_png(fig))
 
 
 def _show_uncertainty(ax: plt.Axes, fig: plt.Figure, uncertainty: np.ndarray, vmax: float | None) -> None:

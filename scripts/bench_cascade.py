@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from diffmatch.model import DiffMatch
-from diffmatch.upsampler import CascadeDiffMatch
-from diffmatch.weights import load_checkpoint
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.weights import load_checkpoint
 
 SIZE = 512
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -58,11 +57,11 @@ class _PeakRSS:
         self.peak = max(self.peak, _rss())
 
 
-def build(args: argparse.Namespace) -> CascadeDiffMatch:
+def build(args: argparse.Namespace) -> DiffMatch:
     """The cascade of ``--checkpoint``, or a random one from ``--config``."""
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint)
-        if not isinstance(model, CascadeDiffMatch):
+        if model.upsampler is None:
             raise SystemExit(f"error: {args.checkpoint} has no upsampler (a stage-1 checkpoint)")
         return model
     config = yaml.safe_load(Path(args.config).read_text())["model"]
@@ -70,7 +69,7 @@ def build(args: argparse.Namespace) -> CascadeDiffMatch:
         raise SystemExit(f"error: {args.config} has no model.upsampler block")
     stage1 = dict(config["model"])
     stage1["feature_kwargs"] = {**stage1.get("feature_kwargs", {}), "weights": "random"}
-    model = CascadeDiffMatch(stage1, config["upsampler"])
+    model = DiffMatch(stage1, config["upsampler"])
     model.init_from_stage1()
     return model.eval()
 
@@ -128,7 +127,7 @@ def main() -> None:
         print(f"stage 1: image {cfg.image_size}², flow {cfg.cost_size}²; stage 2: flow {up.size}², R={up.radius}")
         row = measure("stage 1", run(DiffMatch.forward), device, args.repeats)
     else:
-        row = measure("cascade", run(CascadeDiffMatch.forward), device, args.repeats)
+        row = measure("cascade", run(DiffMatch.forward), device, args.repeats)
     print(f"{row['name']:>8}: {row['seconds']:.3f} s/pair, peak memory +{row['peak_mb']:.0f} MB", flush=True)
 
 

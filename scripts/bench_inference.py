@@ -13,7 +13,7 @@ Rows, per device and precision:
   hypotheses, as ``DiffMatcher.match`` runs it by default: refined, with the calibrated confidence
   (whose cues include a reverse pass); and the same unrefined (no confidence, so no reverse pass);
 * the paper-size model: ``configs/paper.yaml``'s ``model.model`` built with random VGG-16 weights
-  (``diffmatch.weights.without_pretrained_features``: no ImageNet file is needed, and the weights do
+  (``DiffMatch(..., pretrained_features=False)``: no ImageNet file is needed, and the weights do
   not change the time), 1, 2 and 3 samples × 5 DDIM steps, unrefined, against the paper's
   112 / 123 / 140 ms on its GPU (``--skip-paper`` leaves it out: minutes on a CPU);
 * the VGG-16 floor: a plain ``torchvision.models.vgg16().features`` pass over both images, the
@@ -75,11 +75,10 @@ def _paper_model():
     """``configs/paper.yaml``'s model with random backbone weights (same architecture, same time)."""
     import yaml
 
-    from diffmatch.model import DiffMatch, config_from_dict
-    from diffmatch.weights import without_pretrained_features
-
+    from diffmatch.models.config import config_from_dict
+    from diffmatch.models.diffmatch import DiffMatch
     settings = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())["model"]["model"]
-    return DiffMatch(without_pretrained_features(config_from_dict(settings)))
+    return DiffMatch(config_from_dict(settings), pretrained_features=False)
 
 
 def measure(

@@ -26,7 +26,7 @@ from types import ModuleType
 
 import torch
 
-from diffmatch.zeroshot import ZeroShotMatcher
+from diffmatch.models.zeroshot import ZeroShotMatcher
 
 
 def _fixtures() -> ModuleType:

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from diffmatch.data.photos import bundled_photos, list_images
+from diffmatch.errors import InputError
 from diffmatch.evaluation.methods import MethodOptions, build_methods, parse_methods
 from diffmatch.evaluation.sanity import SANITY_CASES, sanity_errors
-from diffmatch.io import InputError, load_image
+from diffmatch.io import load_image
 from diffmatch.matcher import parse_image_size
 
 

@@ -33,8 +33,8 @@ def checkpoint(tmp_path_factory) -> Path:
     """A tiny random model saved through the public export path (hypotheses differ)."""
     from helpers import tiny_config
 
-    from diffmatch.model import DiffMatch
-    from diffmatch.weights import save_weights
+    from diffmatch.models.diffmatch import DiffMatch
+    from diffmatch.models.weights import save_weights
 
     torch.manual_seed(0)
     model = DiffMatch(tiny_config())

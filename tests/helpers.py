@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffmatch.denoiser import DenoiserConfig
-from diffmatch.model import DiffMatchConfig
+from diffmatch.models.config import DiffMatchConfig
+from diffmatch.models.denoiser import DenoiserConfig
 
 
 def tiny_config(**overrides) -> DiffMatchConfig:

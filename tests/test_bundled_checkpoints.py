@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from diffmatch.denoiser import LEGACY_DENOISER
 from diffmatch.matcher import BUNDLED_CHECKPOINT
-from diffmatch.model import LEGACY_MODEL, config_from_stored
-from diffmatch.weights import load_checkpoint, read_checkpoint
+from diffmatch.models.config import LEGACY_MODEL, config_from_stored
+from diffmatch.models.denoiser import LEGACY_DENOISER
+from diffmatch.models.weights import load_checkpoint, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "fixtures" / "bundled_reference.pt"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from diffmatch.calibrate import main as calibrate_main
+from diffmatch.cli.calibrate import main as calibrate_main
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "data" / "photos" / "train"

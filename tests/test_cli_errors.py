@@ -150,8 +150,8 @@ def test_full_disk_stops_infer_with_one_line_and_keeps_the_pairs_written(
 
 
 def test_full_disk_in_export_is_one_line(tmp_path, checkpoint, monkeypatch, capsys):
-    import diffmatch.weights as weights
-    from diffmatch.export import main as export_main
+    import diffmatch.models.weights as weights
+    from diffmatch.cli.export import main as export_main
 
     monkeypatch.setattr(weights, "atomic_open", _disk_full)
     assert export_main([str(checkpoint), str(tmp_path / "out.pt")]) == 1
@@ -169,7 +169,7 @@ def test_export_to_a_folder_is_one_line_before_reading(tmp_path, capsys):
 
 
 def test_export_keeps_float16_weights_float16(tmp_path, checkpoint):
-    from diffmatch.export import main as export_main
+    from diffmatch.cli.export import main as export_main
 
     half, again, wide = tmp_path / "half.pt", tmp_path / "again.pt", tmp_path / "wide.pt"
     assert export_main([str(checkpoint), str(half), "--half"]) == 0
@@ -182,7 +182,7 @@ def test_export_keeps_float16_weights_float16(tmp_path, checkpoint):
 
 
 def test_export_argument_errors_are_one_line(tmp_path, capsys):
-    from diffmatch.export import main as export_main
+    from diffmatch.cli.export import main as export_main
 
     with pytest.raises(SystemExit) as exit_:
         export_main([str(tmp_path / "a.ckpt"), str(tmp_path / "b.pt"), "--half", "--float32"])

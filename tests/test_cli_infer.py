@@ -14,6 +14,7 @@ import torch
 
 from diffmatch.cli import infer
 from diffmatch.cli.infer import main as infer_main
+from diffmatch.errors import InputError
 from diffmatch.result import MatchResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_large_image_warns_once_per_image_with_the_remedy(tmp_path, checkpoint, 
 
 def test_max_size_matches_a_downscaled_copy_and_upsamples_the_flow(tmp_path, checkpoint, images):
     from diffmatch import DiffMatcher
-    from diffmatch.geometry import resize_flow
+    from diffmatch.inputs import shrink_images, to_image_batch
     from diffmatch.io import load_image
 
     out = tmp_path / "out"
@@ -118,23 +119,31 @@ def test_max_size_matches_a_downscaled_copy_and_upsamples_the_flow(tmp_path, che
     flow, unc = np.load(out / "flow.npy"), np.load(out / "uncertainty.npy")
     assert flow.shape == (80, 112, 2) and unc.shape == (80, 112)
     source, target = load_image(images[0]), load_image(images[1])
-    small_s = cv2.resize(source, (56, 48), interpolation=cv2.INTER_AREA)  # 112x96 -> longer side 56
-    small_t = cv2.resize(target, (56, 40), interpolation=cv2.INTER_AREA)  # 112x80
     matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu")
-    small = matcher.match(small_s, small_t, num_samples=2, generator=torch.Generator().manual_seed(0))
-    expected = resize_flow(small.flow, (80, 112), source_scale=(2.0, 2.0))[0].permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(flow, expected, atol=1e-4)
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    full = matcher.match(source, target, num_samples=2, generator=gen(), max_size=56)  # the library does it
+    np.testing.assert_allclose(flow, full.flow[0].permute(1, 2, 0).numpy(), atol=1e-4)
+    small_s, small_t = (shrink_images(to_image_batch(x), 56) for x in (source, target))
+    assert small_s.shape[-2:] == (48, 56) and small_t.shape[-2:] == (40, 56)  # 112x96 and 112x80, longer side 56
+    small = matcher.match(small_s, small_t, num_samples=2, generator=gen())
+    expected = small.resized((80, 112), (2.0, 2.0))
+    torch.testing.assert_close(full.flow, expected.flow)
+    torch.testing.assert_close(full.uncertainty, expected.uncertainty)
+    with pytest.raises(InputError, match="max_size"):
+        matcher.match(source, target, max_size=4)
 
 
-def test_upsample_result_scales_a_translation():
+def test_resized_result_scales_a_translation_and_its_variance():
     # Small images at half size: a 1.5 px shift there is 3 px at full size, everywhere.
     samples = torch.tensor([1.5, -0.5]).view(1, 1, 2, 1, 1).expand(1, 2, 2, 10, 12).clone()
     samples[:, 1, 0] += 0.5  # two hypotheses 0.5 px apart in x: variance 0.0625 px² small, 0.25 full
     small = MatchResult.from_samples(samples)
-    full = infer.upsample_result(small, (20, 24), (2.0, 2.0))
+    full = small.resized((20, 24), (2.0, 2.0))
     assert full.flow.shape == (1, 2, 20, 24) and full.samples.shape == (1, 2, 2, 20, 24)
     torch.testing.assert_close(full.flow[0, :, 5, 7], torch.tensor([3.5, -1.0]))
     torch.testing.assert_close(full.uncertainty[0, 0, 5, 7], torch.tensor(0.25))
+    assert small.resized((10, 12), (1.0, 1.0)) is small
+    assert small.resized((20, 24), (2.0, 2.0), samples=False).samples.shape == (1, 1, 2, 20, 24)
 
 
 # ------------------------------------------------------------------------- pictures, speed (defect 7)

@@ -6,19 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffmatch.confidence import (
-    CUES,
-    MissingCalibrationError,
-    calibrator_from_dict,
-    fit_calibrator,
-    isotonic_fit,
-)
-from diffmatch.cues import match_with_cues
-from diffmatch.evaluation.calibration import expected_calibration_error, reliability
+from diffmatch.confidence import CUES, calibrator_from_dict, fit_calibrator, isotonic_fit
+from diffmatch.confidence.cues import match_with_cues
+from diffmatch.confidence.metrics import expected_calibration_error, reliability
+from diffmatch.errors import MissingCalibrationError
 from diffmatch.matcher import DiffMatcher
-from diffmatch.model import DiffMatch
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.weights import export_weights, read_calibration, save_weights
 from diffmatch.refinement import VariationalRefiner
-from diffmatch.weights import export_weights, read_calibration, save_weights
 from tests.helpers import tiny_config
 
 

@@ -152,8 +152,8 @@ def test_backbone_configs_build_with_the_backbone_step(tmp_path):
 def test_default_model_config_is_the_bundled_model(config):
     import yaml
 
-    from diffmatch.model import config_from_dict
-    from diffmatch.weights import read_checkpoint
+    from diffmatch.models.config import config_from_dict
+    from diffmatch.models.weights import read_checkpoint
 
     stored, _ = read_checkpoint(ROOT / "checkpoints" / "diffmatch_xfeat.pt")
     written = config_from_dict(yaml.safe_load((CONFIGS / config).read_text())["model"]["model"])

@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-from diffmatch import convert_official
-from diffmatch.convert_official import OFFICIAL_MODEL, OFFICIAL_UPSAMPLER, official_to_denoiser
-from diffmatch.denoiser import DenoiserConfig, FlowDenoiser
-from diffmatch.model import DiffMatch, config_from_dict
-from diffmatch.upsampler import CascadeDiffMatch
-from diffmatch.weights import load_checkpoint
+from diffmatch.cli import convert_official
+from diffmatch.models import official
+from diffmatch.models.config import config_from_dict
+from diffmatch.models.denoiser import DenoiserConfig, FlowDenoiser
+from diffmatch.models.official import OFFICIAL_MODEL, OFFICIAL_UPSAMPLER, official_to_denoiser
+from diffmatch.models.weights import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "official_parity.pt"
@@ -130,7 +130,7 @@ def test_raw_and_wrapped_files(tmp_path: Path, wrap: str) -> None:
     }[wrap]
     path = tmp_path / "ema_0.9999_000001.pt"
     torch.save(data, path)
-    read = convert_official.read_official_state_dict(path)
+    read = official.read_official_state_dict(path)
     assert read.keys() == state.keys()
     assert all(torch.equal(read[k], state[k]) for k in state)
 
@@ -139,15 +139,15 @@ def test_not_an_official_file(tmp_path: Path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"weight": torch.zeros(2)}, path)
     with pytest.raises(Exception, match="not an official DiffMatch U-Net checkpoint"):
-        convert_official.read_official_state_dict(path)
+        official.read_official_state_dict(path)
 
 
 def _small_official(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shrink the official settings to the fixture's reduced width (VGG random: nothing to download)."""
     small = {**OFFICIAL_MODEL, "image_size": 64, "cost_size": 16, "denoiser": SMALL,
              "feature_kwargs": {**OFFICIAL_MODEL["feature_kwargs"], "weights": "random"}}
-    monkeypatch.setattr(convert_official, "OFFICIAL_MODEL", small)
-    monkeypatch.setattr(convert_official, "OFFICIAL_UPSAMPLER", {**OFFICIAL_UPSAMPLER, "size": 32})
+    monkeypatch.setattr(official, "OFFICIAL_MODEL", small)
+    monkeypatch.setattr(official, "OFFICIAL_UPSAMPLER", {**OFFICIAL_UPSAMPLER, "size": 32})
 
 
 def test_cli_converts_both_stages_and_they_load_publicly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,7 +160,7 @@ def test_cli_converts_both_stages_and_they_load_publicly(tmp_path: Path, monkeyp
     assert convert_official.main([str(stage1_file), str(out1), "--vgg16", "random"]) == 0
     assert convert_official.main([str(sr_file), str(out2), "--stage", "upsampler", "--stage1", str(out1)]) == 0
     first, cascade = load_checkpoint(out1), load_checkpoint(out2)
-    assert type(first) is DiffMatch and isinstance(cascade, CascadeDiffMatch)
+    assert first.upsampler is None and cascade.upsampler is not None
     assert cascade.config.init_flow == "hard" and cascade.upsampler.config.refine == "mean"
     mapped = official_to_denoiser(fixture["upsampler_state_dict"], cascade.upsampler.denoiser)
     own = cascade.upsampler.denoiser.state_dict()

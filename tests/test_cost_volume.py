@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from helpers import shifted_pair
 
-from diffmatch.cost_volume import argmax_flow, global_correlation, local_correlation, soft_argmax_flow
 from diffmatch.features.vgg import VGG16Pyramid
+from diffmatch.models.cost_volume import argmax_flow, global_correlation, local_correlation, soft_argmax_flow
 
 
 def test_soft_argmax_recovers_shift_of_shifted_copy():

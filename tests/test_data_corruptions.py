@@ -9,7 +9,7 @@ import skimage.data
 import torch
 
 from diffmatch.data import CORRUPTIONS, SEVERITIES, Corrupted, corrupt
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import torch
 from diffmatch.data import SyntheticPairs, WarpConfig
 from diffmatch.data.csv_pairs import CSVWarpPairs
 from diffmatch.data.glunet_warps import read_warp_csv, render_pair, sample_warp_row
+from diffmatch.errors import InputError
 from diffmatch.geometry import homography_to_flow, warp
-from diffmatch.io import InputError, save_image
+from diffmatch.io import save_image
 
 SIZE = (96, 96)  # r = 0.4: working images of 230 × 307 (homography) and 192 × 256 (affine, TPS)
 HEADER = ["fname", "aff/tps/homo", *[f"t{i}" for i in range(1, 19)]]

@@ -23,8 +23,9 @@ from diffmatch.data import (
     build_dataset,
 )
 from diffmatch.data.datamodule import _EpochSampler
+from diffmatch.errors import InputError
 from diffmatch.geometry import warp
-from diffmatch.io import InputError, save_image, write_flow
+from diffmatch.io import save_image, write_flow
 
 
 def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -19,8 +19,9 @@ from diffmatch.data.moving_objects import (
     draw_placements,
     paste_objects,
 )
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid, warp
-from diffmatch.io import InputError, save_image
+from diffmatch.io import save_image
 
 SIZE = (96, 128)
 POLYGON = [30.0, 20.0, 90.0, 25.0, 100.0, 70.0, 55.0, 95.0, 25.0, 60.0]  # x, y, ... in the COCO image

@@ -14,7 +14,8 @@ import yaml
 
 from diffmatch.data.datamodule import DataConfig, build_dataset
 from diffmatch.data.moving_objects import MovingObjectsConfig
-from diffmatch.io import InputError, save_image
+from diffmatch.errors import InputError
+from diffmatch.io import save_image
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "fname,aff/tps/homo," + ",".join(f"t{i}" for i in range(1, 19))

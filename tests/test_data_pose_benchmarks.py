@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from diffmatch.data import MegaDepth1500, ScanNet1500
 from diffmatch.data.pose_benchmarks import MEGADEPTH_1500_SCENES
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 POINT = np.array([0.4, -0.3, 6.0])  # a world point in front of every fixture camera
 

@@ -22,9 +22,9 @@ from diffmatch.data import (
 )
 from diffmatch.data.scene_render import Camera, Plane, render, rotation_matrix, scene_flow
 from diffmatch.data.scenes import intrinsics
+from diffmatch.errors import InputError
 from diffmatch.geometry import homography_to_flow, warp
-from diffmatch.io import InputError
-from diffmatch.matches import estimate_relative_pose
+from diffmatch.geometry.estimation import estimate_relative_pose
 from diffmatch.metrics import pose_error
 from diffmatch.result import MatchResult
 

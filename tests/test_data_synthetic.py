@@ -18,8 +18,8 @@ from diffmatch.data import (
     photometric_augment,
     sample_mapping,
 )
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid, warp
-from diffmatch.io import InputError
 
 SIZE = (48, 64)
 

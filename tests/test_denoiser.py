@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
-from diffmatch.denoiser import LEGACY_DENOISER, DenoiserConfig, FlowDenoiser
-from diffmatch.model import LEGACY_MODEL, DiffMatchConfig, config_from_stored
+from diffmatch.models.config import LEGACY_MODEL, DiffMatchConfig, config_from_stored
+from diffmatch.models.denoiser import LEGACY_DENOISER, DenoiserConfig, FlowDenoiser
 
 
 def _count(config: DenoiserConfig) -> int:

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from helpers import shifted_pair, tiny_config
 
-import diffmatch.evaluate as evaluate_cli
+import diffmatch.cli.evaluate as evaluate_cli
 import diffmatch.evaluation.methods as methods_module
-from diffmatch.baselines import DISFlow, FarnebackFlow, Method
+from diffmatch.evaluation.baselines import DISFlow, FarnebackFlow, Method
 from diffmatch.evaluation.datasets import EvalSubset
 from diffmatch.evaluation.report import summarize_records, write_outputs
 from diffmatch.evaluation.runner import run_evaluation
@@ -181,8 +181,8 @@ def test_cli_checkpoint_and_raw_corr_with_a_stand_in_matcher(tmp_path, capsys, m
 
 
 def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):
-    from diffmatch.model import DiffMatch
-    from diffmatch.weights import FORMAT, VERSION
+    from diffmatch.models.diffmatch import DiffMatch
+    from diffmatch.models.weights import FORMAT, VERSION
 
     config = tiny_config()
     weights = tmp_path / "tiny.pt"
@@ -366,7 +366,7 @@ def test_steps_beyond_the_model_are_refused_before_any_pair(tmp_path, checkpoint
 
 
 def test_evaluate_confidence_checks_out_before_loading(tmp_path, capsys):
-    from diffmatch.evaluate_confidence import main as confidence_main
+    from diffmatch.cli.evaluate_confidence import main as confidence_main
 
     blocker = tmp_path / "f"
     blocker.write_text("x")
@@ -376,7 +376,7 @@ def test_evaluate_confidence_checks_out_before_loading(tmp_path, capsys):
 
 
 def test_evaluate_confidence_needs_a_calibrated_checkpoint(tmp_path, checkpoint, capsys):
-    from diffmatch.evaluate_confidence import main as confidence_main
+    from diffmatch.cli.evaluate_confidence import main as confidence_main
 
     code = confidence_main(["--checkpoint", str(checkpoint), "--limit", "1", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()

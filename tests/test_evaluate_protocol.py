@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffmatch.evaluate import main
+from diffmatch.cli.evaluate import main
+from diffmatch.errors import InputError
 from diffmatch.evaluation.datasets import build_subsets, default_protocol
 from diffmatch.evaluation.report import summarize_records
 from diffmatch.evaluation.runner import PairRecord, run_evaluation
-from diffmatch.io import InputError
 from diffmatch.metrics import pair_metrics
 from diffmatch.result import MatchResult
 

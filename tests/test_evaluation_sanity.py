@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffmatch.baselines import OPENCV_METHODS
 from diffmatch.data.photos import bundled_photos
+from diffmatch.errors import InputError
+from diffmatch.evaluation.baselines import OPENCV_METHODS
 from diffmatch.evaluation.sanity import SANITY_CASES, sanity_errors, sanity_pairs
 from diffmatch.geometry import warp
-from diffmatch.io import InputError, load_image
+from diffmatch.io import load_image
 from diffmatch.result import MatchResult
 
 

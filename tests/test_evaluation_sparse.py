@@ -9,8 +9,9 @@ import torch
 from scipy.spatial import Delaunay
 
 import diffmatch.evaluation.sparse as sparse
+from diffmatch.cli.evaluate import main
 from diffmatch.data import bundled_photos
-from diffmatch.evaluate import main
+from diffmatch.errors import InputError
 from diffmatch.evaluation.methods import MethodOptions, available_methods, build_methods
 from diffmatch.evaluation.sparse import (
     LIGHTGLUE_INSTALL,
@@ -19,7 +20,7 @@ from diffmatch.evaluation.sparse import (
     interpolate_matches,
     lightglue_weights_dir,
 )
-from diffmatch.io import InputError, load_image
+from diffmatch.io import load_image
 from diffmatch.result import MatchResult
 
 SHIFT = (7, 3)  # target(x) = source(x + SHIFT)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from helpers import shifted_pair, tiny_config
 
-from diffmatch.cost_volume import argmax_flow, global_correlation
 from diffmatch.features import build_features
 from diffmatch.features.efficientnet import EfficientNetLite0Features
-from diffmatch.model import DiffMatch
-from diffmatch.weights import load_checkpoint, save_weights
+from diffmatch.models.cost_volume import argmax_flow, global_correlation
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.weights import load_checkpoint, save_weights
 
 
 def test_state_dict_file_round_trip_and_bad_specs(tmp_path):

@@ -79,8 +79,8 @@ def test_imagenet_offline_names_the_file(monkeypatch, tmp_path):
 def test_hed_checkpoint_reloads_with_its_normalisation(tmp_path):
     from helpers import tiny_config
 
-    from diffmatch.model import DiffMatch
-    from diffmatch.weights import load_checkpoint, save_weights
+    from diffmatch.models.diffmatch import DiffMatch
+    from diffmatch.models.weights import load_checkpoint, save_weights
 
     path = tmp_path / "hed.weights.h5"
     _fake_hed_file(path)

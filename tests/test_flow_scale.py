@@ -6,8 +6,9 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from diffmatch.diffusion import FlowDiffusion
-from diffmatch.model import DiffMatch, config_from_stored
+from diffmatch.models.config import config_from_stored
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.diffusion import FlowDiffusion
 
 
 @pytest.mark.parametrize("scale", [1.0, 10.0])

@@ -11,7 +11,7 @@ import torch
 
 from diffmatch import DiffMatcher
 from diffmatch.cli.infer import main as infer_main
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,10 +8,11 @@ import torch
 
 from diffmatch.cli.infer import main, write_outputs
 from diffmatch.confidence import fit_calibrator
-from diffmatch.io import InputError, read_flow_file, save_image
-from diffmatch.model import DiffMatch
+from diffmatch.errors import InputError
+from diffmatch.io import read_flow_file, save_image
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.weights import save_weights
 from diffmatch.result import MatchResult
-from diffmatch.weights import save_weights
 from tests.helpers import tiny_config
 
 

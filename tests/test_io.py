@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from diffmatch.io import InputError, atomic_open, load_image, read_flow, read_flow_file, write_flow
+from diffmatch.errors import InputError
+from diffmatch.io import atomic_open, load_image, read_flow, read_flow_file, write_flow
 
 
 @pytest.fixture

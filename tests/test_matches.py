@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from diffmatch.evaluation.calibration import corner_error, homography_accuracy, homography_from_flow
+from diffmatch.confidence.metrics import corner_error, homography_accuracy, homography_from_flow
 from diffmatch.geometry import homography_to_flow
+from diffmatch.geometry.estimation import sample_matches
 from diffmatch.matcher import DiffMatcher
-from diffmatch.matches import sample_matches
 from diffmatch.result import MatchResult
 
 H_TRUE = np.array([[0.95, 0.04, 6.0], [-0.03, 1.02, -4.0], [2e-4, -1e-4, 1.0]])
@@ -135,7 +135,7 @@ def _two_view_matches(seed: int = 0):
 
 
 def test_estimate_relative_pose_from_sparse_matches_and_its_errors():
-    from diffmatch.matches import estimate_relative_pose
+    from diffmatch.geometry.estimation import estimate_relative_pose
     from diffmatch.metrics import pose_error
     from diffmatch.result import SparseMatches
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from helpers import shifted_pair, tiny_config
 
-from diffmatch.denoiser import DenoiserConfig, FlowDenoiser
-from diffmatch.diffusion import FlowDiffusion
-from diffmatch.model import DiffMatch
+from diffmatch.models.denoiser import DenoiserConfig, FlowDenoiser
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.diffusion import FlowDiffusion
 
 
 def test_paper_denoiser_has_121m_parameters():

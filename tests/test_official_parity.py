@@ -37,10 +37,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffmatch.convert_official import official_to_denoiser
 from diffmatch.features import Features
-from diffmatch.model import Condition, DiffMatch, clamp_mean
-from diffmatch.upsampler import CascadeDiffMatch
+from diffmatch.models.diffmatch import Condition, DiffMatch
+from diffmatch.models.diffusion import clamp_mean
+from diffmatch.models.official import official_to_denoiser
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_parity.pt"
 CLAMP_FIXTURE = Path(__file__).parent / "fixtures" / "official_clamp.pt"
@@ -65,9 +65,9 @@ def official() -> dict:
 
 
 @pytest.fixture(scope="module")
-def model(official: dict) -> CascadeDiffMatch:
+def model(official: dict) -> DiffMatch:
     upsampler = {"size": 32, "radius": 4, "refine": "mean", "normalize_after_sampling": True}
-    model = CascadeDiffMatch(STAGE1, upsampler).eval()
+    model = DiffMatch(STAGE1, upsampler).eval()
     model.denoiser.load_state_dict(official_to_denoiser(official["stage1_state_dict"], model.denoiser))
     model.upsampler.denoiser.load_state_dict(
         official_to_denoiser(official["upsampler_state_dict"], model.upsampler.denoiser)
@@ -90,7 +90,7 @@ def _close(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
 
 
 @torch.no_grad()
-def _stage1(model: CascadeDiffMatch, official: dict) -> tuple:
+def _stage1(model: DiffMatch, official: dict) -> tuple:
     src, tgt = official["source_maps"].float(), official["target_maps"].float()
     cond = model.condition_from_maps([m[None] for m in src], [m[None] for m in tgt])
     calls, handle = _record(model.denoiser)
@@ -101,7 +101,7 @@ def _stage1(model: CascadeDiffMatch, official: dict) -> tuple:
     return cond, samples, calls
 
 
-def test_stage1_matches_official(model: CascadeDiffMatch, official: dict) -> None:
+def test_stage1_matches_official(model: DiffMatch, official: dict) -> None:
     cond, samples, calls = _stage1(model, official)
     _close(cond.init_flow, official["stage1_init_flow"], "F_init")
     assert len(calls) == 5
@@ -111,7 +111,7 @@ def test_stage1_matches_official(model: CascadeDiffMatch, official: dict) -> Non
     _close(samples.mean(1).clamp(-1, 1), official["stage1_sample"], "final 5-step sample")
 
 
-def test_upsampler_matches_official(model: CascadeDiffMatch, official: dict) -> None:
+def test_upsampler_matches_official(model: DiffMatch, official: dict) -> None:
     _, coarse, _ = _stage1(model, official)
     fine = [Features(coarse=[], fine=official[f"{side}_fine"].float()) for side in ("source", "target")]
     calls, handle = _record(model.upsampler.denoiser)

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from helpers import shifted_pair, tiny_config
 
-from diffmatch.export import main as export_main
-from diffmatch.io import InputError
+from diffmatch.cli.export import main as export_main
+from diffmatch.errors import InputError
 from diffmatch.matcher import BUNDLED_CHECKPOINT
-from diffmatch.model import DiffMatch
-from diffmatch.onnx_export import export_onnx
-from diffmatch.upsampler import CascadeDiffMatch, UpsamplerConfig
-from diffmatch.weights import load_checkpoint, save_weights
+from diffmatch.models.config import UpsamplerConfig
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.onnx import export_onnx
+from diffmatch.models.weights import load_checkpoint, save_weights
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -122,7 +122,7 @@ def test_cli_refuses_bad_options_in_one_line(checkpoint, tmp_path, capsys):
 
 def test_cascade_and_regression_models_are_refused(tmp_path, capsys):
     torch.manual_seed(0)
-    cascade = save_weights(CascadeDiffMatch(tiny_config(), UpsamplerConfig(size=32, radius=2)), tmp_path / "c.pt")
+    cascade = save_weights(DiffMatch(tiny_config(), UpsamplerConfig(size=32, radius=2)), tmp_path / "c.pt")
     assert export_main([str(cascade), str(tmp_path / "c.onnx"), "--onnx"]) == 2
     err = capsys.readouterr().err
     assert "cascade" in err and err.count("\n") == 1

@@ -8,13 +8,13 @@ import pytest
 import torch
 from helpers import shifted_pair, tiny_config
 
-from diffmatch import evaluate as evaluate_cli
-from diffmatch import precision as precision_module
+from diffmatch.cli import evaluate as evaluate_cli
 from diffmatch.cli.infer import main as infer_main
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 from diffmatch.matcher import DiffMatcher
-from diffmatch.model import DiffMatch
-from diffmatch.precision import check_precision, full_precision
+from diffmatch.models import precision as precision_module
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.precision import check_precision, full_precision
 
 
 def _model() -> DiffMatch:

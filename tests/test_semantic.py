@@ -12,10 +12,10 @@ from PIL import Image
 from scipy.io import savemat
 from zeroshot_fixtures import make_tiny_dino, textured_image
 
+from diffmatch.errors import InputError
+from diffmatch.evaluation.semantic import PFPascalDataset, SPairDataset, evaluate_pck, pck
 from diffmatch.features.dino import DINOv2Extractor
-from diffmatch.io import InputError
-from diffmatch.semantic import PFPascalDataset, SPairDataset, evaluate_pck, pck
-from diffmatch.zeroshot import ZeroShotMatcher
+from diffmatch.models.zeroshot import ZeroShotMatcher
 
 H, W = 56, 70  # multiples of DINOv2's patch size, so cell centres are exact
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffmatch.cli.export import main as export_main
 from diffmatch.cli.train import main as train_main
-from diffmatch.export import main as export_main
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 from diffmatch.matcher import DiffMatcher
+from diffmatch.models.weights import export_weights, load_checkpoint
 from diffmatch.training import DiffMatchModule
-from diffmatch.weights import export_weights, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")

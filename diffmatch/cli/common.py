@@ -4,7 +4,7 @@ The commands (``infer.py``, ``train.py``, ``python -m diffmatch.export``, ``.cal
 ``.evaluate``, ``.evaluate_confidence``, ``.convert_official``) answer a bad input with one line on
 stderr, never a traceback:
 
-* ``2``: bad arguments, missing or corrupt inputs (:class:`~diffmatch.io.InputError`), an output
+* ``2``: bad arguments, missing or corrupt inputs (:class:`~diffmatch.errors.InputError`), an output
   path that cannot be written (checked before any model or data is loaded);
 * ``1``: the work failed (some pairs failed, a full disk, an ``OSError`` while writing);
 * ``130``: interrupted with Ctrl-C (the shell's convention, 128 + SIGINT).
@@ -15,15 +15,16 @@ This module imports nothing heavy (no torch), so that ``--help`` and argument er
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn, ParamSpec
+from typing import Any, NoReturn, ParamSpec
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = [
     "EXIT_FAILED",
@@ -45,11 +46,45 @@ EXIT_INTERRUPTED = 130
 P = ParamSpec("P")
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """``argparse`` whose errors are one line on stderr (no usage block) and exit status 2."""
+_PROGRAM: list[str] = []  # the name the `diffmatch` command runs a subcommand under (cli/main.py)
 
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message} (see --help)\n")
+
+def program(default: str) -> str:
+    """The command's name for its usage line: ``default`` (e.g. ``python -m diffmatch.evaluate``), or
+    ``diffmatch evaluate`` when the ``diffmatch`` command runs it."""
+    return _PROGRAM[-1] if _PROGRAM else default
+
+
+@contextlib.contextmanager
+def running_as(name: str) -> Iterator[None]:
+    """Within the block, :func:`program` answers ``name``."""
+    _PROGRAM.append(name)
+    try:
+        yield
+    finally:
+        _PROGRAM.pop()
+
+
+class OneLineErrors:
+    """Parser mixin: errors are one line on stderr (no usage block) and exit status 2.
+
+    The one base every command's parser shares: :class:`OneLineArgumentParser` (``argparse``) and the
+    training command's LightningCLI parser (:mod:`diffmatch.cli.train`).
+    """
+
+    prog: str
+    exit_on_error: bool
+
+    def error(self, message: str, *args: Any) -> NoReturn:
+        if getattr(self, "exit_on_error", True) is False:
+            super().error(message, *args)  # type: ignore[misc]  # the parser raises instead
+        text = " ".join(str(message).split())
+        command = self.prog.replace(" [options]", "")
+        self.exit(EXIT_USAGE, f"error: {text} (see {command} --help)\n")  # type: ignore[attr-defined]
+
+
+class OneLineArgumentParser(OneLineErrors, argparse.ArgumentParser):
+    """``argparse`` whose errors are one line on stderr (no usage block) and exit status 2."""
 
 
 def print_error(message: object) -> None:
@@ -67,7 +102,7 @@ def describe_os_error(err: OSError) -> str:
 def one_line_errors(main: Callable[P, int]) -> Callable[P, int]:
     """Wrap a command's ``main`` so that what escapes it becomes one line and an exit status.
 
-    :class:`~diffmatch.io.InputError` gives status 2, ``OSError`` (a full disk, a folder that
+    :class:`~diffmatch.errors.InputError` gives status 2, ``OSError`` (a full disk, a folder that
     vanished) 1, and ``KeyboardInterrupt`` 130 with ``interrupted`` on stderr. Anything else is a bug
     and keeps its traceback.
     """

@@ -20,7 +20,6 @@ complete (``--overwrite`` redoes them), and ``--devices N`` splits the list over
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import os
 import sys
@@ -39,18 +38,12 @@ from diffmatch.cli.common import (
     describe_os_error,
     one_line_errors,
     print_error,
+    program,
     remove_empty_folders,
 )
 from diffmatch.cli.pair_progress import PairTotals, pair_folder, pairs_to_do, summary_line
-from diffmatch.io import (
-    FLOW_FORMATS,
-    InputError,
-    atomic_folder,
-    atomic_open,
-    load_image,
-    save_image,
-    write_flow,
-)
+from diffmatch.errors import InputError
+from diffmatch.io import FLOW_FORMATS, atomic_folder, atomic_open, load_image, save_image, write_flow
 from diffmatch.threads import configure_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,7 +67,6 @@ __all__ = [
     "read_pairs_file",
     "remove_empty_folders",
     "split_pairs_line",
-    "upsample_result",
     "write_outputs",
 ]
 
@@ -100,7 +92,7 @@ def _image_size(text: str) -> int | str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineArgumentParser(prog="infer.py", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog=program("infer.py"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", help="source image (the flow points into it)")
     parser.add_argument("--target", help="target image (the flow lives on its grid)")
     parser.add_argument("--pairs", help="text file with one 'source target' pair per line")
@@ -339,59 +331,6 @@ def write_outputs(
     return output_names(flow_format, viz, confidence is not None)
 
 
-def _downscaled(image: np.ndarray, max_size: int | None) -> np.ndarray:
-    """``image`` shrunk (area interpolation) so that its longer side is at most ``max_size``."""
-    import cv2
-
-    h, w = image.shape[:2]
-    if max_size is None or max(h, w) <= max_size:
-        return image
-    scale = max_size / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def upsample_result(
-    result: MatchResult, target_size: tuple[int, int], source_scale: tuple[float, float], samples: bool = True
-) -> MatchResult:
-    """A result computed on downscaled images, brought to the full-size target grid.
-
-    Args:
-        result: flows ``(B, 2, h, w)`` on the small target, in pixels of the small source.
-        target_size: ``(H, W)`` of the full-size target.
-        source_scale: ``(sy, sx)``, full-size source pixels per small source pixel.
-        samples: bring the hypotheses to full size too; ``False`` keeps only the mean as the one
-            sample (N full-size flows are most of the memory of a large image, and only ``.npz`` keeps them).
-
-    Returns:
-        The same result with flows (mean, samples, initial) in full-size pixels
-        (:func:`diffmatch.geometry.resize_flow`, ``align_corners=False``), the variance scaled by
-        ``sy * sx`` and every map bilinearly resized to ``target_size``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from diffmatch.geometry import resize_flow
-
-    if tuple(result.flow.shape[-2:]) == tuple(target_size) and source_scale == (1.0, 1.0):
-        return result
-    flows = lambda f: resize_flow(f, target_size, source_scale=source_scale)  # noqa: E731
-    maps = lambda m: F.interpolate(m, size=target_size, mode="bilinear", align_corners=False)  # noqa: E731
-    flow = flows(result.flow)
-    changes = {
-        "flow": flow,
-        "uncertainty": maps(result.uncertainty) * (source_scale[0] * source_scale[1]),
-        "samples": torch.stack([flows(result.samples[:, i]) for i in range(result.samples.shape[1])], dim=1)
-        if samples
-        else flow.unsqueeze(1),
-    }
-    if result.init_flow is not None:
-        changes["init_flow"] = flows(result.init_flow)
-    if getattr(result, "confidence", None) is not None:
-        changes["confidence"] = maps(result.confidence).clamp(0.0, 1.0)
-    return dataclasses.replace(result, **changes)
-
-
 def _build_matcher(args: argparse.Namespace, device: str | torch.device | None = None) -> tuple[Matcher, bool]:
     """The matcher ``--matcher`` names, loaded once, and whether its results have a calibrated confidence.
 
@@ -422,7 +361,9 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
             # A fresh generator per pair: a pair's result depends on --seed alone, not on which pairs
             # came before it in this process (nor on how --devices splits the list).
             gen = torch.Generator(device=matcher.device).manual_seed(args.seed)
-            return matcher.match(source, target, num_samples=args.samples, num_steps=args.steps, generator=gen)
+            return matcher.match(
+                source, target, num_samples=args.samples, num_steps=args.steps, generator=gen, max_size=args.max_size
+            )
 
         return run, reason is None
     if args.min_confidence is not None:
@@ -435,12 +376,12 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
     if args.precision != "32":
         raise InputError(f"--precision applies to --matcher diffmatch, not {args.matcher}")
     from diffmatch.inputs import resolve_device
-    from diffmatch.zeroshot import ZeroShotMatcher
+    from diffmatch.models.zeroshot import ZeroShotMatcher
 
     zero = ZeroShotMatcher.from_name(
         args.matcher, sd_model=args.sd_model, dino_model=args.dino_model, device=resolve_device(device)
     )
-    return (lambda source, target, index: zero.match(source, target)), False
+    return (lambda source, target, index: zero.match(source, target, max_size=args.max_size)), False
 
 
 def _large_image_warning(path: Path, image: np.ndarray) -> str | None:
@@ -563,10 +504,7 @@ def match_pair(args: argparse.Namespace, out: Path, index: int, pair: tuple[Path
                 warning = _large_image_warning(path, image)
                 if warning:
                     _say(warning, sys.stderr)
-        small_source, small_target = _downscaled(source, args.max_size), _downscaled(target, args.max_size)
-        result = run(small_source, small_target, index)
-        scale = (source.shape[0] / small_source.shape[0], source.shape[1] / small_source.shape[1])
-        result = upsample_result(result, target.shape[:2], scale, samples=args.flow_format == "npz")
+        result = run(source, target, index)  # at most --max-size px, brought back to the full-size target
         # --pairs: the pair's folder appears whole; one pair: its files join --out together.
         with atomic_folder(folder, merge=not args.pairs) as staging:
             written = write_outputs(staging, result, source, target, args.flow_format, not args.no_viz, args.min_confidence)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from diffmatch.cli.common import EXIT_INTERRUPTED, describe_os_error, print_error
 from diffmatch.cli.pair_progress import PairTotals
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 from diffmatch.threads import thread_budget
 
 __all__ = ["PairList", "PairListProcesses", "PairWriter", "check_accelerator", "share"]

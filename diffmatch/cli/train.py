@@ -16,7 +16,7 @@ import netrc
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar, TQDMProgressBar
@@ -24,12 +24,12 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from diffmatch.cli.common import EXIT_INTERRUPTED, one_line_errors
+from diffmatch.cli.common import EXIT_INTERRUPTED, OneLineErrors, one_line_errors
 from diffmatch.data import PairDataModule
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 from diffmatch.training import AtomicCheckpointIO, DiffMatchModule
 
-__all__ = ["DiffMatchCLI", "OneLineArgumentParser", "StepProgressBar", "check_resume_checkpoint", "main", "run"]
+__all__ = ["DiffMatchCLI", "TrainArgumentParser", "StepProgressBar", "check_resume_checkpoint", "main", "run"]
 
 # ``--ckpt_path`` values Lightning resolves itself rather than reading as a file.
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -111,14 +111,8 @@ class DiffMatchCLI(LightningCLI):
             check_resume_checkpoint(self.config[subcommand].get("ckpt_path"))
 
 
-class OneLineArgumentParser(LightningArgumentParser):
+class TrainArgumentParser(OneLineErrors, LightningArgumentParser):
     """LightningCLI's parser, whose errors are one line on stderr (no 70-line usage block), status 2."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error:
-            super().error(message, ex)
-        text = " ".join(str(message).split())
-        self.exit(2, f"error: {text} (see {self.prog.replace(' [options]', '')} --help)\n")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         given = config.get("callbacks") or []
@@ -142,7 +136,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     return DiffMatchCLI(
         DiffMatchModule,
         PairDataModule,
-        parser_class=OneLineArgumentParser,
+        parser_class=TrainArgumentParser,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,

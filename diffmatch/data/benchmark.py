@@ -8,7 +8,7 @@ from typing import Any
 from diffmatch.data.photometric import PhotometricConfig
 from diffmatch.data.synthetic import SyntheticPairs
 from diffmatch.data.warps import WarpConfig
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = ["BENCHMARK_LEVELS", "SyntheticBenchmark"]
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from diffmatch.io import InputError, load_image
+from diffmatch.errors import InputError
+from diffmatch.io import load_image
 
 __all__ = ["CocoObject", "CocoObjects", "decode_segmentation"]
 

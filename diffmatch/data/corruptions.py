@@ -37,7 +37,7 @@ import skimage.util
 import torch
 from torch.utils.data import Dataset
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = ["CORRUPTIONS", "SEVERITIES", "corrupt", "Corrupted"]
 

@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from diffmatch.data.glunet_warps import read_warp_csv, render_pair
 from diffmatch.data.photometric import PhotometricConfig, photometric_augment
-from diffmatch.io import InputError, load_image
+from diffmatch.errors import InputError
+from diffmatch.io import load_image
 
 __all__ = ["CSVWarpPairs"]
 

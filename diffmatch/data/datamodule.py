@@ -25,7 +25,7 @@ from diffmatch.data.photos import bundled_photos
 from diffmatch.data.scenes import SceneConfig, ScenePairs
 from diffmatch.data.synthetic import SyntheticPairs
 from diffmatch.data.warps import WarpConfig
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = ["DataConfig", "PairDataModule", "build_dataset"]
 

@@ -13,8 +13,8 @@ from torch.utils.data import Dataset
 from diffmatch.data.photos import load_image_tensor
 from diffmatch.data.safe_pickle import load_array_pickle
 from diffmatch.data.synthetic import inside_frame
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid
-from diffmatch.io import InputError
 
 __all__ = ["ETH3D", "ETH3D_SCENES", "ETH3D_RATES", "load_eth3d_pairs"]
 

@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 
 from diffmatch.data.photos import load_image_tensor
 from diffmatch.data.synthetic import inside_frame
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid
-from diffmatch.io import InputError, read_flow_file
+from diffmatch.io import read_flow_file
 
 __all__ = ["GenericPairs", "read_mask"]
 

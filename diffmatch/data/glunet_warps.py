@@ -59,8 +59,8 @@ import torch
 import torch.nn.functional as F
 
 from diffmatch.data.warps import WarpConfig, random_affine
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid, pixel_to_normalized
-from diffmatch.io import InputError
 
 __all__ = [
     "CSV_KINDS",

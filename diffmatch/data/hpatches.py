@@ -13,8 +13,9 @@ from torch.utils.data import Dataset
 
 from diffmatch.data.photos import image_to_tensor
 from diffmatch.data.synthetic import inside_frame
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid, homography_to_flow
-from diffmatch.io import InputError, load_image
+from diffmatch.io import load_image
 
 __all__ = ["HPatches", "HPATCHES_SUBSETS"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = ["MIXED_KEYS", "MixedPairs"]
 

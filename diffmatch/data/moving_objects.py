@@ -45,8 +45,8 @@ from torch.utils.data import Dataset
 
 from diffmatch.data.coco import CocoObject, CocoObjects
 from diffmatch.data.photos import image_to_tensor
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid, pixel_to_normalized
-from diffmatch.io import InputError
 
 __all__ = [
     "MovingObjects",

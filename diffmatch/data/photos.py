@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffmatch.io import InputError, load_image
+from diffmatch.errors import InputError
+from diffmatch.io import load_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",

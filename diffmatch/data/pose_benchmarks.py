@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 
 from diffmatch.data.photos import image_to_tensor
 from diffmatch.data.safe_pickle import load_array_pickle
-from diffmatch.io import InputError, load_image
+from diffmatch.errors import InputError
+from diffmatch.io import load_image
 
 __all__ = [
     "MEGADEPTH_1500_SCENES",

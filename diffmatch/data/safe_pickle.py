@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = ["load_array_pickle"]
 

@@ -60,7 +60,8 @@ from torch.utils.data import Dataset
 from diffmatch.data.photometric import PhotometricConfig, photometric_augment
 from diffmatch.data.photos import image_to_tensor, list_images
 from diffmatch.data.scene_render import Camera, Plane, render, rotation_matrix, scene_flow
-from diffmatch.io import InputError, load_image
+from diffmatch.errors import InputError
+from diffmatch.io import load_image
 
 __all__ = [
     "MOTIONS",

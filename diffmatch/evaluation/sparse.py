@@ -31,7 +31,7 @@ from kornia.geometry.transform import resize
 from scipy.interpolate import LinearNDInterpolator
 from scipy.spatial import Delaunay, QhullError, cKDTree
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 from diffmatch.result import MatchResult, SparseMatches
 
 __all__ = [
@@ -183,7 +183,7 @@ class SparseMatcher(ABC):
         return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
-        """Match a batch of pairs; see :class:`~diffmatch.baselines.Method`.
+        """Match a batch of pairs; see :class:`~diffmatch.evaluation.baselines.Method`.
 
         Args:
             source: ``(B, C, Hs, Ws)`` float image in ``[0, 1]``, ``C`` 3 (RGB) or 1 (gray).

@@ -8,32 +8,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffmatch.io import InputError
+from diffmatch.io import read_torch_file
 
-__all__ = ["Features", "FeatureExtractor", "MissingWeightsError", "read_weight_file"]
+__all__ = ["Features", "FeatureExtractor", "l2_normalize", "read_weight_file"]
 
 
-class MissingWeightsError(InputError):
-    """A backbone's pretrained weights are not on this machine; the message says how to get them.
-
-    Its text ends by saying how to pass a local file instead, ``weights=FILE`` by default (the
-    extractor's argument, also ``feature_kwargs: {weights: FILE}`` in a config); a command line with
-    its own flag for it (``convert_official --vgg16``) words it with :meth:`text`.
-
-    Args:
-        message: what is missing and how to install or download it.
-        file_example: the local file to pass instead, e.g. ``/path/to/vgg16-397923af.pth``.
-    """
-
-    def __init__(self, message: str, file_example: str) -> None:
-        self.message = message
-        self.file_example = file_example
-        super().__init__(self.text())
-
-    def text(self, flag: str | None = None) -> str:
-        """The message, ending with how to pass a local file: ``weights=FILE``, or ``FLAG FILE`` for a CLI flag."""
-        passing = f"weights={self.file_example}" if flag is None else f"{flag} {self.file_example}"
-        return f"{self.message}; or pass {passing}"
+def l2_normalize(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """L2-normalise ``(B, C, H, W)`` features along channels."""
+    return features / features.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
 def read_weight_file(path: Path, name: str) -> dict:
@@ -44,15 +26,9 @@ def read_weight_file(path: Path, name: str) -> dict:
         name: the backbone's name, for the messages (e.g. ``"XFeat"``).
 
     Raises:
-        ValueError: an unreadable file, or one that holds no dict.
+        InputError: a missing or unreadable file, or one that holds no dict (:func:`diffmatch.io.read_torch_file`).
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable {name} state dict ({type(err).__name__})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a {name} state dict, got {type(state).__name__}")
-    return state
+    return read_torch_file(path, f"{name} state dict")
 
 
 @dataclass

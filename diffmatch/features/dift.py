@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from diffmatch.features._hf import as_size, crop_to_image, load_pretrained, pad_to_multiple, resize_image
 from diffmatch.features.base import FeatureExtractor, Features
+from diffmatch.features.hub import as_size, crop_to_image, load_pretrained, pad_to_multiple, resize_image
 
 __all__ = ["DIFT_PRESETS", "DIFTExtractor", "SD_SUBFOLDERS"]
 

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from diffmatch.features._hf import as_size, crop_to_image, load_pretrained, pad_to_multiple, resize_image
 from diffmatch.features.base import FeatureExtractor, Features
+from diffmatch.features.hub import as_size, crop_to_image, load_pretrained, pad_to_multiple, resize_image
 
 __all__ = ["DINOv2Extractor", "IMAGENET_MEAN", "IMAGENET_STD"]
 

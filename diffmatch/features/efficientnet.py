@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.features.base import FeatureExtractor, Features, MissingWeightsError, read_weight_file
+from diffmatch.errors import MissingWeightsError
+from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
 
 __all__ = ["LITE0_BLOCKS", "EfficientNetLite0Features", "load_lite0_state_dict"]
 

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from diffmatch.cost_volume import l2_normalize
-from diffmatch.features.base import FeatureExtractor, Features
+from diffmatch.features.base import FeatureExtractor, Features, l2_normalize
 from diffmatch.features.dift import DIFTExtractor
 from diffmatch.features.dino import DINOv2Extractor
 

@@ -13,7 +13,8 @@ from torchvision.models import VGG16_Weights
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers
 
-from diffmatch.features.base import FeatureExtractor, Features, MissingWeightsError, read_weight_file
+from diffmatch.errors import MissingWeightsError
+from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
 
 __all__ = ["VGG16Pyramid", "VGG_LAYERS", "load_vgg16_state_dict"]
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.features.base import FeatureExtractor, Features, MissingWeightsError, read_weight_file
+from diffmatch.errors import MissingWeightsError
+from diffmatch.features.base import FeatureExtractor, Features, read_weight_file
 
 __all__ = ["XFEAT_TRUNK", "XFeatFeatures", "load_xfeat_state_dict"]
 
@@ -75,7 +76,7 @@ def load_xfeat_state_dict(weights: str) -> dict[str, torch.Tensor] | None:
             is returned; the caller seeds the init) or a path to ``xfeat.pt``.
 
     Raises:
-        MissingWeightsError: the package is not installed (an :class:`~diffmatch.io.InputError`).
+        MissingWeightsError: the package is not installed (an :class:`~diffmatch.errors.InputError`).
         ValueError: the file is missing or unreadable.
     """
     if weights == "random":

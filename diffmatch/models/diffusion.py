@@ -7,7 +7,15 @@ from collections.abc import Callable
 import torch
 from diffusers import DDIMScheduler
 
-__all__ = ["FlowDiffusion", "draw_noise"]
+__all__ = [
+    "FlowDiffusion",
+    "Generators",
+    "clamp_mean",
+    "derive_generators",
+    "draw_noise",
+    "expand_generators",
+    "split_generators",
+]
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Generators = torch.Generator | list[torch.Generator] | None
@@ -36,6 +44,73 @@ def draw_noise(
         gen_device = gen.device if gen is not None else device
         items.append(torch.randn(shape[1:], generator=gen, device=gen_device, dtype=torch.float32))
     return torch.stack(items).to(device=device, dtype=dtype)
+
+
+def clamp_mean(samples: torch.Tensor, bound: float = 1.0) -> torch.Tensor:
+    """Hypotheses moved so that their mean is clamped to ``[-bound, bound]``, as the official code clamps.
+
+    The official sampler averages its ``N`` hypotheses and clamps that mean to ``[-1, 1]``
+    (``ddim_sample_loop``, then ``run_sample_lr``); clamping each hypothesis instead differs
+    wherever they straddle the bound. Every hypothesis of a pixel is moved by the same amount, the
+    mean's clamp there: the mean becomes the official flow, and the spread (the uncertainty) is kept.
+
+    Args:
+        samples: ``(B, N, 2, h, w)`` normalised flows (target grid, ``target(x) ≈ source(x + flow(x))``).
+        bound: the clamp.
+
+    Returns:
+        ``(B, N, 2, h, w)``, the same hypotheses shifted per pixel and component.
+    """
+    if samples.ndim != 5 or samples.shape[2] != 2:
+        raise ValueError(f"samples must be (B, N, 2, h, w), got {tuple(samples.shape)}")
+    mean = samples.mean(dim=1, keepdim=True)
+    return samples + (mean.clamp(-bound, bound) - mean)
+
+
+def expand_generators(
+    generator: Generators, batch: int, num_samples: int, device: torch.device
+) -> Generators:
+    """One generator per (item, hypothesis), derived so that item i's samples do not depend on the batch."""
+    if generator is None:
+        return None
+    per_item = generator if isinstance(generator, list) else [generator] * batch
+    if len(per_item) != batch:
+        raise ValueError(f"got {len(per_item)} generators for a batch of {batch}")
+    out = []
+    for gen in per_item:
+        seeds = torch.randint(0, 2**62, (num_samples,), generator=gen, device=gen.device).tolist()
+        for seed in seeds:
+            child = torch.Generator(device=gen.device)
+            child.manual_seed(int(seed))
+            out.append(child)
+    return out
+
+
+def split_generators(generator: Generators, batch: int) -> tuple[Generators, Generators]:
+    """Two independent generators per item (stage 1, stage 2), each item drawing from its own source in turn."""
+    if generator is None:
+        return None, None
+    per_item = generator if isinstance(generator, list) else [generator] * batch
+    if len(per_item) != batch:
+        raise ValueError(f"got {len(per_item)} generators for a batch of {batch}")
+    first, second = [], []
+    for gen in per_item:
+        seeds = torch.randint(0, 2**62, (2,), generator=gen, device=gen.device).tolist()
+        first.append(torch.Generator(device=gen.device).manual_seed(int(seeds[0])))
+        second.append(torch.Generator(device=gen.device).manual_seed(int(seeds[1])))
+    return first, second
+
+
+def derive_generators(generator: Generators) -> Generators:
+    """Fresh generators seeded from ``generator`` (one per item, or one), e.g. for a reverse pass."""
+    if generator is None:
+        return None
+    gens = generator if isinstance(generator, list) else [generator]
+    derived = [
+        torch.Generator(device=g.device).manual_seed(int(torch.randint(0, 2**62, (), generator=g, device=g.device)))
+        for g in gens
+    ]
+    return derived if isinstance(generator, list) else derived[0]
 
 
 class FlowDiffusion:
@@ -134,7 +209,7 @@ class FlowDiffusion:
         """The DDIM loop from a given starting noise ``F_T``; a pure function of its inputs when ``eta = 0``.
 
         :meth:`sample` draws the noise and calls this; the ONNX export
-        (:mod:`diffmatch.onnx_export`) traces it with the steps unrolled and ``start`` as an input.
+        (:mod:`diffmatch.models.onnx`) traces it with the steps unrolled and ``start`` as an input.
 
         Args:
             denoise: ``denoise(F_t, t) -> F_0``, as in :meth:`sample`.

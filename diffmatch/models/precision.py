@@ -2,7 +2,7 @@
 
 At ``bf16`` and ``16`` the model's networks (the feature extractor and the U-Net) hold their weights
 in that dtype, cast once, and run natively in it: :meth:`DiffMatch.extract` and
-:class:`~diffmatch.denoiser.FlowDenoiser` cast their inputs to the network's dtype and the results
+:class:`~diffmatch.models.denoiser.FlowDenoiser` cast their inputs to the network's dtype and the results
 back to float32. The matching stays float32 whatever the precision: the cost maps, the global cost,
 its soft-argmax (``F_init``), the local cost, the DDIM update and every flow. The global cost's
 cosine similarities crowd near 1, where bfloat16 keeps about 2⁻⁸ ≈ 0.004 of resolution, and the
@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = ["PRECISIONS", "Precision", "check_precision", "precision_dtype", "full_precision", "native_bf16"]
 

@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 import torch
 
+from diffmatch.inputs import to_gray_uint8
 from diffmatch.result import MatchResult
 
-__all__ = ["Method", "OpenCVFlow", "DISFlow", "FarnebackFlow", "to_gray_uint8", "OPENCV_METHODS"]
+__all__ = ["Method", "OpenCVFlow", "DISFlow", "FarnebackFlow", "OPENCV_METHODS"]
 
 
 @runtime_checkable
@@ -47,14 +48,6 @@ class Method(Protocol):
             A result whose ``flow`` is ``(B, 2, Ht, Wt)`` in source pixels.
         """
         ...
-
-
-def to_gray_uint8(image: torch.Tensor) -> np.ndarray:
-    """``(3, H, W)`` float RGB in ``[0, 1]`` to an ``(H, W)`` uint8 grayscale array (ITU-R 601 luma)."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
-    rgb = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
 
 
 def _check_pair(source: torch.Tensor, target: torch.Tensor) -> None:

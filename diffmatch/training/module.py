@@ -1,6 +1,6 @@
 """Lightning wrapper: loss, optimiser, EMA, metrics and validation pictures around :class:`DiffMatch`.
 
-With ``upsampler`` settings it trains stage 2 (:class:`~diffmatch.upsampler.CascadeDiffMatch`): stage 1
+With ``upsampler`` settings it trains stage 2 (:class:`~diffmatch.models.diffmatch.DiffMatch` with an upsampler): stage 1
 is frozen and only the upsampler's denoiser learns (and is averaged by the EMA).
 
 Inference never imports this module. Flows follow the project convention: target grid,
@@ -9,7 +9,6 @@ Inference never imports this module. Flows follow the project convention: target
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Callable
@@ -23,9 +22,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffmatch.io import atomic_open, atomic_write_bytes
-from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict
-from diffmatch.upsampler import CascadeDiffMatch, UpsamplerConfig, upsampler_config_from_dict
-from diffmatch.weights import load_model_weights, without_pretrained_features
+from diffmatch.models.config import (
+    DiffMatchConfig,
+    UpsamplerConfig,
+    config_from_dict,
+    upsampler_config_from_dict,
+)
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.weights import load_model_weights
 
 __all__ = ["DiffMatchModule", "AtomicCheckpointIO", "endpoint_error_stats"]
 
@@ -124,9 +128,7 @@ class DiffMatchModule(L.LightningModule):
         self.hparams["model"] = config.to_dict()  # plain data, so checkpoints load with weights_only
         self.hparams["upsampler"] = None if stage2 is None else stage2.to_dict()
         # Backbone weights that init_from restores need not (and may not be able to) be loaded first.
-        built = without_pretrained_features(config) if init_from else config
-        self.model = DiffMatch(built) if stage2 is None else CascadeDiffMatch(built, stage2)
-        self.model.config = config
+        self.model = DiffMatch(config, stage2, pretrained_features=not init_from)
         if init_from:
             load_model_weights(self.model, init_from)
         if stage2 is not None:
@@ -136,14 +138,10 @@ class DiffMatchModule(L.LightningModule):
             if not 0.0 < ema_decay < 1.0:
                 raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
             average = warmup_ema_avg_fn(ema_decay) if ema_warmup else get_ema_multi_avg_fn(ema_decay)
-            self.ema = AveragedModel(self.trained_denoiser(), multi_avg_fn=average, use_buffers=True)
+            self.ema = AveragedModel(self.model.trained_denoiser, multi_avg_fn=average, use_buffers=True)
             self.ema.requires_grad_(False)  # updated by averaging, never by gradients (DDP must not wait on it)
 
     # ----------------------------------------------------------------------------------- training
-    def trained_denoiser(self) -> torch.nn.Module:
-        """The U-Net this run trains: stage 1's, or the upsampler's in a stage-2 run."""
-        return self.model.upsampler.denoiser if isinstance(self.model, CascadeDiffMatch) else self.model.denoiser
-
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -163,22 +161,13 @@ class DiffMatchModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update_parameters(self.trained_denoiser())
+            self.ema.update_parameters(self.model.trained_denoiser)
 
     def inference_model(self) -> DiffMatch:
         """The model used for validation and export: with the EMA denoiser when EMA is on."""
         if self.ema is None:
             return self.model
-        model = copy.copy(self.model)
-        model._modules = dict(self.model._modules)
-        if isinstance(self.model, CascadeDiffMatch):
-            upsampler = copy.copy(self.model.upsampler)
-            upsampler._modules = dict(self.model.upsampler._modules)
-            upsampler._modules["denoiser"] = self.ema.module
-            model._modules["upsampler"] = upsampler
-        else:
-            model._modules["denoiser"] = self.ema.module
-        return model
+        return self.model.with_trained_denoiser(self.ema.module)
 
     # --------------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -192,7 +181,7 @@ class DiffMatchModule(L.LightningModule):
         for key, value in stats.items():
             self.log(f"val/{key}", value, batch_size=b, sync_dist=True, prog_bar=key == "aepe")
         # A cascade's init_flow is the stage-1 mean flow (bilinearly upsampled); stage 1's is F_init.
-        init_key = "val/aepe_stage1" if isinstance(self.model, CascadeDiffMatch) else "val/aepe_init"
+        init_key = "val/aepe_init" if self.model.upsampler is None else "val/aepe_stage1"
         self.log(init_key, init_stats["aepe"], batch_size=b, sync_dist=True)
         if batch_idx < self.hparams.max_val_panels:
             log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask
@@ -200,7 +189,7 @@ class DiffMatchModule(L.LightningModule):
                 self._log_panel(batch, result, batch_idx, log_dir)
 
     def _log_panel(self, batch: dict[str, torch.Tensor], result: Any, batch_idx: int, log_dir: str | None) -> None:
-        from diffmatch.viz import _figure_to_png, panel_figure
+        from diffmatch.viz import figure_to_png, panel_figure
 
         to_img = lambda t: (t[0].permute(1, 2, 0).clamp(0, 1) * 255).byte().cpu().numpy()  # noqa: E731
         flow = result.flow[0].permute(1, 2, 0).float().cpu().numpy()
@@ -212,7 +201,7 @@ class DiffMatchModule(L.LightningModule):
             result.uncertainty[0, 0].float().cpu().numpy(),
             gt_radius,
         )
-        png = _figure_to_png(fig)
+        png = figure_to_png(fig)
         key = f"val/panel_{batch_idx}"
         logger = self.logger
         if logger is not None and hasattr(logger, "log_image"):  # wandb

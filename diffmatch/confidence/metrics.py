@@ -2,7 +2,7 @@
 
 Flow convention: flow on the target grid, ``target(x) ≈ source(x + flow(x))``, in pixels, channel
 0 = x; tensors ``(B, 2, H, W)``, arrays on disk ``(H, W, 2)``. Homographies map target pixels to
-source pixels (:mod:`diffmatch.matches`).
+source pixels (:mod:`diffmatch.geometry.estimation`).
 
 * :func:`reliability` and :func:`expected_calibration_error`: predicted probability against the
   observed frequency of ``EPE < τ``, in equal-width bins (Guo et al. 2017).

@@ -5,27 +5,28 @@ A Lightning ``.ckpt`` is for resuming training. An *exported weights* file is fo
 {...}}`` holding the model settings and the (EMA) weights. Both load through :func:`load_checkpoint`,
 which checks that weights and settings fit each other.
 
-Cascade models (stage 1 + flow upsampler, :class:`~diffmatch.upsampler.CascadeDiffMatch`) store the
+Cascade models (stage 1 + flow upsampler, :class:`~diffmatch.models.diffmatch.DiffMatch` with an upsampler) store the
 stage-2 settings too: exported files get an ``"upsampler": {...}`` entry and Lightning checkpoints an
 ``upsampler`` hyperparameter; files without one are stage 1 only.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
-import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffmatch.features import FEATURES
-from diffmatch.io import InputError, atomic_open
-from diffmatch.model import DiffMatch, DiffMatchConfig, config_from_dict, config_from_stored
-from diffmatch.upsampler import CascadeDiffMatch, UpsamplerConfig, upsampler_config_from_dict
+from diffmatch.errors import InputError
+from diffmatch.io import atomic_open, read_torch_file
+from diffmatch.models.config import (
+    DiffMatchConfig,
+    UpsamplerConfig,
+    config_from_stored,
+    upsampler_config_from_dict,
+)
+from diffmatch.models.diffmatch import DiffMatch
 
 __all__ = [
     "FORMAT",
@@ -36,7 +37,6 @@ __all__ = [
     "read_checkpoint",
     "read_cascade_checkpoint",
     "save_weights",
-    "without_pretrained_features",
 ]
 
 FORMAT = "diffmatch-weights"
@@ -69,16 +69,7 @@ def read_cascade_checkpoint(
         InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
     """
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not a checkpoint file")
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(f"{path}: not a diffmatch checkpoint ({_load_failure(path, err)})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: not a diffmatch checkpoint (holds a {type(data).__name__}, not a dict)")
+    data = read_torch_file(path, "diffmatch checkpoint")
     try:
         if data.get("format") == FORMAT:
             if data.get("version") != VERSION:
@@ -116,28 +107,6 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any] | None:
     return data.get("calibration")
 
 
-def _load_failure(path: Path, err: Exception) -> str:
-    """The first cause of a failed ``torch.load``, in a few words (PyTorch's advice text left out)."""
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if not head:
-        return "empty file"
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
-    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if unsupported:
-        return f"holds a Python object ({unsupported.group(1)}) that a weights-only load refuses"
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
-        return "truncated or damaged PyTorch file"
-    if not zipfile.is_zipfile(path) and not isinstance(err, OSError):
-        return "not a PyTorch file"
-    text = text.split("WeightsUnpickler error:", 1)[-1]
-    line = next((part.strip() for part in text.splitlines() if part.strip()), type(err).__name__)
-    cause = line.split(". ", 1)[0].rstrip(".")
-    if len(cause) > 100:  # cut at a word, never inside one
-        cause = cause[:100].rsplit(" ", 1)[0] + " …"
-    return cause
-
-
 def _upsampler_or_none(data: dict[str, Any] | None) -> UpsamplerConfig | None:
     return None if data is None else upsampler_config_from_dict(data)
 
@@ -147,8 +116,8 @@ def load_model_weights(
 ) -> None:
     """Load weights from a checkpoint into ``model``, checking that every tensor fits.
 
-    A stage-1 file loaded into a :class:`~diffmatch.upsampler.CascadeDiffMatch` fills stage 1 and
-    starts the upsampler from the stage-1 denoiser (:meth:`~CascadeDiffMatch.init_from_stage1`); the
+    A stage-1 file loaded into a :class:`~diffmatch.models.diffmatch.DiffMatch` with an upsampler fills stage 1 and
+    starts the upsampler from the stage-1 denoiser (:meth:`~diffmatch.models.diffmatch.DiffMatch.init_from_stage1`); the
     ``upsampler.*`` tensors are then the only ones allowed to be absent from the file.
 
     Args:
@@ -161,7 +130,7 @@ def load_model_weights(
         InputError: the weights do not fit the model (names the mismatching tensors).
     """
     config, upsampler, state = read_cascade_checkpoint(path, ema=ema)
-    cascade = isinstance(model, CascadeDiffMatch)
+    cascade = model.upsampler is not None
     if strict_config and (
         config.to_dict() != model.config.to_dict()
         or (upsampler is None) == cascade
@@ -194,13 +163,11 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     """Build the model of a ``.ckpt`` or exported weights file, in eval mode on ``device``.
 
     Returns:
-        A :class:`DiffMatch`, or a :class:`~diffmatch.upsampler.CascadeDiffMatch` (a subclass with the
-        same ``forward``) for a file with upsampler settings.
+        A :class:`DiffMatch`, with an upsampler for a file with upsampler settings.
     """
     config, upsampler, _ = read_cascade_checkpoint(path)
     model = _build(config, upsampler)
     load_model_weights(model, path)
-    model.config = config
     return model.eval().to(device)
 
 
@@ -224,7 +191,6 @@ def export_weights(
         half = bool(floats) and all(v.dtype == torch.float16 for v in floats)
     model = _build(config, upsampler)
     load_model_weights(model, checkpoint, ema=ema)  # validates before writing anything
-    model.config = config
     return save_weights(model, out, half=half, calibration=read_calibration(checkpoint))
 
 
@@ -234,7 +200,7 @@ def save_weights(
     """Write a model's settings and weights as an exported inference file, atomically.
 
     Args:
-        model: the model to save (a :class:`~diffmatch.upsampler.CascadeDiffMatch` adds its ``upsampler`` settings).
+        model: the model to save (a :class:`~diffmatch.models.diffmatch.DiffMatch` with an upsampler adds its ``upsampler`` settings).
         out: destination ``.pt`` file.
         half: store floating-point tensors as float16 (loaded back as float32).
         calibration: a confidence calibration (:meth:`~diffmatch.confidence.Calibrator.to_dict`) to keep.
@@ -243,7 +209,7 @@ def save_weights(
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "state_dict": state}
-    if isinstance(model, CascadeDiffMatch):
+    if model.upsampler is not None:
         payload["upsampler"] = model.upsampler.config.to_dict()
     if calibration is not None:
         payload["calibration"] = calibration
@@ -254,22 +220,5 @@ def save_weights(
 
 
 def _build(config: DiffMatchConfig, upsampler: UpsamplerConfig | None) -> DiffMatch:
-    offline = without_pretrained_features(config)
-    return DiffMatch(offline) if upsampler is None else CascadeDiffMatch(offline, upsampler)
-
-
-def without_pretrained_features(config: DiffMatchConfig) -> DiffMatchConfig:
-    """``config`` with ``weights: random`` for a backbone whose weights a checkpoint will restore.
-
-    Use it to build a model that a checkpoint fills next: the backbone's pretrained weights (and the
-    package or download that supplies them) are not needed, as the checkpoint holds them. Extractors
-    whose weights stay outside checkpoints (``stores_weights = False``: DIFT, DINOv2) are unchanged,
-    and so is a config of an extractor without a ``weights`` argument.
-    """
-    module, name = FEATURES.get(config.features, (None, None))
-    if module is None:
-        return config
-    extractor = getattr(importlib.import_module(module), name)
-    if not extractor.stores_weights or "weights" not in inspect.signature(extractor).parameters:
-        return config
-    return config_from_dict({**config.to_dict(), "feature_kwargs": {**config.feature_kwargs, "weights": "random"}})
+    # The file holds the backbone's weights: its pretrained ones need not be found first.
+    return DiffMatch(config, upsampler, pretrained_features=False)

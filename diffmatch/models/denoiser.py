@@ -8,6 +8,7 @@ is applied after construction in one place, :func:`_official_attention_and_init`
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 __all__ = ["DenoiserConfig", "LEGACY_DENOISER", "FlowDenoiser"]
 
 # Values of settings added after the first checkpoints were written: stored settings without one of
-# these keys were trained with this value (see ``diffmatch.model.config_from_stored``).
+# these keys were trained with this value (see ``diffmatch.models.config.config_from_stored``).
 LEGACY_DENOISER = {
     "num_heads": None,
     "mid_attention_norm": False,
@@ -74,7 +75,7 @@ class FlowDenoiser(nn.Module):
     """Predicts the clean flow ``F_0`` from the noisy flow ``F_t`` and the conditions.
 
     The U-Net sees ``concat(F_t, F_init, C_l)`` and outputs a residual that is added to ``F_init``
-    (paper Sec. 4.3). Flows here are normalised (see :class:`diffmatch.model.DiffMatch`).
+    (paper Sec. 4.3). Flows here are normalised (see :class:`diffmatch.models.diffmatch.DiffMatch`).
 
     Args:
         config: U-Net settings.
@@ -132,6 +133,13 @@ class FlowDenoiser(nn.Module):
         )
         _official_attention_and_init(self.unet, heads, config.zero_init_blocks)
 
+    def rescaled(self, flow_scale: float) -> FlowDenoiser:
+        """This denoiser for another flow scale: a shallow copy sharing every parameter (training one
+        trains the other), used by :meth:`DiffMatch.with_image_size <diffmatch.models.diffmatch.DiffMatch.with_image_size>`."""
+        other = copy.copy(self)
+        other.flow_scale = float(flow_scale)
+        return other
+
     def forward(
         self,
         noisy_flow: torch.Tensor,
@@ -160,7 +168,7 @@ class FlowDenoiser(nn.Module):
                 raise ValueError(f"local_cost must have {self.cost_channels} channels, got {got}")
             parts.append(local_cost)
         t = timestep.float() * self.timestep_scale if self.config.rescale_timesteps else timestep
-        # The U-Net runs in its weights' dtype (diffmatch.precision); flows stay float32.
+        # The U-Net runs in its weights' dtype (diffmatch.models.precision); flows stay float32.
         residual = self.unet(torch.cat(parts, dim=1).to(self.unet.dtype), t).sample.float()
         if scale != 1.0:
             residual = residual / scale

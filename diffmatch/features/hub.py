@@ -5,7 +5,7 @@ is, never touching the network) or a Hub model id. A model id is first looked up
 only; the network is tried only when the caller allows it, the process is not offline
 (``HF_HUB_OFFLINE``) and the Hub answers a connection within a few seconds (otherwise the Hub
 client would retry for about half a minute before failing). Any failure becomes a single
-:class:`~diffmatch.io.InputError` that names the model id and the installed ``huggingface_hub``'s
+:class:`~diffmatch.errors.InputError` that names the model id and the installed ``huggingface_hub``'s
 download command (:func:`download_command`).
 """
 
@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import torch
 import torch.nn.functional as F
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = [
     "as_size",

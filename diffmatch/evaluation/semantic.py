@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffmatch.io import InputError
+from diffmatch.errors import InputError
 
 __all__ = [
     "KeypointPair",
@@ -75,7 +75,7 @@ class KeypointPair:
 
 
 class KeypointTransfer(Protocol):
-    """Anything with ``transfer_keypoints`` (e.g. :class:`~diffmatch.zeroshot.ZeroShotMatcher`)."""
+    """Anything with ``transfer_keypoints`` (e.g. :class:`~diffmatch.models.zeroshot.ZeroShotMatcher`)."""
 
     def transfer_keypoints(self, source: Any, target: Any, keypoints_source: torch.Tensor) -> torch.Tensor: ...
 

@@ -2,7 +2,7 @@
 
 No training: both images are resized to one processing size, features are extracted, and every
 target cell is matched to the source cell of highest cosine similarity (the argmax of
-:func:`~diffmatch.cost_volume.global_correlation`). Flows follow the project convention: on the
+:func:`~diffmatch.models.cost_volume.global_correlation`). Flows follow the project convention: on the
 target grid, ``target(x) ≈ source(x + flow(x))``, in pixels of the original images, channel 0 = x,
 ``align_corners=False``.
 
@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffmatch.cost_volume import argmax_flow, global_correlation, l2_normalize
+from diffmatch.errors import InputError
 from diffmatch.features import build_features
-from diffmatch.features._hf import as_size, resize_image
-from diffmatch.features.base import FeatureExtractor
+from diffmatch.features.base import FeatureExtractor, l2_normalize
+from diffmatch.features.hub import as_size, resize_image
 from diffmatch.geometry import pixel_to_normalized, resize_flow
-from diffmatch.inputs import ImageInput, to_image_batch
-from diffmatch.io import InputError
+from diffmatch.inputs import ImageInput, shrink_images, to_image_batch
+from diffmatch.models.cost_volume import argmax_flow, global_correlation
 from diffmatch.result import MatchResult
 
 __all__ = ["ZeroShotMatcher", "ZERO_SHOT_DEFAULTS"]
@@ -169,21 +169,26 @@ class ZeroShotMatcher(nn.Module):
         scale = (source.shape[-2] / hs, source.shape[-1] / ws)
         return resize_flow(cells, (target.shape[-2], target.shape[-1]), source_scale=scale)
 
-    def match(self, source: ImageInput | list, target: ImageInput | list) -> MatchResult:
+    def match(self, source: ImageInput | list, target: ImageInput | list, max_size: int | None = None) -> MatchResult:
         """Dense matches from the target into the source.
 
         Args:
             source: anything :func:`~diffmatch.inputs.to_image_batch` accepts (path, PIL, array, tensor,
                 list), any size.
             target: same, with the same batch size as ``source``.
+            max_size: match copies whose longer side is at most this many pixels and bring the result
+                back to the full-size target (as :meth:`DiffMatcher.match <diffmatch.matcher.DiffMatcher.match>`).
 
         Returns:
             :class:`~diffmatch.result.MatchResult` with ``flow`` ``(B, 2, Ht, Wt)`` in pixels of the
             original images at the target's size (``target(x) ≈ source(x + flow(x))``, channel 0 = x),
             one sample, and zero uncertainty.
         """
-        src, tgt = self._prepare(source, target)
-        return MatchResult.from_samples(self(src, tgt).unsqueeze(1))
+        full_src, full_tgt = self._prepare(source, target)
+        src, tgt = shrink_images(full_src, max_size), shrink_images(full_tgt, max_size)
+        result = MatchResult.from_samples(self(src, tgt).unsqueeze(1))
+        scale = (full_src.shape[-2] / src.shape[-2], full_src.shape[-1] / src.shape[-1])
+        return result.resized(tuple(full_tgt.shape[-2:]), scale)
 
     @torch.no_grad()
     def transfer_keypoints(

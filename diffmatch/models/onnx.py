@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffmatch.io import InputError, atomic_write_bytes
-from diffmatch.model import DiffMatch
-from diffmatch.upsampler import CascadeDiffMatch
-from diffmatch.weights import load_model_weights, read_cascade_checkpoint, without_pretrained_features
+from diffmatch.errors import InputError
+from diffmatch.io import atomic_write_bytes
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.weights import load_model_weights, read_cascade_checkpoint
 
 __all__ = ["MIN_OPSET", "INPUT_NAMES", "OUTPUT_NAMES", "OnnxStage1", "export_onnx", "export_checkpoint_onnx"]
 
@@ -99,10 +99,10 @@ def _require_onnx() -> None:
 
 def check_exportable(model: DiffMatch, num_steps: int, opset: int) -> None:
     """Raise :class:`InputError` (one line) unless ``model`` can be exported with these settings."""
-    if isinstance(model, CascadeDiffMatch):
-        raise InputError("cascade models (stage 2, the flow upsampler) cannot be exported to ONNX yet; stage 1 only")
     if not isinstance(model, DiffMatch):
         raise InputError(f"expected a DiffMatch model, got {type(model).__name__}")
+    if model.upsampler is not None:
+        raise InputError("cascade models (stage 2, the flow upsampler) cannot be exported to ONNX yet; stage 1 only")
     cfg = model.config
     if not cfg.diffusion:
         raise InputError("regression models (diffusion: false) have no sampling to export; ONNX export needs diffusion")
@@ -212,9 +212,8 @@ def export_checkpoint_onnx(
     config, upsampler, _ = read_cascade_checkpoint(checkpoint, ema=ema)
     if upsampler is not None:
         raise InputError(f"{checkpoint}: cascade checkpoints (stage 2) cannot be exported to ONNX yet; stage 1 only")
-    model = DiffMatch(without_pretrained_features(config))
+    model = DiffMatch(config, pretrained_features=False)
     load_model_weights(model, checkpoint, ema=ema)
-    model.config = config
     if image_size is not None:
         try:
             model = model.with_image_size(image_size)

@@ -10,21 +10,16 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from diffmatch.features.base import l2_normalize
 from diffmatch.geometry import check_flow, coords_grid, pixel_to_normalized, warp
 
 __all__ = [
-    "l2_normalize",
     "global_correlation",
     "soft_argmax_flow",
     "argmax_flow",
     "local_correlation",
     "local_feature_correlation",
 ]
-
-
-def l2_normalize(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """L2-normalise ``(B, C, H, W)`` features along channels."""
-    return features / features.norm(dim=1, keepdim=True).clamp_min(eps)
 
 
 def _official_normalize(features: torch.Tensor) -> torch.Tensor:

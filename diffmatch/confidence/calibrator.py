@@ -30,7 +30,6 @@ __all__ = [
     "CUES",
     "DEFAULT_TAUS",
     "Calibrator",
-    "MissingCalibrationError",
     "calibrator_from_dict",
     "cue_stack",
     "fit_calibrator",
@@ -45,8 +44,7 @@ _LOG_CUES = frozenset({"variance", "init_distance", "fb_error"})
 _FORMAT = "diffmatch-calibration"
 
 
-class MissingCalibrationError(ValueError):
-    """Raised when a confidence is asked of a model that has no calibration."""
+
 
 
 def cue_stack(cues: dict[str, torch.Tensor], names: Sequence[str] = CUES) -> torch.Tensor:

@@ -1,0 +1,175 @@
+"""``python -m diffmatch.calibrate CKPT --out CKPT_CAL`` (``diffmatch calibrate``): fit and write a
+confidence calibration for a checkpoint (:mod:`diffmatch.confidence.fitting` says how).
+
+The selection table and the held-out ECE are printed and stored in the calibration's ``info``;
+``--out`` may be ``CKPT`` itself.
+
+Example:
+    python scripts/fetch_photos.py          # once: data/photos/extra
+    python -m diffmatch.calibrate checkpoints/diffmatch_xfeat.pt --out checkpoints/diffmatch_xfeat.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from diffmatch.cli.common import (
+    EXIT_FAILED,
+    OneLineArgumentParser,
+    check_out_file,
+    one_line_errors,
+    print_error,
+    program,
+    remove_empty_folders,
+)
+from diffmatch.confidence import CUES, fit_calibrator
+from diffmatch.confidence.fitting import (
+    DEFAULT_PHOTOS,
+    calibration_pairs,
+    check_error_spread,
+    collect_cues,
+    select_cues,
+    write_calibrated,
+)
+from diffmatch.errors import InputError
+from diffmatch.inputs import resolve_device
+from diffmatch.refinement import VariationalRefiner
+from diffmatch.threads import configure_threads
+
+__all__ = ["build_parser", "main"]
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m diffmatch.calibrate``."""
+    parser = OneLineArgumentParser(prog=program("python -m diffmatch.calibrate"), description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="exported weights (.pt) or Lightning .ckpt")
+    parser.add_argument("--out", required=True, help="the checkpoint file to write, with its calibration (may be CHECKPOINT itself)")
+    parser.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="photo folder, not the benchmark's (default data/photos/extra)")
+    parser.add_argument("--pairs", type=int, default=48, help="validation pairs (default 48, a third per level)")
+    parser.add_argument("--size", type=int, default=240, help="square image side in px (default 240, as the benchmark)")
+    parser.add_argument("--corrupted", type=float, default=0.25, help="share of pairs with an ImageNet-C corruption, 0..1 (default 0.25; 0.5 left clean pairs under-confident, README)")
+    parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's own, its sampling_steps or else T)")
+    parser.add_argument("--pixels", type=int, default=3000, help="valid pixels kept per pair (default 3000)")
+    parser.add_argument("--taus", default="1,3,5", help="thresholds τ in px (default 1,3,5)")
+    parser.add_argument("--default-tau", type=float, default=3.0, help="τ of MatchResult.confidence (default 3)")
+    parser.add_argument("--cues", default="auto", help=f"'auto' (chosen by measurement) or a comma list of {','.join(CUES)}")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the pairs, sampling and pixel draws (default 1)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--no-refine", action="store_true",
+        help="calibrate the model's flow without the sub-pixel refinement (default: refined, as DiffMatcher matches)",
+    )
+    return parser
+
+
+def _floats(spec: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in spec.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{what} must be a comma list of numbers, got {spec!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise InputError(f"{what} must list positive numbers, got {spec!r}")
+    return values
+
+
+def _check_arguments(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple[str, ...] | None]:
+    """Every check that needs neither the model nor the photos; returns ``(taus, fixed cues or None)``.
+
+    Raises:
+        InputError: the first bad argument.
+    """
+    taus = _floats(args.taus, "--taus")
+    if args.default_tau not in taus:
+        raise InputError(f"--default-tau {args.default_tau} must be one of --taus {taus}")
+    fixed = None
+    if args.cues != "auto":
+        fixed = tuple(c.strip() for c in args.cues.split(",") if c.strip())
+        if not fixed or any(c not in CUES for c in fixed):
+            raise InputError(f"--cues must be 'auto' or a comma list of {', '.join(CUES)}, got {args.cues!r}")
+    if args.pairs < 4 or args.pixels < 10:
+        raise InputError("need --pairs >= 4 and --pixels >= 10")
+    if not 0.0 <= args.corrupted <= 1.0:
+        raise InputError(f"--corrupted is a share of the pairs, in [0, 1], got {args.corrupted:g}")
+    if args.samples < 1:
+        raise InputError(f"--samples must be >= 1, got {args.samples}")
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.size < 32:
+        raise InputError(f"--size must be >= 32 px, got {args.size}")
+    return taus, fixed
+
+
+@one_line_errors
+def main(argv: Sequence[str] | None = None) -> int:
+    """Fit and write; returns the exit status (0 ok, 1 the fit failed, 2 bad input, 130 interrupted).
+
+    Arguments and ``--out`` are checked before the model and photos are loaded.
+    """
+    args = build_parser().parse_args(argv)
+    taus, fixed = _check_arguments(args)
+    created = check_out_file(args.out)
+    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
+    try:
+        from diffmatch.models.weights import load_checkpoint
+
+        device = resolve_device(args.device)
+        model = load_checkpoint(args.checkpoint, device=device)
+        limit = model.config.num_train_timesteps
+        if args.steps is not None and args.steps > limit:
+            raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
+        items = calibration_pairs(args.photos, args.pairs, args.size, args.corrupted, args.seed)
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    start = time.perf_counter()
+    print(f"matching {len(items)} pairs from {args.photos} ...", file=sys.stderr)
+    refiner = None if args.no_refine else VariationalRefiner()
+    cues, errors, pair = collect_cues(
+        model, items, args.samples, args.steps, args.pixels, args.seed, device, True, refiner
+    )
+    match_seconds = time.perf_counter() - start
+    try:
+        check_error_spread(errors, taus)
+        chosen, table = select_cues(cues, errors, pair, taus)
+    except ValueError as err:
+        print_error(err)
+        return EXIT_FAILED
+    if fixed is not None:
+        chosen = fixed
+    print(f"{'cues':<45} {'held-out NLL':>12}  " + "  ".join(f"ECE@{t:g}" for t in taus))
+    for row in table:
+        mark = " *" if tuple(row["cues"]) == chosen else ""
+        ece = "  ".join(f"{row['ece'][f'{t:g}']:.4f}" for t in taus)
+        print(f"{'+'.join(row['cues']):<45} {row['nll']:>12.4f}  {ece}{mark}")
+    columns = [CUES.index(c) for c in chosen]
+    photos = Path(args.photos)
+    info = {
+        "photos": photos.name if photos.resolve() == DEFAULT_PHOTOS.resolve() else str(photos),
+        "pairs": len(items),
+        "corrupted": sum(item["corruption"] != "clean" for item in items),
+        "size": args.size,
+        "samples": args.samples,
+        "steps": args.steps,
+        "pixels": int(errors.size),
+        "seed": args.seed,
+        "refinement": None if refiner is None else asdict(refiner),
+        "selection": table,
+        "match_seconds": match_seconds,
+        "command": ["python", "-m", "diffmatch.calibrate", *(sys.argv[1:] if argv is None else argv)],
+    }
+    calibrator = fit_calibrator(cues[:, columns], errors, chosen, taus, args.default_tau, info, refiner is not None)
+    out = write_calibrated(args.checkpoint, args.out, calibrator.to_dict())
+    print(f"cues: {', '.join(chosen)}; {errors.size} pixels of {len(items)} pairs; matching took {match_seconds:.0f} s")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""``DiffMatcher.match`` returns what it returned before the package was restructured (issue #28).
+
+``tests/fixtures/pipeline_reference.pt`` (``scripts/make_pipeline_reference.py``) holds, for two small
+pairs, the bundled default's refined samples, calibrated confidence, unrefined samples and confidence
+cues (3 hypotheses, seed 0), and a tiny random cascade's samples and cues. Flow on the target grid,
+``target(x) ≈ source(x + flow(x))``, px. Tolerances: float32 round-off of a reordered computation
+(1e-4 px on the model's flow; the refinement may grow such differences, 1e-3 px).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffmatch import DiffMatcher
+from diffmatch.confidence.cues import match_with_cues
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = torch.load(ROOT / "tests" / "fixtures" / "pipeline_reference.pt", weights_only=True)
+PAIRS = range(len(REFERENCE["pairs"]))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_pipeline_reference", ROOT / "scripts" / "make_pipeline_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def matcher() -> DiffMatcher:
+    return DiffMatcher.from_checkpoint(device="cpu")
+
+
+@pytest.mark.parametrize("index", PAIRS)
+def test_default_match_is_unchanged(matcher, index):
+    source, target = REFERENCE["pairs"][index]
+    expected = REFERENCE["default"][index]
+    result = matcher.match(source, target, num_samples=3, generator=torch.Generator().manual_seed(0))
+    _close(result.samples, expected["samples"], 1e-3)
+    _close(result.init_flow, expected["init_flow"], 1e-4)
+    _close(result.confidence, expected["confidence"], 1e-4)
+    raw = matcher.match(source, target, num_samples=3, generator=torch.Generator().manual_seed(0), refine=False)
+    _close(raw.samples, expected["raw_samples"], 1e-4)
+    _, cues = match_with_cues(matcher.model, source, target, 3, None, 0.0, torch.Generator().manual_seed(0))
+    assert set(cues) == {"variance", *expected["cues"]}
+    for name, value in expected["cues"].items():
+        _close(cues[name], value, 1e-4)
+
+
+@pytest.mark.parametrize("index", PAIRS)
+def test_cascade_is_unchanged(index):
+    source, target = REFERENCE["pairs"][index]
+    expected = REFERENCE["cascade"][index]
+    result, cues = match_with_cues(_script().tiny_cascade(), source, target, 2, None, 0.0, torch.Generator().manual_seed(0))
+    _close(result.samples, expected["samples"], 1e-4)
+    _close(result.init_flow, expected["init_flow"], 1e-4)
+    for name, value in expected["cues"].items():
+        _close(cues[name], value, 1e-4)
