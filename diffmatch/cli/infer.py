@@ -11,6 +11,10 @@ probability that each match is within τ px, τ = 3 unless calibrated otherwise)
 and the flow file (NaN in ``.npy``, ``.npz`` and ``.flo``; valid bit 0 in KITTI ``.png``, ``valid``
 in ``.npz``). Every file is written atomically. A failed pair is reported and skipped; the exit status is 1 if any pair failed,
 2 for bad arguments.
+
+With ``--pairs`` each pair's folder appears whole, so a re-run skips the pairs whose folders are
+complete (``--overwrite`` redoes them), and ``--devices N`` splits the list over N processes
+(:mod:`diffmatch.cli.pair_list`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import argparse
 import errno
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
@@ -36,12 +41,18 @@ from diffmatch.cli.common import (
     program,
     remove_empty_folders,
 )
+from diffmatch.cli.pair_progress import PairTotals, pair_folder, pairs_to_do, summary_line
 from diffmatch.errors import InputError
 from diffmatch.io import FLOW_FORMATS, atomic_folder, atomic_open, load_image, save_image, write_flow
 from diffmatch.threads import configure_threads
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from diffmatch.result import MatchResult
+
+# A matcher: (source, target, index in the list) -> result.
+Matcher = Callable[[np.ndarray, np.ndarray, int], "MatchResult"]
 
 # torch, the model and matplotlib are imported where they are used: `--help`, bad arguments and an
 # unwritable --out answer in a fraction of a second instead of the ~10 s those imports take.
@@ -50,6 +61,8 @@ __all__ = [
     "LARGE_IMAGE_MP",
     "check_out_folder",
     "main",
+    "match_pair",
+    "output_names",
     "parse_args",
     "read_pairs_file",
     "remove_empty_folders",
@@ -64,6 +77,9 @@ MATCHERS = ("diffmatch", "dift", "dino", "fused")
 LARGE_IMAGE_MP = 12.0
 # Write errors that end the run: no later pair could be written either.
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+# --device and Lightning's --accelerator name the same choice in two vocabularies.
+_ACCELERATOR_OF = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}
+_DEVICE_OF = {accelerator: device for device, accelerator in _ACCELERATOR_OF.items()}
 
 
 def _image_size(text: str) -> int | str:
@@ -89,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: the checkpoint's own, its sampling_steps or else T",
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where the model runs (default auto: CUDA when available)")
     parser.add_argument("--flow-format", default="flo", choices=[f[1:] for f in FLOW_FORMATS])
     parser.add_argument("--no-viz", action="store_true", help="skip the PNG pictures")
     parser.add_argument(
@@ -123,6 +139,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dtype of DiffMatch's networks: 32 (default), bf16 (CUDA, or a CPU with native bfloat16) or 16 "
         "(CUDA only); the cost volume and flows stay float32 (README, 'Speed and memory')",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="with --pairs: redo the pairs whose folders are already complete (default: skip them, so a re-run resumes)",
+    )
+    parser.add_argument(
+        "--devices", type=int, metavar="N",
+        help="split a --pairs list over N processes, each loading the model once (Lightning DDP: gloo on CPU, "
+        "NCCL on GPUs); default 1: this process",
+    )
+    parser.add_argument(
+        "--accelerator", choices=("auto", "cpu", "gpu"),
+        help="what the --devices processes run on (default: as --device says; auto: GPUs when CUDA is available)",
+    )
     parser.add_argument("--matcher", default="diffmatch", choices=MATCHERS, help="zero-shot matchers need --sd-model/--dino-model")
     parser.add_argument("--sd-model", help="Stable Diffusion folder or hub id (dift, fused)")
     parser.add_argument("--dino-model", help="DINOv2 folder or hub id (dino, fused)")
@@ -139,6 +168,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--min-confidence must be in [0, 1], got {args.min_confidence}")
     if args.max_size is not None and args.max_size < 16:
         parser.error(f"--max-size must be >= 16 px, got {args.max_size}")
+    if args.devices is not None and args.devices < 1:
+        parser.error(f"--devices must be >= 1, got {args.devices}")
+    if args.devices is not None and not args.pairs:
+        parser.error("--devices splits a --pairs list over processes; give --pairs FILE")
+    if args.overwrite and not args.pairs:
+        parser.error("--overwrite applies to --pairs (a single pair's files always replace those in --out)")
+    if args.device and args.accelerator and _ACCELERATOR_OF[args.device] != args.accelerator:
+        parser.error(f"--device {args.device} and --accelerator {args.accelerator} disagree; give one of them")
+    args.devices = args.devices or 1
+    args.device = args.device or _DEVICE_OF[args.accelerator or "auto"]
+    args.accelerator = args.accelerator or _ACCELERATOR_OF[args.device]
     return args
 
 
@@ -216,6 +256,24 @@ def read_pairs_file(path: str | Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def output_names(flow_format: str, viz: bool, confidence: bool) -> list[str]:
+    """The files :func:`write_outputs` writes for these options, in its order.
+
+    Args:
+        flow_format: ``--flow-format`` (``npy``, ``flo``, ``png`` or ``npz``).
+        viz: the PNG pictures too.
+        confidence: the result has a calibrated confidence.
+    """
+    names = ["flow.npy", "uncertainty.npy"] + (["confidence.npy"] if confidence else [])
+    if flow_format != "npy":
+        names.append(f"flow.{flow_format}")
+    if viz:
+        # With --flow-format png the KITTI flow file is flow.png: the colour picture steps aside.
+        names += ["flow_color.png" if flow_format == "png" else "flow.png", "warp.png", "uncertainty.png", "panel.png"]
+        names += ["confidence.png"] if confidence else []
+    return names
+
+
 def write_outputs(
     out: Path,
     result: MatchResult,
@@ -235,7 +293,7 @@ def write_outputs(
     pictures show the whole flow.
 
     Returns:
-        The names of the files written, in order.
+        The names of the files written, in order (:func:`output_names`).
 
     Raises:
         InputError: ``min_confidence`` for a result without confidence.
@@ -249,11 +307,9 @@ def write_outputs(
             raise InputError("--min-confidence needs a calibrated checkpoint (python -m diffmatch.calibrate)")
         valid = confidence >= min_confidence
     masked = flow if valid is None else np.where(valid[..., None], flow, np.nan).astype(np.float32)
-    written = ["flow.npy", "uncertainty.npy"]
     saved = [("flow.npy", masked), ("uncertainty.npy", uncertainty)]
     if confidence is not None:
         saved.append(("confidence.npy", confidence))
-        written.append("confidence.npy")
     for name, value in saved:
         with atomic_open(out / name) as handle:
             np.save(handle, value.astype(np.float32))
@@ -261,8 +317,6 @@ def write_outputs(
         write_flow(out / "flow.npz", masked, valid=valid, uncertainty=uncertainty, samples=arrays["samples"])
     elif flow_format != "npy":
         write_flow(out / f"flow.{flow_format}", masked, valid=valid)
-    if flow_format != "npy":
-        written.append(f"flow.{flow_format}")
     if viz:
         from diffmatch.viz import blend_warp, flow_to_color, panel_figure, save_figure, uncertainty_to_color
 
@@ -272,20 +326,23 @@ def write_outputs(
         save_image(out / "warp.png", blend_warp(source, target, flow))
         save_image(out / "uncertainty.png", uncertainty_to_color(uncertainty))
         save_figure(out / "panel.png", panel_figure(source, target, flow, uncertainty))
-        written += [picture, "warp.png", "uncertainty.png", "panel.png"]
         if confidence is not None:
             save_image(out / "confidence.png", uncertainty_to_color(confidence, vmax=1.0, legend=False))
-            written.append("confidence.png")
-    return written
+    return output_names(flow_format, viz, confidence is not None)
 
 
-def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray, int], MatchResult]:
+def _build_matcher(args: argparse.Namespace, device: str | torch.device | None = None) -> tuple[Matcher, bool]:
+    """The matcher ``--matcher`` names, loaded once, and whether its results have a calibrated confidence.
+
+    ``device``: where it runs (``None``: ``--device``; a ``--devices`` process passes its own).
+    """
+    device = args.device if device is None else device
     if args.matcher == "diffmatch":
         from diffmatch.matcher import DiffMatcher
 
         matcher = DiffMatcher.from_checkpoint(
             args.checkpoint,
-            device=args.device,
+            device=device,
             image_size=args.image_size,
             refine=False if args.no_refine else None,
             two_pass=args.two_pass,
@@ -301,12 +358,14 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
         def run(source: np.ndarray, target: np.ndarray, index: int) -> MatchResult:
             import torch
 
+            # A fresh generator per pair: a pair's result depends on --seed alone, not on which pairs
+            # came before it in this process (nor on how --devices splits the list).
             gen = torch.Generator(device=matcher.device).manual_seed(args.seed)
             return matcher.match(
                 source, target, num_samples=args.samples, num_steps=args.steps, generator=gen, max_size=args.max_size
             )
 
-        return run
+        return run, reason is None
     if args.min_confidence is not None:
         raise InputError(f"--min-confidence needs --matcher diffmatch with a calibrated checkpoint, not {args.matcher}")
     if args.image_size is not None:
@@ -319,9 +378,10 @@ def _build_matcher(args: argparse.Namespace) -> Callable[[np.ndarray, np.ndarray
     from diffmatch.inputs import resolve_device
     from diffmatch.models.zeroshot import ZeroShotMatcher
 
-    device = resolve_device(args.device)
-    zero = ZeroShotMatcher.from_name(args.matcher, sd_model=args.sd_model, dino_model=args.dino_model, device=device)
-    return lambda source, target, index: zero.match(source, target, max_size=args.max_size)
+    zero = ZeroShotMatcher.from_name(
+        args.matcher, sd_model=args.sd_model, dino_model=args.dino_model, device=resolve_device(device)
+    )
+    return (lambda source, target, index: zero.match(source, target, max_size=args.max_size)), False
 
 
 def _large_image_warning(path: Path, image: np.ndarray) -> str | None:
@@ -340,18 +400,26 @@ def _large_image_warning(path: Path, image: np.ndarray) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """Run ``infer.py``; returns the exit status.
 
-    0: every pair written; 1: a pair failed (the others are written) or the disk is full (the run
-    stops); 2: bad arguments, checked before the model loads; 130: interrupted (Ctrl-C). Each pair's
-    files appear together or not at all (:func:`~diffmatch.io.atomic_folder`).
+    0: every pair written (or already complete); 1: a pair failed (the others are written) or the
+    disk is full (the run stops); 2: bad arguments, checked before the model loads; 130: interrupted
+    (Ctrl-C). Each pair's files appear together or not at all (:func:`~diffmatch.io.atomic_folder`).
     """
+    started = time.perf_counter()
     args = parse_args(argv)
     out = Path(args.out)
     created: list[Path] = []
+    processes = None
     try:
         created = check_out_folder(out)  # before the model loads: a bad --out costs nothing
         pairs = read_pairs_file(args.pairs) if args.pairs else [(Path(args.source), Path(args.target))]
-        configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
-        run = _build_matcher(args)  # once, for every pair
+        if args.devices > 1:
+            from diffmatch.cli.pair_list import PairListProcesses  # Lightning loads only for --devices N
+
+            from_command_line = argv is None or list(argv) == sys.argv[1:]
+            processes = PairListProcesses(args.accelerator, args.devices, from_command_line)
+        # torch, OpenCV and the refinement within one budget (diffmatch.threads), shared by the processes
+        configure_threads(None if processes is None else processes.thread_share())
+        run, confidence = _build_matcher(args, None if processes is None else processes.device)  # once, for every pair
     except (InputError, ValueError) as err:
         remove_empty_folders(created)
         print_error(err)
@@ -359,25 +427,42 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         remove_empty_folders(created)
         raise
+    todo = [0]
+    if args.pairs:
+        todo = pairs_to_do(out, pairs, output_names(args.flow_format, not args.no_viz, confidence), args.overwrite)
+    if processes is None or processes.is_first:
+        _notes(args, out, len(pairs), len(todo))
     try:
-        failed = _match_pairs(args, out, pairs, run)
+        if processes is None:
+            totals = _match_pairs(args, out, pairs, todo, run)
+        else:
+            totals = processes.predict(todo, lambda index: match_pair(args, out, index, pairs[index], run))
     except BaseException:  # Ctrl-C, a full disk: leave no empty folder behind
         remove_empty_folders(created)
         raise
-    if failed:
-        if len(pairs) > 1:
-            print_error(f"{failed} of {len(pairs)} pairs failed")
-        return EXIT_FAILED
-    return 0
+    if totals is None:  # another of the --devices processes: the first one reports
+        return 0
+    if args.pairs:
+        count = 1 if processes is None else args.devices
+        print(summary_line(totals, len(pairs), count, time.perf_counter() - started), flush=True)
+    if totals.failed and len(pairs) > 1:
+        print_error(f"{totals.failed} of {len(todo)} pairs failed")
+    return EXIT_FAILED if totals.failed or totals.not_tried else 0
+
+
+def _notes(args: argparse.Namespace, out: Path, pairs: int, todo: int) -> None:
+    """What the user should know before the pairs are matched, on stderr."""
+    if args.samples == 1 and args.matcher == "diffmatch":
+        print("note: --samples 1 gives an all-zero uncertainty map (the variance needs >= 2 hypotheses)", file=sys.stderr)
+    if args.pairs and todo < pairs:
+        print(f"note: {pairs - todo} of {pairs} pairs are already complete in {out} and are skipped "
+              "(--overwrite redoes them)", file=sys.stderr, flush=True)
 
 
 def _match_pairs(
-    args: argparse.Namespace,
-    out: Path,
-    pairs: list[tuple[Path, Path]],
-    run: Callable[[np.ndarray, np.ndarray, int], MatchResult],
-) -> int:
-    """Match and write every pair; returns how many failed.
+    args: argparse.Namespace, out: Path, pairs: list[tuple[Path, Path]], todo: list[int], run: Matcher
+) -> PairTotals:
+    """Match and write the pairs ``todo`` in this process.
 
     Raises:
         OSError: the disk is full or read-only: no later pair could be written either (the pairs
@@ -385,34 +470,59 @@ def _match_pairs(
     """
     from tqdm import tqdm
 
-    if args.samples == 1 and args.matcher == "diffmatch":
-        print("note: --samples 1 gives an all-zero uncertainty map (the variance needs >= 2 hypotheses)", file=sys.stderr)
-    failed = 0
-    for index, (src_path, tgt_path) in enumerate(tqdm(pairs, desc="pairs", unit="pair", disable=len(pairs) < 2)):
-        folder = out if not args.pairs else out / f"{index:04d}_{src_path.stem}_{tgt_path.stem}"
+    totals = PairTotals()
+    start = time.perf_counter()
+    for index in tqdm(todo, desc="pairs", unit="pair", disable=len(todo) < 2):
         try:
-            source, target = load_image(src_path), load_image(tgt_path)
-            if args.max_size is None:
-                for path, image in ((src_path, source), (tgt_path, target)):
-                    warning = _large_image_warning(path, image)
-                    if warning:
-                        tqdm.write(warning, file=sys.stderr)
-            result = run(source, target, index)  # at most --max-size px, brought back to the full-size target
-            # --pairs: the pair's folder appears whole; one pair: its files join --out together.
-            with atomic_folder(folder, merge=not args.pairs) as staging:
-                written = write_outputs(
-                    staging, result, source, target, args.flow_format, not args.no_viz, args.min_confidence
-                )
-        except (InputError, ValueError) as err:
-            failed += 1
-            tqdm.write(f"error: pair {index} ({src_path} -> {tgt_path}): {err}", file=sys.stderr)
-            continue
-        except OSError as err:
-            if err.errno in _DISK_ERRORS:
-                done = f"; pairs 0..{index - 1} are written" if index else ""
-                raise OSError(err.errno, f"{err.strerror} (pair {index}{done})", err.filename) from None
-            failed += 1
-            tqdm.write(f"error: pair {index} ({src_path} -> {tgt_path}): {describe_os_error(err)}", file=sys.stderr)
-            continue
-        tqdm.write(f"wrote {folder}{os.sep}{', '.join(written)}")
-    return failed
+            written = match_pair(args, out, index, pairs[index], run)
+        except OSError as err:  # the disk is full or read-only
+            done = f"; pairs 0..{index - 1} are written" if index else ""
+            raise OSError(err.errno, f"{err.strerror} (pair {index}{done})", err.filename) from None
+        totals.written += written
+        totals.failed += not written
+    totals.seconds = time.perf_counter() - start
+    return totals
+
+
+def match_pair(args: argparse.Namespace, out: Path, index: int, pair: tuple[Path, Path], run: Matcher) -> bool:
+    """Match pair ``index`` and write its files; returns whether they were written.
+
+    With ``--pairs`` the files go to the pair's folder (:func:`pair_folder`), which appears whole;
+    a single pair's files join ``--out`` together. A written pair is one ``wrote`` line on stdout, a
+    failed one an ``error:`` line on stderr (an unreadable image, a bad option for this pair, a file
+    that cannot be written).
+
+    Raises:
+        OSError: the disk is full or read-only: no later pair could be written either.
+    """
+    src_path, tgt_path = pair
+    folder = pair_folder(out, index, pair) if args.pairs else out
+    try:
+        source, target = load_image(src_path), load_image(tgt_path)
+        if args.max_size is None:
+            for path, image in ((src_path, source), (tgt_path, target)):
+                warning = _large_image_warning(path, image)
+                if warning:
+                    _say(warning, sys.stderr)
+        result = run(source, target, index)  # at most --max-size px, brought back to the full-size target
+        # --pairs: the pair's folder appears whole; one pair: its files join --out together.
+        with atomic_folder(folder, merge=not args.pairs) as staging:
+            written = write_outputs(staging, result, source, target, args.flow_format, not args.no_viz, args.min_confidence)
+    except (InputError, ValueError) as err:
+        _say(f"error: pair {index} ({src_path} -> {tgt_path}): {err}", sys.stderr)
+        return False
+    except OSError as err:
+        if err.errno in _DISK_ERRORS:
+            raise
+        _say(f"error: pair {index} ({src_path} -> {tgt_path}): {describe_os_error(err)}", sys.stderr)
+        return False
+    _say(f"wrote {folder}{os.sep}{', '.join(written)}", sys.stdout)
+    return True
+
+
+def _say(line: str, stream: TextIO) -> None:
+    """One whole line, around the progress bar, flushed: --devices processes share the terminal."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=stream)
+    stream.flush()
