@@ -68,7 +68,7 @@ def test_every_test_named_in_bad_inputs_exists():
 
     text = (ROOT / "docs" / "bad-inputs.md").read_text()
     named, current = [], None
-    for file, name in re.findall(r"`(test_\w+\.py)?::(\w+)`", text):
+    for file, name in re.findall(r"`((?:\w+/)?test_\w+\.py)?::(\w+)`", text):
         current = file or current
         named.append((current, name))
     assert len(named) > 60

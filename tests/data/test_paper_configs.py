@@ -17,7 +17,7 @@ from diffmatch.data.moving_objects import MovingObjectsConfig
 from diffmatch.errors import InputError
 from diffmatch.io import save_image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEADER = "fname,aff/tps/homo," + ",".join(f"t{i}" for i in range(1, 19))
 
 

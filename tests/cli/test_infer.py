@@ -17,7 +17,7 @@ from diffmatch.cli.infer import main as infer_main
 from diffmatch.errors import InputError
 from diffmatch.result import MatchResult
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

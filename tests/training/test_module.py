@@ -17,7 +17,7 @@ from diffmatch.matcher import DiffMatcher
 from diffmatch.models.weights import export_weights, load_checkpoint
 from diffmatch.training import DiffMatchModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 

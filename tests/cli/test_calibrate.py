@@ -8,7 +8,7 @@ import pytest
 
 from diffmatch.cli.calibrate import main as calibrate_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PHOTOS = ROOT / "data" / "photos" / "train"
 
 

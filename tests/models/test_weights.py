@@ -16,7 +16,7 @@ from diffmatch.models.config import LEGACY_MODEL, config_from_stored
 from diffmatch.models.denoiser import LEGACY_DENOISER
 from diffmatch.models.weights import load_checkpoint, read_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "fixtures" / "bundled_reference.pt"
 
 

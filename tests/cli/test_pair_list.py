@@ -22,7 +22,7 @@ import diffmatch.cli.infer as cli
 from diffmatch.cli.infer import main as infer_main
 from diffmatch.cli.pair_progress import PairTotals, pair_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
 FILES = {"flow.npy", "uncertainty.npy", "flow.flo"}  # --no-viz, an uncalibrated model
 # The variables Lightning's launcher sets in the process that starts the others.

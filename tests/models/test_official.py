@@ -15,8 +15,8 @@ from diffmatch.models.denoiser import DenoiserConfig, FlowDenoiser
 from diffmatch.models.official import OFFICIAL_MODEL, OFFICIAL_UPSAMPLER, official_to_denoiser
 from diffmatch.models.weights import load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).parent / "fixtures" / "official_parity.pt"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_parity.pt"
 SMALL = {"base_channels": 4, "norm_groups": 4, "attention_resolutions": [4, 2], "num_heads": 4}
 
 

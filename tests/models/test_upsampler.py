@@ -22,7 +22,7 @@ from diffmatch.models.weights import (
     save_weights,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "tiny.yaml")
 TINY_UP = str(ROOT / "configs" / "tiny_upsampler.yaml")
 

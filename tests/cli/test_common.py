@@ -21,7 +21,7 @@ import torch
 
 from diffmatch.cli.infer import main as infer_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # this checkout's diffmatch
 
 

@@ -42,8 +42,8 @@ from diffmatch.models.diffmatch import Condition, DiffMatch
 from diffmatch.models.diffusion import clamp_mean
 from diffmatch.models.official import official_to_denoiser
 
-FIXTURE = Path(__file__).parent / "fixtures" / "official_parity.pt"
-CLAMP_FIXTURE = Path(__file__).parent / "fixtures" / "official_clamp.pt"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_parity.pt"
+CLAMP_FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_clamp.pt"
 TOL = 1e-4
 STAGE1 = {
     "features": "vgg16",
