@@ -33,9 +33,10 @@ from torch.utils.data import default_collate
 
 from diffmatch.data import SyntheticBenchmark, SyntheticPairs, bundled_photos
 from diffmatch.features import FeatureExtractor, build_features
+from diffmatch.features.base import l2_normalize
 from diffmatch.features.efficientnet import EfficientNetLite0Features
 from diffmatch.geometry import from_grid, to_grid
-from diffmatch.models.cost_volume import argmax_flow, global_correlation, l2_normalize, soft_argmax_flow
+from diffmatch.models.cost_volume import argmax_flow, global_correlation, soft_argmax_flow
 
 FROZEN: dict[str, Callable[[int], FeatureExtractor]] = {
     "vgg16-random": lambda seed: build_features("vgg16", weights="random", seed=seed),
