@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from diffmatch.confidence.fitting import main as calibrate_main
+from diffmatch.cli.calibrate import main as calibrate_main
+from diffmatch.data import bundled_photos
 
-ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = ROOT / "data" / "photos" / "train"
+PHOTOS = bundled_photos("train")
 
 
 def _err_lines(capsys) -> list[str]:
@@ -47,7 +45,7 @@ def test_steps_beyond_the_model_are_refused_before_matching(tmp_path, checkpoint
 
 
 def test_benchmark_photos_are_refused(tmp_path, checkpoint, capsys):
-    argv = [str(checkpoint), "--out", str(tmp_path / "cal.pt"), "--photos", str(ROOT / "data" / "photos" / "val")]
+    argv = [str(checkpoint), "--out", str(tmp_path / "cal.pt"), "--photos", str(bundled_photos("val"))]
     assert calibrate_main(argv) == 2
     err = _err_lines(capsys)
     assert len(err) == 1 and "these are the benchmark's held-out photos" in err[0], err
