@@ -51,6 +51,15 @@ def test_benchmark_photos_are_refused(tmp_path, checkpoint, capsys):
     assert len(err) == 1 and "these are the benchmark's held-out photos" in err[0], err
 
 
+def test_default_photos_not_fetched_name_the_command_and_the_folder(tmp_path, checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("DIFFMATCH_HOME", str(tmp_path / "home"))  # the default --photos: nothing fetched there
+    assert calibrate_main([str(checkpoint), "--out", str(tmp_path / "cal.pt")]) == 2
+    err = _err_lines(capsys)
+    folder = tmp_path / "home" / "photos" / "extra"
+    assert len(err) == 1 and f"`diffmatch fetch-photos` downloads them into {folder}" in err[0], err
+    assert not (tmp_path / "cal.pt").exists()
+
+
 def test_a_model_that_is_wrong_everywhere_is_one_line(tmp_path, checkpoint, capsys):
     # The random tiny model is within 0.01 px nowhere, as a briefly trained model is within 1 px nowhere.
     out = tmp_path / "cal.pt"
