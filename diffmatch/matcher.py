@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from diffmatch.assets import BUNDLED_CHECKPOINT
 from diffmatch.confidence import Calibrator, calibrator_from_dict
 from diffmatch.confidence.cues import match_with_cues
 from diffmatch.errors import InputError, MissingCalibrationError
@@ -32,7 +33,6 @@ from diffmatch.two_pass import TwoPassConfig, concatenate_results, match_two_pas
 
 __all__ = ["DiffMatcher", "BUNDLED_CHECKPOINT", "AUTO_MAX_IMAGE_SIZE", "parse_image_size"]
 
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "diffmatch_xfeat.pt"
 # The largest processing size ``image_size="auto"`` picks: the global cost grows with the fourth
 # power of the grid (an 80² grid's is 164 MB in float32), so larger images are processed at this size.
 AUTO_MAX_IMAGE_SIZE = 640

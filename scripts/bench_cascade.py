@@ -1,11 +1,11 @@
 """Time and peak memory per 512² pair: stage 1 alone against the cascade (stage 1 + flow upsampler).
 
     python scripts/bench_cascade.py --checkpoint PATH                 # a cascade .ckpt or exported file
-    python scripts/bench_cascade.py --config configs/upsampler_cpu.yaml   # random weights, that config's model
+    python scripts/bench_cascade.py --config configs/upsampler_xfeat.yaml   # random weights, that config's model
     python scripts/bench_cascade.py --config configs/upsampler_paper.yaml --device cuda
 
 With ``--config``, the ``model.model`` and ``model.upsampler`` blocks of a training config build a randomly
-initialised cascade (VGG weights forced to ``random``). "Stage 1" is the same model's
+initialised cascade (backbone weights forced to ``random``). "Stage 1" is the same model's
 :meth:`DiffMatch.forward` (no upsampling; flow bilinearly resized to 512²). Peak memory is, on CUDA,
 ``torch.cuda.max_memory_allocated`` during the call; on CPU, the peak resident set size sampled every
 2 ms in a thread (``/proc/self/statm``, Linux) during the first call minus the resident size before

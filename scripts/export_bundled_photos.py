@@ -1,16 +1,19 @@
-"""Export scikit-image's bundled sample photos into ``data/photos/{train,val}`` and ``data/samples``.
+"""Export scikit-image's sample photos into the package's assets: ``photos/{train,val}`` and ``samples``.
+
+By default into ``diffmatch/assets/`` (the folder :mod:`diffmatch.assets` finds them in).
 
 Reproducible: the same scikit-image version writes the same files. Only real photographs are used
 (no synthetic drawings such as colorwheel, logo, chessboard, phantom or horse). Large photos are
 downscaled with area interpolation so that their long side is at most ``--max-side`` pixels.
 
 Usage:
-    python scripts/export_bundled_photos.py [--out data] [--max-side 768] [--quality 92]
+    python scripts/export_bundled_photos.py [--out diffmatch/assets] [--max-side 768] [--quality 92]
 """
 
 from __future__ import annotations
 
 import argparse
+from importlib.resources import files
 from pathlib import Path
 
 import cv2
@@ -81,7 +84,7 @@ def save_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data")
+    parser.add_argument("--out", type=Path, default=files("diffmatch.assets"), help="default: diffmatch/assets")
     parser.add_argument("--max-side", type=int, default=768)
     parser.add_argument("--quality", type=int, default=92)
     args = parser.parse_args()

@@ -21,11 +21,13 @@ import cv2
 import numpy as np
 import torch
 
+from diffmatch.assets import photo_folder, sample_pair
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def reference_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Two small pairs from files in the repository: the sample pair (sizes differ) and a shifted held-out photo."""
+    """Two small pairs from files the package ships: the sample pair (sizes differ) and a shifted held-out photo."""
 
     def read(path: Path, size: tuple[int, int]) -> np.ndarray:
         image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
@@ -34,9 +36,10 @@ def reference_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
     def tensor(image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
 
-    left = read(ROOT / "data/samples/motorcycle_left.png", (128, 86))
-    right = read(ROOT / "data/samples/motorcycle_right.png", (112, 80))
-    photo = read(ROOT / "data/photos/val/coffee.jpg", (144, 112))
+    source, target = sample_pair()
+    left = read(source, (128, 86))
+    right = read(target, (112, 80))
+    photo = read(photo_folder("val") / "coffee.jpg", (144, 112))
     return [(tensor(left), tensor(right)), (tensor(photo[:96, :128]), tensor(photo[9:105, 13:141]))]
 
 

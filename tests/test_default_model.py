@@ -1,4 +1,4 @@
-"""Sanity checks of the bundled default model (``checkpoints/diffmatch_xfeat.pt``), slow-marked.
+"""Sanity checks of the bundled default model (``diffmatch/assets/diffmatch_xfeat.pt``), slow-marked.
 
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, px. The thresholds are the
 measured behaviour with a margin (checkpoints/README.md, "Its numbers"), tighter than issue #15's

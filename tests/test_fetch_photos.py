@@ -1,25 +1,17 @@
-"""The photo checks of ``scripts/fetch_photos.py`` (no download: images are made here)."""
+"""The photo checks of ``diffmatch fetch-photos`` (:mod:`diffmatch.data.fetch_photos`; no download: images are made here)."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def fetch():
-    spec = importlib.util.spec_from_file_location("fetch_photos", ROOT / "scripts" / "fetch_photos.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from diffmatch.data import fetch_photos
+
+    return fetch_photos
 
 
 def _photo(seed: int, size=(640, 480)) -> Image.Image:

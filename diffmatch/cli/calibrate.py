@@ -5,8 +5,8 @@ The selection table and the held-out ECE are printed and stored in the calibrati
 ``--out`` may be ``CKPT`` itself.
 
 Example:
-    python scripts/fetch_photos.py          # once: data/photos/extra
-    python -m diffmatch.calibrate checkpoints/diffmatch_xfeat.pt --out checkpoints/diffmatch_xfeat.pt
+    diffmatch fetch-photos                  # once: the default --photos (diffmatch.assets.fetched_photos)
+    python -m diffmatch.calibrate diffmatch/assets/diffmatch_xfeat.pt --out diffmatch/assets/diffmatch_xfeat.pt
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from diffmatch.assets import fetched_photos
 from diffmatch.cli.common import (
     EXIT_FAILED,
     OneLineArgumentParser,
@@ -29,7 +30,6 @@ from diffmatch.cli.common import (
 )
 from diffmatch.confidence import CUES, fit_calibrator
 from diffmatch.confidence.fitting import (
-    DEFAULT_PHOTOS,
     calibration_pairs,
     check_error_spread,
     collect_cues,
@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=program("python -m diffmatch.calibrate"), description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="exported weights (.pt) or Lightning .ckpt")
     parser.add_argument("--out", required=True, help="the checkpoint file to write, with its calibration (may be CHECKPOINT itself)")
-    parser.add_argument("--photos", default=str(DEFAULT_PHOTOS), help="photo folder, not the benchmark's (default data/photos/extra)")
+    parser.add_argument(
+        "--photos", help="photo folder, not the benchmark's (default: the fetched photos, data/photos/extra in a checkout)"
+    )
     parser.add_argument("--pairs", type=int, default=48, help="validation pairs (default 48, a third per level)")
     parser.add_argument("--size", type=int, default=240, help="square image side in px (default 240, as the benchmark)")
     parser.add_argument("--corrupted", type=float, default=0.25, help="share of pairs with an ImageNet-C corruption, 0..1 (default 0.25; 0.5 left clean pairs under-confident, README)")
@@ -114,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     taus, fixed = _check_arguments(args)
+    default_photos = fetched_photos()
+    photos = Path(args.photos) if args.photos is not None else default_photos
     created = check_out_file(args.out)
     configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
@@ -124,12 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit = model.config.num_train_timesteps
         if args.steps is not None and args.steps > limit:
             raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
-        items = calibration_pairs(args.photos, args.pairs, args.size, args.corrupted, args.seed)
+        items = calibration_pairs(photos, args.pairs, args.size, args.corrupted, args.seed)
     except BaseException:
         remove_empty_folders(created)
         raise
     start = time.perf_counter()
-    print(f"matching {len(items)} pairs from {args.photos} ...", file=sys.stderr)
+    print(f"matching {len(items)} pairs from {photos} ...", file=sys.stderr)
     refiner = None if args.no_refine else VariationalRefiner()
     cues, errors, pair = collect_cues(
         model, items, args.samples, args.steps, args.pixels, args.seed, device, True, refiner
@@ -149,9 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ece = "  ".join(f"{row['ece'][f'{t:g}']:.4f}" for t in taus)
         print(f"{'+'.join(row['cues']):<45} {row['nll']:>12.4f}  {ece}{mark}")
     columns = [CUES.index(c) for c in chosen]
-    photos = Path(args.photos)
     info = {
-        "photos": photos.name if photos.resolve() == DEFAULT_PHOTOS.resolve() else str(photos),
+        "photos": photos.name if photos.resolve() == default_photos.resolve() else str(photos),
         "pairs": len(items),
         "corrupted": sum(item["corruption"] != "clean" for item in items),
         "size": args.size,

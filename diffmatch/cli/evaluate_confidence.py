@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=program("python -m diffmatch.evaluate_confidence"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="a calibrated checkpoint (default: the bundled one)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--root", help="synthetic benchmark photo folder (default: the held-out data/photos/val)")
+    parser.add_argument("--root", help="synthetic benchmark photo folder (default: the bundled held-out photos)")
     parser.add_argument("--corruptions", default="none", help="'none', 'all' or a comma list of ImageNet-C names")
     parser.add_argument("--severity", type=int, default=5, help="corruption severity 1..5 (default 5)")
     parser.add_argument("--limit", type=int, help="at most N pairs per level (before corruption)")

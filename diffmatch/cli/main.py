@@ -7,6 +7,7 @@
     diffmatch calibrate CKPT --out CKPT_CAL
     diffmatch export CKPT OUT.pt [--onnx]
     diffmatch convert-official ema_stage1.pt OUT.pt
+    diffmatch fetch-photos                                       # the extra photos (training, calibration)
 
 Each subcommand is the same program as its older entry point (``python infer.py``, ``python
 train.py``, ``python -m diffmatch.evaluate`` ...), with the same arguments, exit statuses (0 ok,
@@ -33,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("diffmatch.cli.calibrate", "fit the confidence calibration of a checkpoint"),
     "export": ("diffmatch.cli.export", "export a small inference file (or an ONNX graph) from a checkpoint"),
     "convert-official": ("diffmatch.cli.convert_official", "convert the released official DiffMatch checkpoints"),
+    "fetch-photos": ("diffmatch.cli.fetch_photos", "download the extra photos that training and calibration read"),
 }
 
 

@@ -5,10 +5,10 @@ Flow convention: flow on the target grid, ``target(x) ≈ source(x + flow(x))``,
 
 The validation pairs are the synthetic benchmark's kind (:class:`~diffmatch.data.SyntheticBenchmark`:
 homographies of the easy, medium and hard ranges, 240², mild colour changes), built from photos
-*other than* the benchmark's held-out ones: by default the fetched photos in ``data/photos/extra``
-(``python scripts/fetch_photos.py``). A share of the pairs (the command's ``--corrupted``, a quarter by
-default) get an ImageNet-C corruption (the 15 types in turn, severity 5 or 3), so the confidence holds
-on degraded images too; with half of them, clean held-out pairs came out under-confident (ECE 0.064
+*other than* the benchmark's held-out ones: by default the fetched photos
+(:func:`diffmatch.assets.fetched_photos`, ``diffmatch fetch-photos``). A share of the pairs (the
+command's ``--corrupted``, a quarter by default) get an ImageNet-C corruption (the 15 types in turn,
+severity 5 or 3), so the confidence holds on degraded images too; with half of them, clean held-out pairs came out under-confident (ECE 0.064
 against 0.026 at 3 px). Each pair is matched once with all cues
 (:func:`diffmatch.confidence.cues.match_with_cues`), its hypotheses refined at full resolution as
 :class:`~diffmatch.matcher.DiffMatcher` does by default; a few thousand valid pixels per pair are kept
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffmatch.assets import fetched_photos, fetched_photos_hint
 from diffmatch.confidence import CUES, DEFAULT_TAUS, fit_calibrator, logistic_loss
 from diffmatch.confidence.cues import match_with_cues
 from diffmatch.confidence.metrics import expected_calibration_error
@@ -42,11 +43,8 @@ from diffmatch.io import atomic_open
 from diffmatch.metrics import end_point_error
 from diffmatch.refinement import VariationalRefiner
 
-__all__ = ["DEFAULT_PHOTOS", "calibration_pairs", "check_error_spread", "collect_cues", "select_cues", "write_calibrated"]
+__all__ = ["calibration_pairs", "check_error_spread", "collect_cues", "select_cues", "write_calibrated"]
 
-
-
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[2] / "data" / "photos" / "extra"
 
 
 _TOLERANCE = 0.002  # nats: a smaller cue set this close to the best is preferred
@@ -72,7 +70,8 @@ def calibration_pairs(
 
     photos = Path(photos)
     if not photos.is_dir():
-        raise InputError(f"--photos {photos}: no such folder (python scripts/fetch_photos.py fills data/photos/extra)")
+        hint = f"; {fetched_photos_hint()}" if photos.resolve() == fetched_photos().resolve() else ""
+        raise InputError(f"--photos {photos}: no such folder{hint}")
     if photos.resolve() == bundled_photos("val").resolve():
         raise InputError(f"--photos {photos}: these are the benchmark's held-out photos; calibrate on other photos")
     levels = list(BENCHMARK_LEVELS)

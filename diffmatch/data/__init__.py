@@ -19,7 +19,7 @@ channel 0 = x, pixel centres at integers, ``align_corners=False``) and ``mask`` 
 ``ScanNet1500``            LoFTR's ScanNet-1500 relative-pose pairs at 640×480 (images, K, R, t)
 ``Corrupted``, ``corrupt`` ImageNet-C corruptions of any pair dataset
 ``PairDataModule``         LightningDataModule configured by ``DataConfig`` per split
-``bundled_photos``         the scikit-image photos shipped in ``data/photos/{train,val}``
+``bundled_photos``         the photos shipped in ``diffmatch/assets/photos/{train,val}``
 =========================  ==================================================================
 """
 

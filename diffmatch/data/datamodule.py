@@ -11,6 +11,7 @@ from typing import Any, Literal
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from diffmatch.assets import resolve_photo_root
 from diffmatch.data.benchmark import SyntheticBenchmark
 from diffmatch.data.coco import CocoObjects
 from diffmatch.data.corruptions import Corrupted
@@ -62,6 +63,9 @@ class DataConfig:
             of folders), pair list file (generic) or dataset folder; ``None`` uses the bundled photos
             (``train`` for synthetic and scenes, ``val`` for benchmark) and, for the others, raises
             :class:`InputError` at construction naming the dataset, its download and its layout.
+            For synthetic, scenes and benchmark, ``photos:train``, ``photos:val`` and ``photos:extra``
+            name the bundled and the fetched photos wherever they are
+            (:func:`diffmatch.assets.resolve_photo_root`), e.g. ``[photos:train, photos:extra]``.
         csv: csv only: the warp CSV, relative to ``root`` unless absolute.
         size: ``(H, W)`` for synthetic, benchmark and hpatches (``None``: original size, hpatches
             only); must be ``None`` for generic and eth3d, which keep their sizes.
@@ -122,6 +126,13 @@ class DataConfig:
             raise InputError(f"{names} not set: {needs}; see data/README.md")
 
 
+def _photo_roots(root: str | list[str]) -> Path | list[Path]:
+    """A config's image folder or folders, ``photos:NAME`` resolved (:func:`diffmatch.assets.resolve_photo_root`)."""
+    if isinstance(root, (list, tuple)):
+        return [resolve_photo_root(r) for r in root]
+    return resolve_photo_root(root)
+
+
 def build_dataset(config: DataConfig) -> Dataset:
     """Instantiate the dataset a :class:`DataConfig` describes (objects and corruption wrappers included)."""
     name = config.dataset
@@ -148,7 +159,7 @@ def build_dataset(config: DataConfig) -> Dataset:
     if isinstance(config.root, (list, tuple)) and name not in ("synthetic", "scenes"):
         raise InputError(f"dataset {name!r} takes one root, got a list of {len(config.root)}")
     if name == "synthetic":
-        root = config.root if config.root is not None else bundled_photos("train")
+        root = _photo_roots(config.root) if config.root is not None else bundled_photos("train")
         dataset: Dataset = SyntheticPairs(
             root,
             size=config.size,
@@ -166,7 +177,7 @@ def build_dataset(config: DataConfig) -> Dataset:
             )
             dataset = MixedPairs(dataset, scenes, config.scene_share, seed=config.seed)
     elif name == "scenes":
-        root = config.root if config.root is not None else bundled_photos("train")
+        root = _photo_roots(config.root) if config.root is not None else bundled_photos("train")
         dataset = ScenePairs(
             root, size=config.size, seed=config.seed, length=config.length, scenes=config.scenes,
             photometric=config.photometric, augment=config.augment,
@@ -177,7 +188,7 @@ def build_dataset(config: DataConfig) -> Dataset:
             seed=config.seed,
         )
     elif name == "benchmark":
-        root = config.root if config.root is not None else bundled_photos("val")
+        root = _photo_roots(config.root) if config.root is not None else bundled_photos("val")
         dataset = SyntheticBenchmark(
             root, level=config.level, size=config.size, num_pairs=config.length or 100, seed=config.seed
         )

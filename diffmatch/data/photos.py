@@ -1,4 +1,4 @@
-"""Image folders: the photos bundled with the repository, listing any image folder, image tensors."""
+"""Image folders: the photos bundled with the package, listing any image folder, image tensors."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffmatch.assets import fetched_photos, fetched_photos_hint, photo_folder
 from diffmatch.errors import InputError
 from diffmatch.io import load_image
 
@@ -36,10 +37,11 @@ PHOTO_SPLITS: tuple[str, ...] = ("train", "val")
 
 
 def bundled_photos(split: str = "train") -> Path:
-    """Folder of the scikit-image sample photos shipped in the repository's ``data/photos/<split>``.
+    """Folder of the scikit-image sample photos shipped in the package (``diffmatch/assets/photos/<split>``).
 
     ``train`` feeds the default synthetic training pairs; ``val`` is held out for the synthetic
-    benchmark. They are written by ``scripts/export_bundled_photos.py``.
+    benchmark. They are written by ``scripts/export_bundled_photos.py``; :mod:`diffmatch.assets`
+    finds them.
 
     Args:
         split: ``"train"`` or ``"val"``.
@@ -48,15 +50,16 @@ def bundled_photos(split: str = "train") -> Path:
         The absolute folder path.
 
     Raises:
-        InputError: unknown split, or the folder is missing or empty (e.g. a wheel install without
-            the repository's ``data/`` folder).
+        InputError: unknown split, or the folder is missing or empty (a package built without its
+            assets).
     """
     if split not in PHOTO_SPLITS:
         raise InputError(f"split must be one of {PHOTO_SPLITS}, got {split!r}")
-    folder = Path(__file__).resolve().parents[2] / "data" / "photos" / split
+    folder = photo_folder(split)
     if not folder.is_dir() or not list_images(folder, required=False):
         raise InputError(
-            f"{folder}: bundled photos not found; run `python scripts/export_bundled_photos.py` in a repository checkout"
+            f"{folder}: bundled photos not found; the package was built without its assets "
+            "(a checkout restores them with `python scripts/export_bundled_photos.py`)"
         )
     return folder
 
@@ -73,7 +76,7 @@ def list_images(image_dir: str | os.PathLike | Sequence[str | os.PathLike], requ
         return [image for folder in image_dir for image in list_images(folder, required)]
     folder = Path(image_dir)
     if not folder.is_dir():
-        hint = "; run `python scripts/fetch_photos.py` to download them" if folder.parts[-2:] == ("photos", "extra") else ""
+        hint = f"; {fetched_photos_hint()}" if folder.resolve() == fetched_photos().resolve() else ""
         raise InputError(f"{folder}: image folder not found{hint}")
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if required and not images:

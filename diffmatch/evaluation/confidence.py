@@ -3,8 +3,8 @@
 Flow convention: flow on the target grid, ``target(x) ≈ source(x + flow(x))``, in pixels, channel
 0 = x. Homographies map target pixels to source pixels.
 
-On the synthetic benchmark (held-out photos ``data/photos/val``; optionally with ImageNet-C), for a
-checkpoint calibrated by ``python -m diffmatch.calibrate``:
+On the synthetic benchmark (the bundled held-out photos, ``bundled_photos("val")``; optionally with
+ImageNet-C), for a checkpoint calibrated by ``python -m diffmatch.calibrate``:
 
 * **calibration**: reliability diagram and ECE of ``P(EPE < τ)`` for every fitted τ, all valid
   pixels pooled; AUSE (EPE, per image, averaged) with ``1 − confidence`` and with the variance as

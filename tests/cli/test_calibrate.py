@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from diffmatch.cli.calibrate import main as calibrate_main
+from diffmatch.data import bundled_photos
 
-ROOT = Path(__file__).resolve().parents[2]
-PHOTOS = ROOT / "data" / "photos" / "train"
+PHOTOS = bundled_photos("train")
 
 
 def _err_lines(capsys) -> list[str]:
@@ -47,10 +45,19 @@ def test_steps_beyond_the_model_are_refused_before_matching(tmp_path, checkpoint
 
 
 def test_benchmark_photos_are_refused(tmp_path, checkpoint, capsys):
-    argv = [str(checkpoint), "--out", str(tmp_path / "cal.pt"), "--photos", str(ROOT / "data" / "photos" / "val")]
+    argv = [str(checkpoint), "--out", str(tmp_path / "cal.pt"), "--photos", str(bundled_photos("val"))]
     assert calibrate_main(argv) == 2
     err = _err_lines(capsys)
     assert len(err) == 1 and "these are the benchmark's held-out photos" in err[0], err
+
+
+def test_default_photos_not_fetched_name_the_command_and_the_folder(tmp_path, checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("DIFFMATCH_HOME", str(tmp_path / "home"))  # the default --photos: nothing fetched there
+    assert calibrate_main([str(checkpoint), "--out", str(tmp_path / "cal.pt")]) == 2
+    err = _err_lines(capsys)
+    folder = tmp_path / "home" / "photos" / "extra"
+    assert len(err) == 1 and f"`diffmatch fetch-photos` downloads them into {folder}" in err[0], err
+    assert not (tmp_path / "cal.pt").exists()
 
 
 def test_a_model_that_is_wrong_everywhere_is_one_line(tmp_path, checkpoint, capsys):

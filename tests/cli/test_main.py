@@ -14,9 +14,10 @@ from diffmatch.cli.main import SUBCOMMANDS, main
 def test_help_lists_every_subcommand(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for name in ("match", "train", "evaluate", "evaluate-confidence", "calibrate", "export", "convert-official"):
+    names = ("match", "train", "evaluate", "evaluate-confidence", "calibrate", "export", "convert-official", "fetch-photos")
+    for name in names:
         assert f"  {name} " in text
-    assert set(SUBCOMMANDS) == {"match", "train", "evaluate", "evaluate-confidence", "calibrate", "export", "convert-official"}
+    assert set(SUBCOMMANDS) == set(names)
 
 
 def test_unknown_or_missing_subcommand_is_one_line_and_status_2(capsys):
@@ -26,7 +27,7 @@ def test_unknown_or_missing_subcommand_is_one_line_and_status_2(capsys):
     assert main([]) == 2
 
 
-@pytest.mark.parametrize("name", ["evaluate", "calibrate", "export", "convert-official", "evaluate-confidence"])
+@pytest.mark.parametrize("name", ["evaluate", "calibrate", "export", "convert-official", "evaluate-confidence", "fetch-photos"])
 def test_subcommand_help_names_the_diffmatch_command(capsys, name):
     with pytest.raises(SystemExit) as exit_:
         main([name, "--help"])

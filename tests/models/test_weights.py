@@ -1,6 +1,6 @@
 """The bundled default keeps its behaviour, and stored settings from before a key existed keep theirs.
 
-``tests/fixtures/bundled_reference.pt`` holds ``checkpoints/diffmatch_xfeat.pt``'s samples and
+``tests/fixtures/bundled_reference.pt`` holds ``diffmatch/assets/diffmatch_xfeat.pt``'s samples and
 ``F_init`` (flow on the target grid, ``target(x) ≈ source(x + flow(x))``, px) on a fixed 56×48 pair,
 2 hypotheses, the checkpoint's own step count, seed 0, recorded when it was bundled.
 """

@@ -13,7 +13,7 @@ import torch
 from diffmatch.cli.export import main as export_main
 from diffmatch.cli.train import main as train_main
 from diffmatch.errors import InputError
-from diffmatch.matcher import DiffMatcher
+from diffmatch.matcher import BUNDLED_CHECKPOINT, DiffMatcher
 from diffmatch.models.weights import export_weights, load_checkpoint
 from diffmatch.training import DiffMatchModule
 
@@ -203,7 +203,7 @@ def test_bad_training_arguments_are_one_line(tmp_path, capfd, extra, message):
     from diffmatch.cli.train import run
 
     truncated = tmp_path / "last.ckpt"
-    truncated.write_bytes((ROOT / "checkpoints" / "diffmatch_xfeat.pt").read_bytes()[:20000])
+    truncated.write_bytes(BUNDLED_CHECKPOINT.read_bytes()[:20000])
     extra = [{"TRUNCATED": str(truncated), "MISSING": str(tmp_path / "nope.ckpt")}.get(a, a) for a in extra]
     argv = ["fit", "--config", TINY, f"--trainer.default_root_dir={tmp_path / 'run'}", *extra]
     try:
