@@ -22,7 +22,7 @@ def _git_tracks(path: Path) -> bool:
 
 def test_cpu_small_is_not_promised_in_minutes():
     lines = README.splitlines()
-    command = lines.index("python train.py fit --config configs/cpu_small.yaml")
+    command = lines.index("diffmatch train fit --config configs/cpu_small.yaml")
     comment = " ".join(x for x in lines[command - 2 : command] if x.startswith("#"))  # what the command gives
     assert "in minutes" not in comment and " h " in comment, comment
     config = (ROOT / "configs" / "cpu_small.yaml").read_text().split("\n\n")[0]

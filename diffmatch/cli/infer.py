@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.devices > 1:
             from diffmatch.cli.pair_list import PairListProcesses  # Lightning loads only for --devices N
 
-            from_command_line = argv is None or list(argv) == sys.argv[1:]
+            # the command line's own arguments (also under `diffmatch match`): Lightning re-runs it
+            from_command_line = argv is None or list(argv) == sys.argv[len(sys.argv) - len(argv) :]
             processes = PairListProcesses(args.accelerator, args.devices, from_command_line)
         # torch, OpenCV and the refinement within one budget (diffmatch.threads), shared by the processes
         configure_threads(None if processes is None else processes.thread_share())

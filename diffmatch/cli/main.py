@@ -71,14 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     module = importlib.import_module(SUBCOMMANDS[name][0])
     entry = module.run if name == "train" else module.main  # train's main builds the LightningCLI
+    # sys.argv stays the whole command line: Lightning starts DDP processes (training, match --devices)
+    # by running it again.
     with running_as(f"diffmatch {name}"):
-        if name == "train":
-            # LightningCLI names itself after sys.argv[0] in its usage line.
-            saved, sys.argv[0] = sys.argv[0], "diffmatch train"
-            try:
-                return entry(rest)
-            finally:
-                sys.argv[0] = saved
         return entry(rest)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from diffmatch.cli.common import EXIT_INTERRUPTED, OneLineErrors, one_line_errors
+from diffmatch.cli.common import EXIT_INTERRUPTED, OneLineErrors, one_line_errors, program
 from diffmatch.data import PairDataModule
 from diffmatch.errors import InputError
 from diffmatch.training import AtomicCheckpointIO, DiffMatchModule
@@ -133,15 +135,20 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
             ``args`` (given without a subcommand).
     """
     _wandb_offline_without_key()
-    return DiffMatchCLI(
-        DiffMatchModule,
-        PairDataModule,
-        parser_class=TrainArgumentParser,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    with warnings.catch_warnings():
+        # `diffmatch train ARGS` passes ARGS while sys.argv keeps the whole command line (which
+        # Lightning's DDP launcher runs again); LightningCLI warns about having both.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return DiffMatchCLI(
+            DiffMatchModule,
+            PairDataModule,
+            parser_class=TrainArgumentParser,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": program(Path(sys.argv[0]).name)},
+            args=args,
+            run=run,
+        )
 
 
 def _input_error(err: BaseException | None) -> InputError | None:
