@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,13 @@ def _deterministic_threads(monkeypatch):
     # between thread counts, and the variational refinement can grow such differences to a pixel.
     torch.set_num_threads(1)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    environment = dict(os.environ)
     yield
+    # Lightning's in-process runs (infer --devices' one-process path) set MASTER_ADDR, MASTER_PORT,
+    # NODE_RANK and LOCAL_RANK; a later test's DDP subprocess inheriting them waited for ranks that
+    # never started. Each test gets the environment it started with back.
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 @pytest.fixture
