@@ -102,7 +102,10 @@ def test_ctrl_c_through_the_command(tmp_path, checkpoint, images):
     out = tmp_path / "out"
     command = [sys.executable, str(ROOT / "infer.py"), "--pairs", str(_pairs_file(tmp_path, images, 200)), "--out",
                str(out), "--checkpoint", str(checkpoint), "--no-viz", "--samples", "2", "--device", "cpu"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path)
+    # A command started in the background of a non-interactive shell ignores SIGINT, and so would this
+    # child: give it the default disposition, as a terminal's foreground command has.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().startswith("wrote "), proc.stderr.read()[-2000:]  # pair 0 is done
         time.sleep(0.3)
