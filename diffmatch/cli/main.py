@@ -57,9 +57,12 @@ def usage() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``diffmatch SUBCOMMAND ARGS``; returns the subcommand's exit status (2: unknown subcommand)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        print(usage(), file=sys.stderr)  # a usage error: the help text on stderr, status 2
+        return EXIT_USAGE
+    if args[0] in ("-h", "--help"):
         print(usage())
-        return 0 if args else EXIT_USAGE
+        return 0
     if args[0] == "--version":
         from importlib.metadata import version
 

@@ -272,6 +272,7 @@ def file_licence(src: Source, root: Path, rel: str, meta: dict[str, str]) -> tup
     if src.name == "palapeli":
         desktop = path.with_suffix(".desktop")
         if desktop.exists():
+            # strict=False: a .desktop file may repeat a key (translations); the last one wins.
             parser = configparser.ConfigParser(interpolation=None, strict=False)
             parser.optionxform = str
             parser.read_string(desktop.read_text(encoding="utf-8"))
