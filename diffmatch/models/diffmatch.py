@@ -23,7 +23,7 @@ a displacement across the whole image is about 1. Public outputs are in pixels o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -67,7 +67,7 @@ class Condition:
     init_flow: torch.Tensor
     local_cost: torch.Tensor | None
     features: tuple[Features, Features]
-    cost_maps: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    cost_maps: tuple[list[torch.Tensor], list[torch.Tensor]] = field(default_factory=lambda: ([], []))
 
 
 @dataclass
