@@ -25,7 +25,7 @@ def test_refinement_keeps_within_torchs_thread_count(photo, monkeypatch, budget)
         opencv.append(cv2.getNumThreads())
         return real_refine(self, *args)
 
-    import diffmatch.refinement as refinement
+    import diffmatch.refinement.variational as refinement
 
     monkeypatch.setattr(refinement, "ThreadPoolExecutor", recording_pool)
     monkeypatch.setattr(VariationalRefiner, "_refine_one", recording_refine)
