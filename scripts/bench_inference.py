@@ -18,7 +18,10 @@ Rows, per device and precision:
   112 / 123 / 140 ms on its GPU (``--skip-paper`` leaves it out: minutes on a CPU);
 * the VGG-16 floor: a plain ``torchvision.models.vgg16().features`` pass over both images, the
   least any VGG-based matcher at 512² costs; every row's time is also given as a multiple of it;
-* OpenCV's DIS optical flow (medium preset), the classical reference (CPU only).
+* OpenCV's DIS optical flow (medium preset), the classical reference (CPU only);
+* the sub-pixel refinement alone, as a 3-hypothesis match with the confidence runs it (4 flows at
+  512²: the hypotheses and the reverse flow), by each solver of ``VariationalRefiner``: OpenCV's
+  (CPU only) and PyTorch's (on the device; one timed call on a CPU, where it takes tens of seconds).
 
 ``--precision`` lists the precisions of the model rows: ``32``, ``bf16``, ``16`` (CUDA), as
 ``DiffMatcher(precision=...)`` runs them (weights cast once; the matching in float32), and
@@ -85,7 +88,8 @@ def measure(
     kind: str, checkpoint: str | None, samples: int, repeats: int, device: str = "cpu", precision: str = "32",
     image_size: str | None = None, refine: bool = True, compile: bool = False,
 ) -> dict:
-    """One measurement in this process: ``vgg``, ``dis``, ``model`` or ``paper``."""
+    """One measurement in this process: ``vgg``, ``dis``, ``model``, ``paper``, ``refine-opencv`` or
+    ``refine-torch``."""
     torch.set_grad_enabled(False)
     source, target = (x.to(device) for x in _images())
     autocast = precision == "autocast-bf16"
@@ -96,6 +100,12 @@ def measure(
                 for x in (source, target)]
         dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         run = lambda: dis.calc(gray[1], gray[0], None)  # noqa: E731
+    elif kind.startswith("refine-"):
+        from diffmatch.refinement import VariationalRefiner
+
+        refiner = VariationalRefiner(backend=kind.removeprefix("refine-"))
+        flows = torch.randn(1, 4, 2, SIZE, SIZE, generator=torch.Generator().manual_seed(0)).to(device)
+        run = lambda: refiner(source, target, flows)  # noqa: E731
     elif kind == "vgg":
         from torchvision.models import vgg16
 
@@ -195,7 +205,8 @@ def main() -> None:
     parser.add_argument("--image-size", help="processing size of the checkpoint rows (an integer or auto; default: its own)")
     parser.add_argument("--json", metavar="PATH", help="also write every row as JSON")
     parser.add_argument("--no-refine", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--one", choices=("vgg", "model", "paper", "dis"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=("vgg", "model", "paper", "dis", "refine-opencv", "refine-torch"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -230,9 +241,11 @@ def main() -> None:
         planned = _rows(args, device)
         if device == "cpu":
             planned.append(("OpenCV DIS (medium preset)", dict(kind="dis", samples=1, refine=False, precision="32")))
+            planned.append(("refinement alone, 4 flows, OpenCV", dict(kind="refine-opencv", samples=4, precision="32")))
+        planned.append(("refinement alone, 4 flows, PyTorch", dict(kind="refine-torch", samples=4, precision="32")))
         for label, row in planned:
             repeats = args.repeats
-            if row["kind"] == "paper":
+            if row["kind"] == "paper" or (row["kind"] == "refine-torch" and device == "cpu"):
                 repeats = args.paper_repeats or (args.repeats if device == "cuda" else 1)
             result = _run(row.pop("kind"), row.pop("samples"), repeats, device, row.pop("precision"), args, **row)
             seconds = result["seconds"]
