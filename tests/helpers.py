@@ -54,3 +54,14 @@ def smooth_photo_folder(folder, shapes: dict[str, tuple[int, int]], cell: int, s
         coarse = rng.integers(0, 256, (h // cell, w // cell, 3), dtype=np.uint8)
         save_image(folder / name, cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC))
     return folder
+
+
+def synthetic_cues(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cues in the order of CUES whose errors grow with variance, init distance and fb error."""
+    rng = np.random.default_rng(seed)
+    variance = rng.gamma(1.0, 4.0, n)
+    init_distance = rng.gamma(1.0, 3.0, n)
+    cost_peak = rng.uniform(0.2, 1.0, n)
+    fb_error = rng.gamma(1.0, 2.0, n)
+    errors = 0.4 * np.sqrt(variance) + 0.5 * init_distance + 0.3 * fb_error + rng.gamma(1.0, 1.0, n) * (1.5 - cost_peak)
+    return np.stack((variance, init_distance, cost_peak, fb_error), 1), errors

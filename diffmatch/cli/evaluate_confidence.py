@@ -1,6 +1,6 @@
 """``python -m diffmatch.evaluate_confidence`` (``diffmatch evaluate-confidence``): reliability, ECE and
-homography accuracy of a calibrated checkpoint on the synthetic benchmark
-(:mod:`diffmatch.evaluation.confidence` says what is measured).
+homography accuracy of a calibrated checkpoint on the synthetic benchmark, or reliability and ECE on
+the 3D scenes benchmark (:mod:`diffmatch.evaluation.confidence` says what is measured).
 
 Example:
     python -m diffmatch.evaluate_confidence --checkpoint CKPT_CAL --limit 10 --out outputs/confidence-clean
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog=program("python -m diffmatch.evaluate_confidence"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="a calibrated checkpoint (default: the bundled one)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--root", help="synthetic benchmark photo folder (default: the bundled held-out photos)")
+    parser.add_argument("--dataset", default="synthetic", choices=("synthetic", "scenes"),
+                        help="synthetic (homographies; the default) or scenes (3D scenes: no homography rows)")
+    parser.add_argument("--root", help="benchmark photo folder (default: the bundled held-out photos)")
     parser.add_argument("--corruptions", default="none", help="'none', 'all' or a comma list of ImageNet-C names")
     parser.add_argument("--severity", type=int, default=5, help="corruption severity 1..5 (default 5)")
     parser.add_argument("--limit", type=int, help="at most N pairs per level (before corruption)")
@@ -51,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bins", type=int, default=10, help="reliability bins (default 10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling, random matches and corruptions")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--two-pass", action="store_true",
+        help="match with two-pass matching (diffmatch.two_pass; one match per calibrated τ, since the passes are "
+        "chosen by the confidence at that τ)",
+    )
     return parser
 
 
@@ -73,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     created = check_out_folder(out)
     configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
-        subsets = build_subsets("synthetic", args.root, corruptions, args.severity, args.limit, args.seed)
+        subsets = build_subsets(args.dataset, args.root, corruptions, args.severity, args.limit, args.seed)
         matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)
         if matcher.calibrator is None:
             raise InputError(

@@ -104,6 +104,10 @@ def _homographies(result: Any, item: dict[str, Any], args: argparse.Namespace, s
     return out
 
 
+def _dataset(args: argparse.Namespace) -> str:
+    return getattr(args, "dataset", "synthetic")
+
+
 def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any]) -> dict[str, Any]:
     from diffmatch.confidence.cues import match_with_cues
     from diffmatch.metrics import ause, end_point_error
@@ -120,21 +124,36 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
             groups = ("all", subset.tags.get("level", "all"))
             gen = torch.Generator(device=matcher.device).manual_seed(args.seed * 100003 + count)
             src, tgt = item["source"][None].to(matcher.device), item["target"][None].to(matcher.device)
-            reverse = "fb_error" in calibrator.cues
-            result, cues = match_with_cues(
-                matcher.model, src, tgt, args.samples, args.steps, generator=gen, reverse=reverse,
-                refiner=matcher.refiner,  # as the calibration was fitted (DiffMatcher's default)
-            )
-            result.confidence = calibrator.predict(cues)
+            if getattr(args, "two_pass", False):
+                # The passes are chosen per pixel by the confidence at one τ, so each τ is its own
+                # match (same draws): its result's confidence is that τ's.
+                by_tau = {
+                    tau: matcher.match(
+                        src, tgt, num_samples=args.samples, num_steps=args.steps, two_pass=True, confidence_tau=tau,
+                        generator=torch.Generator(device=matcher.device).manual_seed(args.seed * 100003 + count),
+                    )
+                    for tau in calibrator.taus
+                }
+                result = by_tau[calibrator.default_tau]
+                predicted = {tau: by_tau[tau].confidence for tau in calibrator.taus}
+            else:
+                reverse = "fb_error" in calibrator.cues
+                result, cues = match_with_cues(
+                    matcher.model, src, tgt, args.samples, args.steps, generator=gen, reverse=reverse,
+                    refiner=matcher.refiner,  # as the calibration was fitted (DiffMatcher's default)
+                )
+                result.confidence = calibrator.predict(cues)
+                predicted = {tau: calibrator.predict(cues, tau) for tau in calibrator.taus}
             mask = item["mask"].bool().numpy().ravel()
             epe = end_point_error(result.flow.cpu(), item["flow"][None])[0].numpy().ravel()[mask]
             variance = result.uncertainty[0, 0].cpu().numpy().ravel()[mask]
             confidence = result.confidence[0, 0].cpu().numpy().ravel()[mask]
-            homographies = _homographies(result, item, args, count)
+            # Homographies only where the truth is one (the synthetic benchmark; scenes have parallax).
+            homographies = _homographies(result, item, args, count) if _dataset(args) == "synthetic" else {}
             for group in dict.fromkeys(groups):
                 errors[group].append(epe.astype(np.float32))
                 for tau in calibrator.taus:
-                    probs[group][tau].append(calibrator.predict(cues, tau)[0, 0].cpu().numpy().ravel()[mask])
+                    probs[group][tau].append(predicted[tau][0, 0].cpu().numpy().ravel()[mask])
                 ause_rows[group].append((ause(epe, 1.0 - confidence), ause(epe, variance)))
                 for name, value in homographies.items():
                     corners[group][name].append(value)
@@ -179,7 +198,7 @@ def format_tables(results: dict[str, Any], taus: Sequence[float]) -> str:
         lines.append(f"| {group} | {r['pairs']} | " + " | ".join(cells) + f" | {r['ause_epe_confidence']:.3f} | {r['ause_epe_variance']:.3f} |")
     lines += ["", "| group | matches | mean corner error (px) | median | < 1 px | < 3 px | < 5 px |", "|---|---|---:|---:|---:|---:|---:|"]
     for group, r in results.items():
-        for name in HOMOGRAPHY_METHODS:
+        for name in HOMOGRAPHY_METHODS if r["homography"] else ():
             h = r["homography"][name]
             lines.append(
                 f"| {group} | {name} | {h['mean']:.2f} | {h['median']:.2f} | {h['acc@1']:.2f} | {h['acc@3']:.2f} | {h['acc@5']:.2f} |"

@@ -382,3 +382,30 @@ def test_evaluate_confidence_needs_a_calibrated_checkpoint(tmp_path, checkpoint,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "has no confidence calibration" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_confidence_with_two_pass_on_the_scenes(tmp_path, capsys):
+    import json
+
+    from diffmatch.cli.evaluate_confidence import main as confidence_main
+    from diffmatch.confidence import fit_calibrator
+    from diffmatch.models.diffmatch import DiffMatch
+    from diffmatch.models.weights import save_weights
+    from tests.helpers import synthetic_cues, tiny_config
+
+    torch.manual_seed(0)
+    cues, errors = synthetic_cues(2000)
+    calibration = fit_calibrator(cues, errors, info={"photos": "test"}, refined=True).to_dict()
+    checkpoint = save_weights(DiffMatch(tiny_config()).eval(), tmp_path / "cal.pt", calibration=calibration)
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(checkpoint), "--dataset", "scenes", "--limit", "1", "--samples", "2", "--steps", "1",
+            "--two-pass", "--out", str(out)]
+    assert confidence_main(argv) == 0
+    results = json.loads((out / "summary.json").read_text())["results"]
+    assert set(results) == {"all", "stereo", "medium", "wide"} and results["all"]["pairs"] == 3
+    for tau in ("1", "3", "5"):  # one two-pass match per τ, each with its own confidence
+        calibration = results["all"]["calibration"][tau]
+        assert 0 <= calibration["ece"] <= 1 and 0 < calibration["mean_confidence"] < 1
+    assert results["all"]["homography"] == {}  # 3D scenes have no homography truth
+    table = capsys.readouterr().out
+    assert "ECE τ=3" in table and "top-k" not in table

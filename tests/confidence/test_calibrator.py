@@ -14,18 +14,7 @@ from diffmatch.matcher import DiffMatcher
 from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.weights import export_weights, read_calibration, save_weights
 from diffmatch.refinement import VariationalRefiner
-from tests.helpers import tiny_config
-
-
-def _synthetic_cues(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Cues in the order of CUES whose errors grow with variance, init distance and fb error."""
-    rng = np.random.default_rng(seed)
-    variance = rng.gamma(1.0, 4.0, n)
-    init_distance = rng.gamma(1.0, 3.0, n)
-    cost_peak = rng.uniform(0.2, 1.0, n)
-    fb_error = rng.gamma(1.0, 2.0, n)
-    errors = 0.4 * np.sqrt(variance) + 0.5 * init_distance + 0.3 * fb_error + rng.gamma(1.0, 1.0, n) * (1.5 - cost_peak)
-    return np.stack((variance, init_distance, cost_peak, fb_error), 1), errors
+from tests.helpers import synthetic_cues, tiny_config
 
 
 def test_isotonic_fit_is_monotone_and_fits_a_step():
@@ -37,7 +26,7 @@ def test_isotonic_fit_is_monotone_and_fits_a_step():
 
 
 def test_calibration_is_monotone_in_each_error_cue():
-    cues, errors = _synthetic_cues()
+    cues, errors = synthetic_cues()
     cal = fit_calibrator(cues, errors)
     base = np.tile(np.median(cues, 0), (50, 1))
     for k, name in enumerate(CUES):
@@ -55,15 +44,15 @@ def test_calibration_is_monotone_in_each_error_cue():
 
 
 def test_calibration_holds_on_fresh_data():
-    cues, errors = _synthetic_cues(seed=0)
+    cues, errors = synthetic_cues(seed=0)
     cal = fit_calibrator(cues, errors)
-    fresh, fresh_errors = _synthetic_cues(seed=1)
+    fresh, fresh_errors = synthetic_cues(seed=1)
     for tau in cal.taus:
         assert expected_calibration_error(cal.predict_numpy(fresh, tau), fresh_errors < tau) < 0.03
 
 
 def test_calibrator_rejects_unfitted_tau_and_bad_dicts():
-    cues, errors = _synthetic_cues(500)
+    cues, errors = synthetic_cues(500)
     cal = fit_calibrator(cues, errors)
     with pytest.raises(ValueError, match="calibrated for tau"):
         cal.predict_numpy(cues, 2.0)
@@ -93,7 +82,7 @@ def test_match_with_cues_equals_forward_and_has_every_cue(tiny_model):
 
 
 def test_calibration_round_trips_through_export(tiny_model, tmp_path):
-    cues, errors = _synthetic_cues(2000)
+    cues, errors = synthetic_cues(2000)
     cal = fit_calibrator(cues, errors, info={"photos": "test"})
     path = save_weights(tiny_model, tmp_path / "cal.pt", calibration=cal.to_dict())
     assert read_calibration(path) == cal.to_dict()
@@ -139,7 +128,7 @@ def test_refined_cues_describe_the_refined_hypotheses(tiny_model, photo):
 
 @pytest.mark.parametrize("fitted_refined", [False, True])
 def test_confidence_only_for_flows_made_as_the_calibration_was(tiny_model, tmp_path, fitted_refined):
-    cues, errors = _synthetic_cues(2000)
+    cues, errors = synthetic_cues(2000)
     cal = fit_calibrator(cues, errors, refined=fitted_refined)
     assert calibrator_from_dict(cal.to_dict()).refined is fitted_refined
     old = cal.to_dict()
