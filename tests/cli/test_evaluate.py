@@ -408,4 +408,4 @@ def test_evaluate_confidence_with_two_pass_on_the_scenes(tmp_path, capsys):
         assert 0 <= calibration["ece"] <= 1 and 0 < calibration["mean_confidence"] < 1
     assert results["all"]["homography"] == {}  # 3D scenes have no homography truth
     table = capsys.readouterr().out
-    assert "ECE τ=3" in table and "top-k" not in table
+    assert "ECE τ=3" in table and "corner error" not in table
