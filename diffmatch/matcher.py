@@ -92,7 +92,9 @@ class DiffMatcher:
             ``True`` for a model without calibration. A calibrated confidence is only given for
             results made the way its calibration was (:attr:`Calibrator.refined`).
         two_pass: match large viewpoint changes in two passes (:mod:`diffmatch.two_pass`): ``True``
-            (its default rule), a :class:`~diffmatch.two_pass.TwoPassConfig`, or ``False``.
+            (the default: its default rule, which runs the second pass only where pass 1's
+            homography moves the image a lot), a :class:`~diffmatch.two_pass.TwoPassConfig`, or
+            ``False`` (one pass).
         precision: the dtype of the model's networks (feature extractor and U-Net): ``"32"``
             (float32), ``"bf16"`` (bfloat16, CUDA or CPU) or ``"16"`` (float16, CUDA only); their
             weights are cast once, in place. The cost volume, ``F_init``, the DDIM update, the flows
@@ -110,7 +112,7 @@ class DiffMatcher:
         calibrator: Calibrator | None = None,
         image_size: ImageSize = None,
         refine: bool | VariationalRefiner | None = None,
-        two_pass: bool | TwoPassConfig = False,
+        two_pass: bool | TwoPassConfig = True,
         precision: Precision = "32",
         compile: bool = False,
     ) -> None:
@@ -150,7 +152,7 @@ class DiffMatcher:
         device: str | torch.device = "auto",
         image_size: ImageSize = None,
         refine: bool | VariationalRefiner | None = None,
-        two_pass: bool | TwoPassConfig = False,
+        two_pass: bool | TwoPassConfig = True,
         precision: Precision = "32",
         compile: bool = False,
     ) -> DiffMatcher:

@@ -12,6 +12,7 @@ import torch
 from diffmatch import DiffMatcher
 from diffmatch.cli.infer import main as infer_main
 from diffmatch.errors import InputError
+from diffmatch.two_pass import TwoPassConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,12 +103,17 @@ def test_refinement_is_the_default_for_every_hypothesis_and_can_be_switched_off(
     for folder, result in (("r", refined), ("u", raw)):
         written = read_flow(next((tmp_path / folder).glob("*.flo")))
         np.testing.assert_allclose(written, result.flow[0].permute(1, 2, 0).numpy(), atol=1e-4)
-    # --two-pass reaches the matcher: the files are what DiffMatcher(two_pass=True) gives.
-    assert infer_main([*base, "--out", str(tmp_path / "t"), "--two-pass"]) == 0
-    two = DiffMatcher.from_checkpoint(checkpoint, device="cpu", two_pass=True)
-    expected = two.match(images[0], images[1], num_samples=2, generator=gen())
-    written = read_flow(next((tmp_path / "t").glob("*.flo")))
+    # Two-pass matching is the default; --one-pass reaches the matcher as two_pass=False.
+    assert matcher.two_pass == TwoPassConfig()
+    assert infer_main([*base, "--out", str(tmp_path / "o"), "--one-pass"]) == 0
+    one = DiffMatcher.from_checkpoint(checkpoint, device="cpu", two_pass=False)
+    assert one.two_pass is None
+    expected = one.match(images[0], images[1], num_samples=2, generator=gen())
+    written = read_flow(next((tmp_path / "o").glob("*.flo")))
     np.testing.assert_allclose(written, expected.flow[0].permute(1, 2, 0).numpy(), atol=1e-4)
+    with pytest.raises(SystemExit) as stopped:  # argparse: one line, status 2
+        infer_main([*base, "--out", str(tmp_path / "x"), "--one-pass", "--two-pass"])
+    assert stopped.value.code == 2
 
 
 def test_processing_size_options(tmp_path, checkpoint, images):
@@ -167,6 +173,7 @@ def test_pairs_file_skips_failed_pair(tmp_path, checkpoint, images, capsys):
         (["--steps", "9"], "--steps must be"),
         (["--matcher", "dino", "--no-refine"], "--no-refine applies to --matcher diffmatch"),
         (["--matcher", "dino", "--two-pass"], "--two-pass applies to --matcher diffmatch"),
+        (["--matcher", "dino", "--one-pass"], "--one-pass applies to --matcher diffmatch"),
         (["--checkpoint", "CORRUPT"], r"corrupt\.pt: not a diffmatch checkpoint \(not a PyTorch file\)"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--samples", "-1"], "cuda|--samples"),
     ],

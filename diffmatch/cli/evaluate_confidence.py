@@ -54,9 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling, random matches and corruptions")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
-        "--two-pass", action="store_true",
-        help="match with two-pass matching (diffmatch.two_pass; one match per calibrated τ, since the passes are "
-        "chosen by the confidence at that τ)",
+        "--one-pass", action="store_true",
+        help="match in one pass, as the calibration was fitted (default: as DiffMatcher matches, in two passes "
+        "where the view changes a lot, one match per calibrated τ since the passes are chosen by the confidence "
+        "at that τ)",
     )
     return parser
 

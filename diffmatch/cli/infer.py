@@ -129,11 +129,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the sub-pixel refinement of DiffMatch's flow at full resolution (faster, coarser; "
         "README, 'Sub-pixel refinement')",
     )
-    parser.add_argument(
-        "--two-pass", action="store_true",
-        help="match large viewpoint changes in two passes: the source warped by the first pass's homography "
-        "is matched again where that helps (README, 'Two-pass matching')",
+    passes = parser.add_mutually_exclusive_group()
+    passes.add_argument(
+        "--one-pass", action="store_true",
+        help="match in one pass only (default: two passes where the view changes a lot: the source warped by "
+        "the first pass's homography is matched again; README, 'Two-pass matching')",
     )
+    passes.add_argument("--two-pass", action="store_true", help="the default, two-pass matching (kept for old scripts)")
     parser.add_argument(
         "--precision", default="32", choices=("32", "bf16", "16"),
         help="dtype of DiffMatch's networks: 32 (default), bf16 (CUDA, or a CPU with native bfloat16) or 16 "
@@ -345,7 +347,7 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
             device=device,
             image_size=args.image_size,
             refine=False if args.no_refine else None,
-            two_pass=args.two_pass,
+            two_pass=not args.one_pass,
             precision=args.precision,
         )
         reason = matcher.confidence_unavailable()
@@ -370,8 +372,10 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
         raise InputError(f"--min-confidence needs --matcher diffmatch with a calibrated checkpoint, not {args.matcher}")
     if args.image_size is not None:
         raise InputError(f"--image-size applies to --matcher diffmatch, not {args.matcher}")
-    if args.no_refine or args.two_pass:
-        flag = "--no-refine" if args.no_refine else "--two-pass"
+    flags = [flag for flag, given in (("--no-refine", args.no_refine), ("--one-pass", args.one_pass),
+                                      ("--two-pass", args.two_pass)) if given]
+    if flags:
+        flag = flags[0]
         raise InputError(f"{flag} applies to --matcher diffmatch, not {args.matcher}")
     if args.precision != "32":
         raise InputError(f"--precision applies to --matcher diffmatch, not {args.matcher}")

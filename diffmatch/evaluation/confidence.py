@@ -124,12 +124,12 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
             groups = ("all", subset.tags.get("level", "all"))
             gen = torch.Generator(device=matcher.device).manual_seed(args.seed * 100003 + count)
             src, tgt = item["source"][None].to(matcher.device), item["target"][None].to(matcher.device)
-            if getattr(args, "two_pass", False):
+            if matcher.two_pass is not None and not getattr(args, "one_pass", False):
                 # The passes are chosen per pixel by the confidence at one τ, so each τ is its own
                 # match (same draws): its result's confidence is that τ's.
                 by_tau = {
                     tau: matcher.match(
-                        src, tgt, num_samples=args.samples, num_steps=args.steps, two_pass=True, confidence_tau=tau,
+                        src, tgt, num_samples=args.samples, num_steps=args.steps, confidence_tau=tau,
                         generator=torch.Generator(device=matcher.device).manual_seed(args.seed * 100003 + count),
                     )
                     for tau in calibrator.taus

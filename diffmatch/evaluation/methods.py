@@ -1,9 +1,11 @@
 """The methods an evaluation can run, each behind the :class:`~diffmatch.evaluation.baselines.Method` interface.
 
-* ``checkpoint``: DiffMatch, :meth:`DiffMatcher.match` with ``num_samples``/``num_steps`` (its
-  hypotheses refined at full resolution, as :class:`~diffmatch.matcher.DiffMatcher` does by default);
-* ``checkpoint-unrefined``: the same without the sub-pixel refinement, the model's flow as it is;
-* ``checkpoint-two-pass``: the same with two-pass matching (:mod:`diffmatch.two_pass`);
+* ``checkpoint``: DiffMatch, :meth:`DiffMatcher.match` with ``num_samples``/``num_steps`` as
+  :class:`~diffmatch.matcher.DiffMatcher` runs it by default: its hypotheses refined at full
+  resolution, in two passes where the view changes a lot (:mod:`diffmatch.two_pass`);
+* ``checkpoint-one-pass``: the same in one pass (the default until two-pass matching became it);
+* ``checkpoint-two-pass``: the same as ``checkpoint``, named for the tables that compare the two;
+* ``checkpoint-unrefined``: the model's flow as it is: one pass, no sub-pixel refinement;
 * ``raw-corr``: :meth:`DiffMatcher.match_raw` (``mode="hard"``), the paper's "Raw corr." row;
 * ``raw-corr-soft``: the same correlation read with a soft-argmax;
 * ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.evaluation.baselines`);
@@ -44,6 +46,7 @@ MATCHER_METHODS: tuple[str, ...] = (
     "checkpoint",
     "checkpoint-unrefined",
     "checkpoint-two-pass",
+    "checkpoint-one-pass",
     "raw-corr",
     "raw-corr-soft",
 )
@@ -185,17 +188,17 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
             f"--samples and --steps must be >= 1, got {options.num_samples} and {options.num_steps}"
         )
     matcher = _load_diffmatcher(options) if any(n in MATCHER_METHODS for n in names) else None
-    sampled = any(n in ("checkpoint", "checkpoint-unrefined") for n in names)
+    sampled = any(n.startswith("checkpoint") for n in names)
     if sampled and options.num_steps is not None:
         limit = matcher.model.config.num_train_timesteps
         if options.num_steps > limit:  # before any pair runs, not once per pair
             raise InputError(f"--steps must be in [1, {limit}] for this model, got {options.num_steps}")
     methods: list[Method] = []
     for name in names:
-        if name in ("checkpoint", "checkpoint-unrefined", "checkpoint-two-pass"):
+        if name in ("checkpoint", "checkpoint-unrefined", "checkpoint-two-pass", "checkpoint-one-pass"):
             generator = torch.Generator(device=options.device).manual_seed(options.seed)
             refine = False if name == "checkpoint-unrefined" else None
-            passes = True if name == "checkpoint-two-pass" else None
+            passes = {"checkpoint-two-pass": True, "checkpoint-one-pass": False, "checkpoint-unrefined": False}.get(name)
             methods.append(
                 CheckpointMethod(matcher, options.num_samples, options.num_steps, generator, name, refine, passes)
             )

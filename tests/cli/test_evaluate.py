@@ -384,7 +384,7 @@ def test_evaluate_confidence_needs_a_calibrated_checkpoint(tmp_path, checkpoint,
     assert not (tmp_path / "o").exists()
 
 
-def test_evaluate_confidence_with_two_pass_on_the_scenes(tmp_path, capsys):
+def test_evaluate_confidence_matches_in_two_passes_on_the_scenes(tmp_path, capsys):
     import json
 
     from diffmatch.cli.evaluate_confidence import main as confidence_main
@@ -399,7 +399,7 @@ def test_evaluate_confidence_with_two_pass_on_the_scenes(tmp_path, capsys):
     checkpoint = save_weights(DiffMatch(tiny_config()).eval(), tmp_path / "cal.pt", calibration=calibration)
     out = tmp_path / "out"
     argv = ["--checkpoint", str(checkpoint), "--dataset", "scenes", "--limit", "1", "--samples", "2", "--steps", "1",
-            "--two-pass", "--out", str(out)]
+            "--out", str(out)]  # two-pass matching, DiffMatcher's default
     assert confidence_main(argv) == 0
     results = json.loads((out / "summary.json").read_text())["results"]
     assert set(results) == {"all", "stereo", "medium", "wide"} and results["all"]["pairs"] == 3
