@@ -260,7 +260,8 @@ class DiffMatcher:
             generator: a ``torch.Generator`` (or one per pair) for reproducible sampling.
             eta: DDIM eta (0: deterministic given the initial noise).
             confidence_tau: the ``τ`` in px of ``confidence`` (one the calibration was fitted for;
-                ``None``: its default, normally 3 px).
+                ``None``: its default, normally 3 px). Where a second pass ran, each pixel keeps the
+                pass more confident at this ``τ``, so the flow there can depend on it too.
             refine: refine every hypothesis at full resolution (:attr:`refiner`, or the default
                 :class:`~diffmatch.refinement.VariationalRefiner`); ``None``: as the matcher was built.
             two_pass: a second pass on the source warped by pass 1's homography where the view
