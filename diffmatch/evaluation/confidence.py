@@ -122,7 +122,7 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
         for index in range(len(subset.dataset)):
             item = subset.dataset[index]
             groups = ("all", subset.tags.get("level", "all"))
-            gen = torch.Generator(device=matcher.device).manual_seed(args.seed * 100003 + count)
+            seed = args.seed * 100003 + count
             src, tgt = item["source"][None].to(matcher.device), item["target"][None].to(matcher.device)
             if matcher.two_pass is not None and not getattr(args, "one_pass", False):
                 # The passes are chosen per pixel by the confidence at one τ, so each τ is its own
@@ -130,7 +130,7 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
                 by_tau = {
                     tau: matcher.match(
                         src, tgt, num_samples=args.samples, num_steps=args.steps, confidence_tau=tau,
-                        generator=torch.Generator(device=matcher.device).manual_seed(args.seed * 100003 + count),
+                        generator=torch.Generator(device=matcher.device).manual_seed(seed),
                     )
                     for tau in calibrator.taus
                 }
@@ -139,7 +139,8 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
             else:
                 reverse = "fb_error" in calibrator.cues
                 result, cues = match_with_cues(
-                    matcher.model, src, tgt, args.samples, args.steps, generator=gen, reverse=reverse,
+                    matcher.model, src, tgt, args.samples, args.steps, reverse=reverse,
+                    generator=torch.Generator(device=matcher.device).manual_seed(seed),
                     refiner=matcher.refiner,  # as the calibration was fitted (DiffMatcher's default)
                 )
                 result.confidence = calibrator.predict(cues)

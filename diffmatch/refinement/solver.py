@@ -150,8 +150,7 @@ def variational_step(
     rows = torch.arange(h, device=flow.device).view(h, 1)
     cols = torch.arange(w, device=flow.device).view(1, w)
     colours = ((rows + cols) % 2 == 0, (rows + cols) % 2 == 1)  # red, then black
-    increment = torch.zeros_like(flow)
-    du, dv = increment[:, :1], increment[:, 1:]
+    du, dv = torch.zeros_like(flow[:, :1]), torch.zeros_like(flow[:, 1:])  # the increment
     for _ in range(fixed_point_iterations):
         a11, a12, a22, b1, b2 = data.system(du, dv)
         right, down = _smoothness_weights(flow + torch.cat((du, dv), 1), alpha)
