@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from diffmatch.geometry import check_flow
+from diffmatch.geometry import check_flow, flow_magnitude
 
 __all__ = [
     "PCK_THRESHOLDS",
@@ -77,7 +77,7 @@ def end_point_error(flow: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"flow and gt must have the same shape, got {tuple(flow.shape)} and {tuple(gt.shape)}"
         )
-    return (flow.float() - gt.float()).norm(dim=1)
+    return flow_magnitude(flow.float() - gt.float())
 
 
 def valid_errors(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffmatch.geometry import coords_grid, homography_to_flow, warp
+from diffmatch.geometry import coords_grid, flow_magnitude, homography_to_flow, warp
 from diffmatch.geometry.estimation import estimate_homography
 from diffmatch.result import MatchResult
 
@@ -98,7 +98,7 @@ def _fit(result: MatchResult, source_size: tuple[int, int], config: TwoPassConfi
         return None
     homography = torch.from_numpy(estimate.matrix)
     h, w = result.flow.shape[-2:]
-    motion = homography_to_flow(homography, (h, w)).norm(dim=1).mean()
+    motion = flow_magnitude(homography_to_flow(homography, (h, w))).mean()
     if not torch.isfinite(motion) or float(motion) < config.min_motion * max(h, w):
         return None
     if not np.isfinite(estimate.matrix).all() or np.linalg.det(estimate.matrix) <= 0:  # a mirror: no view change

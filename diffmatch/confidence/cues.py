@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from diffmatch.geometry import forward_backward_consistency
+from diffmatch.geometry import flow_magnitude, forward_backward_consistency
 from diffmatch.models.diffmatch import Condition, DiffMatch
 from diffmatch.models.diffusion import Generators
 from diffmatch.refinement import VariationalRefiner
@@ -68,7 +68,7 @@ def match_with_cues(
     init = result.init_flow if result.init_flow is not None else result.flow
     cues = {
         "variance": result.uncertainty,
-        "init_distance": (result.flow - init).norm(dim=1, keepdim=True),
+        "init_distance": flow_magnitude(result.flow - init, keepdim=True),
         "cost_peak": _cost_peak(model, run.condition, tuple(target.shape[-2:])),
     }
     if run.reverse is not None:

@@ -21,7 +21,7 @@ import torch
 
 from diffmatch.errors import InputError
 from diffmatch.evaluation.baselines import Method
-from diffmatch.geometry import coords_grid
+from diffmatch.geometry import coords_grid, flow_magnitude
 
 __all__ = ["SANITY_CASES", "SanityPair", "sanity_pairs", "sanity_errors"]
 
@@ -107,5 +107,5 @@ def sanity_errors(method: Method, image: np.ndarray) -> dict[str, float]:
     errors = {}
     for pair in sanity_pairs(image):
         flow = method(pair.source, pair.target).flow.float().cpu()
-        errors[pair.name] = (flow - pair.flow).norm(dim=1)[pair.mask].mean().item()
+        errors[pair.name] = flow_magnitude(flow - pair.flow)[pair.mask].mean().item()
     return errors

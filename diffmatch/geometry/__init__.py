@@ -11,6 +11,7 @@ Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, px, channel
 from diffmatch.geometry.flow import (
     check_flow,
     coords_grid,
+    flow_magnitude,
     flow_to_normalized,
     forward_backward_consistency,
     from_grid,
@@ -25,6 +26,7 @@ from diffmatch.geometry.flow import (
 __all__ = [
     "check_flow",
     "coords_grid",
+    "flow_magnitude",
     "flow_to_normalized",
     "forward_backward_consistency",
     "from_grid",

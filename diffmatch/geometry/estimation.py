@@ -135,7 +135,14 @@ def sample_matches(
     if mode != "sample":
         ranked = torch.where(ok.flatten(), confidence.flatten(), torch.full_like(weights, -1.0))
         shuffle = torch.randperm(ranked.numel(), generator=generator)  # ties in random, not raster, order
-        order = shuffle[torch.argsort(ranked[shuffle], descending=True, stable=True)]
+        shuffled = ranked[shuffle]
+        if mode == "top_k" and count < shuffled.numel():
+            # Only values from the count-th largest up can be picked: sorting those alone (in shuffle
+            # order, stably) gives the full sort's first ``count``, at a fraction of its cost.
+            candidates = torch.nonzero(shuffled >= torch.topk(shuffled, count).values[-1]).squeeze(1)
+            order = shuffle[candidates[torch.argsort(shuffled[candidates], descending=True, stable=True)]]
+        else:
+            order = shuffle[torch.argsort(shuffled, descending=True, stable=True)]
         if mode == "spread":
             order = order[ranked[order] >= 0]
             side = max(1, int((h * w / num) ** 0.5))

@@ -60,6 +60,19 @@ def test_top_k_is_ordered_and_sampling_follows_confidence():
     assert kept.min() >= 0.75 and len(kept) == int((confidence >= 0.75).sum())
 
 
+def test_top_k_equals_a_full_stable_sort_with_ties_in_the_generators_order():
+    size = (40, 50)
+    levels = torch.randint(0, 6, (1, 1, *size), generator=torch.Generator().manual_seed(0)) / 5  # many ties
+    result = _result(torch.zeros(1, 2, *size), levels)
+    for num in (1, 37, 500, size[0] * size[1]):
+        tgt, _, conf = sample_matches(result, num, torch.Generator().manual_seed(3), mode="top_k")
+        shuffle = torch.randperm(size[0] * size[1], generator=torch.Generator().manual_seed(3))
+        flat = levels.flatten()
+        order = shuffle[torch.argsort(flat[shuffle], descending=True, stable=True)][:num]
+        np.testing.assert_array_equal(conf, flat[order].numpy())
+        np.testing.assert_array_equal(tgt[:, 0] + tgt[:, 1] * size[1], order.numpy())
+
+
 def test_spread_takes_each_cells_most_confident_match_in_order():
     size = (40, 40)
     confidence = torch.zeros(1, 1, *size)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from diffmatch.geometry import (
     coords_grid,
+    flow_magnitude,
     flow_to_normalized,
     forward_backward_consistency,
     homography_to_flow,
@@ -15,6 +16,7 @@ from diffmatch.geometry import (
     resize_flow,
     warp,
 )
+from diffmatch.result import samples_statistics
 
 
 def _image(photo) -> torch.Tensor:
@@ -83,6 +85,22 @@ def test_resize_with_different_source_scale():
     out = resize_flow(flow, (30, 40), source_scale=(2.0, 2.0))
     grid = coords_grid(1, 30, 40)
     assert torch.allclose(out, grid + 0.5, atol=1e-5)
+
+
+def test_flow_magnitude_equals_the_channel_norm():
+    flow = torch.randn(2, 2, 7, 9, generator=torch.Generator().manual_seed(0)) * 50
+    torch.testing.assert_close(flow_magnitude(flow), flow.norm(dim=1))
+    assert flow_magnitude(flow, keepdim=True).shape == (2, 1, 7, 9)
+    with pytest.raises(ValueError, match="shape"):
+        flow_magnitude(flow[:, :1])
+
+
+def test_samples_statistics_are_the_mean_and_the_summed_population_variance():
+    samples = torch.randn(2, 4, 2, 5, 6, generator=torch.Generator().manual_seed(0)) * 30 + 100
+    flow, variance = samples_statistics(samples)
+    torch.testing.assert_close(flow, samples.mean(1))
+    torch.testing.assert_close(variance, samples.var(1, unbiased=False).sum(1, keepdim=True))
+    assert samples_statistics(samples[:, :1])[1].abs().max() == 0  # one hypothesis: no spread
 
 
 def test_normalized_round_trip():
