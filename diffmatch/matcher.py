@@ -345,7 +345,9 @@ class DiffMatcher:
             return result if refiner is None else refiner.refine_result(src, tgt, result)
         assert self.calibrator is not None
         reverse = "fb_error" in self.calibrator.cues
-        result, cues = match_with_cues(model, src, tgt, num_samples, num_steps, eta, generator, reverse, refiner)
+        result, cues = match_with_cues(
+            model, src, tgt, num_samples, num_steps, eta, generator, reverse, refiner, self.calibrator.reverse_samples
+        )
         result.confidence = self.calibrator.predict(cues, tau)
         result.confidence_tau = tau
         return result

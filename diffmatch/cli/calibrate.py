@@ -53,10 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--photos", help="photo folder, not the benchmark's (default: the fetched photos, data/photos/extra in a checkout)"
     )
-    parser.add_argument("--pairs", type=int, default=48, help="validation pairs (default 48, a third per level)")
-    parser.add_argument("--size", type=int, default=240, help="square image side in px (default 240, as the benchmark)")
+    parser.add_argument("--pairs", type=int, default=72, help="validation pairs (default 72; each kind's levels in turn)")
+    parser.add_argument("--size", type=int, default=240, help="square side in px of the synthetic pairs (default 240, as the benchmark)")
+    parser.add_argument("--scenes", type=float, default=1 / 3, help="share of pairs that are rendered 3D scenes at 384x512, as the scenes benchmark, 0..1 (default 1/3)")
     parser.add_argument("--corrupted", type=float, default=0.25, help="share of pairs with an ImageNet-C corruption, 0..1 (default 0.25; 0.5 left clean pairs under-confident, README)")
     parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
+    parser.add_argument("--reverse-samples", type=int, default=1, help="hypotheses of the reverse pass behind the fb_error cue (default 1: only its mean flow is read)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's own, its sampling_steps or else T)")
     parser.add_argument("--pixels", type=int, default=3000, help="valid pixels kept per pair (default 3000)")
     parser.add_argument("--taus", default="1,3,5", help="thresholds τ in px (default 1,3,5)")
@@ -99,8 +101,12 @@ def _check_arguments(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple
         raise InputError("need --pairs >= 4 and --pixels >= 10")
     if not 0.0 <= args.corrupted <= 1.0:
         raise InputError(f"--corrupted is a share of the pairs, in [0, 1], got {args.corrupted:g}")
+    if not 0.0 <= args.scenes <= 1.0:
+        raise InputError(f"--scenes is a share of the pairs, in [0, 1], got {args.scenes:g}")
     if args.samples < 1:
         raise InputError(f"--samples must be >= 1, got {args.samples}")
+    if args.reverse_samples < 1:
+        raise InputError(f"--reverse-samples must be >= 1, got {args.reverse_samples}")
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.size < 32:
@@ -128,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit = model.config.num_train_timesteps
         if args.steps is not None and args.steps > limit:
             raise InputError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
-        items = calibration_pairs(photos, args.pairs, args.size, args.corrupted, args.seed)
+        items = calibration_pairs(photos, args.pairs, args.size, args.corrupted, args.seed, args.scenes)
     except BaseException:
         remove_empty_folders(created)
         raise
@@ -136,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"matching {len(items)} pairs from {photos} ...", file=sys.stderr)
     refiner = None if args.no_refine else VariationalRefiner()
     cues, errors, pair = collect_cues(
-        model, items, args.samples, args.steps, args.pixels, args.seed, device, True, refiner
+        model, items, args.samples, args.steps, args.pixels, args.seed, device, True, refiner, args.reverse_samples
     )
     match_seconds = time.perf_counter() - start
     try:
@@ -157,8 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "photos": photos.name if photos.resolve() == default_photos.resolve() else str(photos),
         "pairs": len(items),
         "corrupted": sum(item["corruption"] != "clean" for item in items),
+        "scenes": sum(item["kind"] == "scenes" for item in items),
         "size": args.size,
         "samples": args.samples,
+        "reverse_samples": args.reverse_samples,
         "steps": args.steps,
         "pixels": int(errors.size),
         "seed": args.seed,
@@ -167,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "match_seconds": match_seconds,
         "command": ["python", "-m", "diffmatch.calibrate", *(sys.argv[1:] if argv is None else argv)],
     }
-    calibrator = fit_calibrator(cues[:, columns], errors, chosen, taus, args.default_tau, info, refiner is not None)
+    calibrator = fit_calibrator(
+        cues[:, columns], errors, chosen, taus, args.default_tau, info, refiner is not None, args.reverse_samples
+    )
     out = write_calibrated(args.checkpoint, args.out, calibrator.to_dict())
     print(f"cues: {', '.join(chosen)}; {errors.size} pixels of {len(items)} pairs; matching took {match_seconds:.0f} s")
     print(f"wrote {out}")

@@ -152,6 +152,9 @@ class Calibrator:
         refined: whether the flows it was fitted on had the sub-pixel refinement
             (:class:`~diffmatch.refinement.VariationalRefiner`); its confidence describes only
             flows made the same way. Calibrations from before the refinement existed load as ``False``.
+        reverse_samples: hypotheses of the reverse pass behind the ``fb_error`` cue (its mean flow is
+            checked against the forward one); ``None``: as many as the forward pass, as calibrations
+            from before this setting existed were fitted.
     """
 
     cues: tuple[str, ...]
@@ -164,8 +167,12 @@ class Calibrator:
     knots_y: list[list[float]]
     info: dict[str, Any] = field(default_factory=dict)
     refined: bool = False
+    reverse_samples: int | None = None
 
     def __post_init__(self) -> None:
+        count = self.reverse_samples
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ValueError(f"reverse_samples must be None or an integer >= 1, got {count!r}")
         self.cues = tuple(str(c) for c in self.cues)
         self.taus = tuple(float(t) for t in self.taus)
         unknown = [c for c in self.cues if c not in CUES]
@@ -240,6 +247,7 @@ class Calibrator:
             "knots_y": [[float(v) for v in ys] for ys in self.knots_y],
             "info": dict(self.info),
             "refined": bool(self.refined),
+            "reverse_samples": self.reverse_samples,
         }
 
 
@@ -263,6 +271,7 @@ def calibrator_from_dict(data: dict[str, Any]) -> Calibrator:
             knots_y=[list(y) for y in data["knots_y"]],
             info=dict(data.get("info", {})),
             refined=bool(data.get("refined", False)),
+            reverse_samples=data.get("reverse_samples"),
         )
     except KeyError as err:
         raise ValueError(f"calibration lacks {err}") from None
@@ -276,6 +285,7 @@ def fit_calibrator(
     default_tau: float = 3.0,
     info: dict[str, Any] | None = None,
     refined: bool = False,
+    reverse_samples: int | None = None,
 ) -> Calibrator:
     """Fit a :class:`Calibrator` on pixels with known end-point error.
 
@@ -287,6 +297,8 @@ def fit_calibrator(
         default_tau: the ``τ`` :attr:`MatchResult.confidence` uses by default.
         info: free-form description stored with it.
         refined: the flows had the sub-pixel refinement (see :attr:`Calibrator.refined`).
+        reverse_samples: the reverse pass's hypotheses behind ``fb_error`` (see
+            :attr:`Calibrator.reverse_samples`).
 
     Raises:
         ValueError: shapes disagree, values are not finite, or a ``τ`` has only one class.
@@ -323,6 +335,7 @@ def fit_calibrator(
         knots_y=knots_y,
         info=dict(info or {}),
         refined=refined,
+        reverse_samples=reverse_samples,
     )
 
 

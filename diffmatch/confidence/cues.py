@@ -37,6 +37,7 @@ def match_with_cues(
     generator: Generators = None,
     reverse: bool = True,
     refiner: VariationalRefiner | None = None,
+    reverse_samples: int | None = None,
 ) -> tuple[MatchResult, dict[str, torch.Tensor]]:
     """``model(source, target, ...)`` plus the confidence cues of every target pixel.
 
@@ -55,13 +56,16 @@ def match_with_cues(
         reverse: also match ``source`` to ``target`` for the ``fb_error`` cue.
         refiner: refine every hypothesis (and the reverse flow) at full resolution; ``None``: as
             ``forward`` returns them.
+        reverse_samples: hypotheses of the reverse pass, whose mean flow the check reads (``None``:
+            ``num_samples``; a calibration says which it was fitted with,
+            :attr:`~diffmatch.confidence.Calibrator.reverse_samples`).
 
     Returns:
         ``(result, cues)``: the :class:`MatchResult` (flow on the target grid, px) and a dict with
         ``variance`` (px²), ``init_distance`` (px), ``cost_peak`` (cosine similarity) and, with
         ``reverse``, ``fb_error`` (px), each ``(B, 1, Ht, Wt)``.
     """
-    run = model.run(source, target, num_samples, num_steps, eta, generator, reverse=reverse)
+    run = model.run(source, target, num_samples, num_steps, eta, generator, reverse, reverse_samples)
     result = run.result
     if refiner is not None:
         result = refiner.refine_result(source, target, result)

@@ -3,13 +3,16 @@
 Flow convention: flow on the target grid, ``target(x) ≈ source(x + flow(x))``, in pixels, channel
 0 = x; tensors ``(B, 2, H, W)``.
 
-The validation pairs are the synthetic benchmark's kind (:class:`~diffmatch.data.SyntheticBenchmark`:
-homographies of the easy, medium and hard ranges, 240², mild colour changes), built from photos
-*other than* the benchmark's held-out ones: by default the fetched photos
-(:func:`diffmatch.assets.fetched_photos`, ``diffmatch fetch-photos``). A share of the pairs (the
-command's ``--corrupted``, a quarter by default) get an ImageNet-C corruption (the 15 types in turn,
-severity 5 or 3), so the confidence holds on degraded images too; with half of them, clean held-out pairs came out under-confident (ECE 0.064
-against 0.026 at 3 px). Each pair is matched once with all cues
+The validation pairs are of both benchmarks' kinds, built from photos *other than* the benchmarks'
+held-out ones (by default the fetched photos, :func:`diffmatch.assets.fetched_photos`, ``diffmatch
+fetch-photos``): the synthetic benchmark's (:class:`~diffmatch.data.SyntheticBenchmark`: homographies
+of the easy, medium and hard ranges, 240², mild colour changes) and, for a share of the pairs (the
+command's ``--scenes``), the scenes benchmark's (:class:`~diffmatch.data.SceneBenchmark`: rendered
+3D scenes with parallax and occlusion at the stereo, medium and wide levels, 384x512), so the
+confidence holds where the flow is not one homography. A share of all pairs (``--corrupted``, a
+quarter by default) get an ImageNet-C corruption (the 15 types in turn, severity 5 or 3), so it
+holds on degraded images too; with half of them, clean held-out pairs came out under-confident
+(ECE 0.064 against 0.026 at 3 px). Each pair is matched once with all cues
 (:func:`diffmatch.confidence.cues.match_with_cues`), its hypotheses refined at full resolution as
 :class:`~diffmatch.matcher.DiffMatcher` does by default; a few thousand valid pixels per pair are kept
 with their true error.
@@ -54,18 +57,30 @@ _SEVERITIES = (5, 3)
 
 
 def calibration_pairs(
-    photos: str | Path, num_pairs: int, size: int = 240, corrupted: float = 0.25, seed: int = 1
+    photos: str | Path,
+    num_pairs: int,
+    size: int = 240,
+    corrupted: float = 0.25,
+    seed: int = 1,
+    scenes: float = 0.0,
+    scene_size: tuple[int, int] = (384, 512),
 ) -> list[dict[str, Any]]:
-    """Benchmark-like pairs from ``photos``: levels easy/medium/hard in turn, some corrupted.
+    """Benchmark-like pairs from ``photos``, some corrupted.
+
+    A share ``scenes`` of the pairs, spread evenly, are rendered scenes (levels stereo/medium/wide
+    in turn, ``scene_size``); the others are synthetic homographies (levels easy/medium/hard in turn,
+    ``size`` square).
 
     Returns:
-        Items with ``source``/``target`` ``(3, size, size)``, ``flow`` ``(2, size, size)`` px on the
-        target grid, ``mask``, ``name`` and ``corruption`` (``"clean"`` or an ImageNet-C name).
+        Items with ``source``/``target`` ``(3, H, W)``, ``flow`` ``(2, H, W)`` px on the target grid,
+        ``mask``, ``name``, ``kind`` (``"synthetic"`` or ``"scenes"``) and ``corruption``
+        (``"clean"`` or an ImageNet-C name).
 
     Raises:
-        InputError: the folder is the benchmark's held-out photos, or has no photos.
+        InputError: the folder is the benchmark's held-out photos, or has no photos, or ``scenes``
+            is not a share.
     """
-    from diffmatch.data import BENCHMARK_LEVELS, CORRUPTIONS, SyntheticBenchmark, bundled_photos, list_images
+    from diffmatch.data import BENCHMARK_LEVELS, CORRUPTIONS, SCENE_LEVELS, bundled_photos
     from diffmatch.data.corruptions import corrupt
 
     photos = Path(photos)
@@ -74,17 +89,23 @@ def calibration_pairs(
         raise InputError(f"--photos {photos}: no such folder{hint}")
     if photos.resolve() == bundled_photos("val").resolve():
         raise InputError(f"--photos {photos}: these are the benchmark's held-out photos; calibrate on other photos")
-    levels = list(BENCHMARK_LEVELS)
-    per_level = -(-num_pairs // len(levels))
-    # Spread the pairs over the photos: pair j of level l uses photo j * stride + l (mod the count).
-    stride = max(1, len(list_images(photos)) // per_level)
-    length = per_level * stride + len(levels)
-    sets = [SyntheticBenchmark(photos, level, (size, size), length, seed) for level in levels]
+    if not 0.0 <= scenes <= 1.0:
+        raise InputError(f"--scenes is a share of the pairs, in [0, 1], got {scenes:g}")
+    # Pair i is a scene when the running count of scenes, i * scenes, passes a whole number there.
+    is_scene = [int((i + 1) * scenes + 1e-9) > int(i * scenes + 1e-9) for i in range(num_pairs)]
+    counts = {"synthetic": num_pairs - sum(is_scene), "scenes": sum(is_scene)}
+    draw = {
+        "synthetic": _level_sets(photos, "synthetic", BENCHMARK_LEVELS, counts["synthetic"], (size, size), seed),
+        "scenes": _level_sets(photos, "scenes", SCENE_LEVELS, counts["scenes"], scene_size, seed),
+    }
+    seen = {"synthetic": 0, "scenes": 0}
     items = []
     every = 0 if corrupted <= 0 else max(1, round(1 / corrupted))
     for i in range(num_pairs):
-        level = i % len(levels)
-        item = dict(sets[level][(i // len(levels)) * stride + level])
+        kind = "scenes" if is_scene[i] else "synthetic"
+        item = draw[kind](seen[kind])
+        seen[kind] += 1
+        item["kind"] = kind
         item["corruption"] = "clean"
         if every and i % every == every - 1:
             k = i // every
@@ -98,6 +119,28 @@ def calibration_pairs(
     return items
 
 
+def _level_sets(
+    photos: Path, kind: str, levels: Sequence[str], count: int, size: tuple[int, int], seed: int
+) -> Any:
+    """``draw(j)``: the ``j``-th pair of ``kind``, its levels in turn, spread over the photos."""
+    from diffmatch.data import SceneBenchmark, SyntheticBenchmark, list_images
+
+    per_level = max(1, -(-count // len(levels)))
+    # Pair j of level l uses photo j * stride + l (mod the count): spread over the folder.
+    stride = max(1, len(list_images(photos)) // per_level)
+    length = per_level * stride + len(levels)
+    if kind == "scenes":
+        sets = [SceneBenchmark(photos, level, size, length, seed) for level in levels]
+    else:
+        sets = [SyntheticBenchmark(photos, level, size, length, seed) for level in levels]
+
+    def draw(j: int) -> dict[str, Any]:
+        level = j % len(levels)
+        return dict(sets[level][(j // len(levels)) * stride + level])
+
+    return draw
+
+
 def collect_cues(
     model: torch.nn.Module,
     items: Sequence[dict[str, Any]],
@@ -108,10 +151,12 @@ def collect_cues(
     device: torch.device | str = "cpu",
     progress: bool = False,
     refiner: VariationalRefiner | None = None,
+    reverse_samples: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All cues and the true EPE of up to ``pixels`` random valid pixels of each pair.
 
     ``refiner``: refine the flows first, as :class:`~diffmatch.matcher.DiffMatcher` does by default.
+    ``reverse_samples``: the reverse pass's hypotheses (``None``: ``num_samples``).
 
     Returns:
         ``(cues, errors, pair)``: ``(P, len(CUES))`` in the order of :data:`CUES`, ``(P,)`` EPE in
@@ -124,7 +169,8 @@ def collect_cues(
         gen = torch.Generator(device=device).manual_seed(seed * 100003 + i)
         src, tgt = item["source"][None].to(device), item["target"][None].to(device)
         result, cues = match_with_cues(
-            model, src, tgt, num_samples, num_steps, generator=gen, reverse=True, refiner=refiner
+            model, src, tgt, num_samples, num_steps, generator=gen, reverse=True, refiner=refiner,
+            reverse_samples=reverse_samples,
         )
         epe = end_point_error(result.flow, item["flow"][None].to(device))[0].cpu()
         valid = item["mask"].bool() & torch.isfinite(epe)
@@ -136,7 +182,7 @@ def collect_cues(
         errs.append(epe.numpy().ravel()[where])
         ids.append(np.full(where.size, i))
         if progress:
-            print(f"  pair {i + 1}/{len(items)} {item['name']} {item['corruption']}: "
+            print(f"  pair {i + 1}/{len(items)} {item.get('kind', 'synthetic')} {item['name']} {item['corruption']}: "
                   f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return np.concatenate(rows), np.concatenate(errs), np.concatenate(ids)
 

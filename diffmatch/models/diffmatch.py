@@ -515,6 +515,7 @@ class DiffMatch(nn.Module):
         eta: float = 0.0,
         generator: Generators = None,
         reverse: bool = False,
+        reverse_samples: int | None = None,
     ) -> MatchRun:
         """The whole pipeline: features → cost → ``F_init`` → local cost → sampling (→ stage 2).
 
@@ -527,6 +528,8 @@ class DiffMatch(nn.Module):
             generator: a generator, one per item, or ``None``.
             reverse: also match ``source`` to ``target`` from the same features (the forward–backward
                 cue); it draws from generators derived from ``generator`` after the forward pass.
+            reverse_samples: the reverse pass's hypotheses (``None``: ``num_samples``); its result's
+                mean flow is what the forward–backward check reads.
 
         Returns:
             :class:`MatchRun`: the :class:`MatchResult` at the target's size (``target(x) ≈
@@ -537,8 +540,9 @@ class DiffMatch(nn.Module):
         result = self.sample(cond, size_t, size_s, num_samples, num_steps, eta, generator)
         backward = None
         if reverse:
+            count = num_samples if reverse_samples is None else reverse_samples
             backward = self.sample(
-                self.reverse_condition(cond), size_s, size_t, num_samples, num_steps, eta, derive_generators(generator)
+                self.reverse_condition(cond), size_s, size_t, count, num_steps, eta, derive_generators(generator)
             )
         return MatchRun(result, cond, backward)
 

@@ -10,6 +10,7 @@ from diffmatch.confidence import CUES, calibrator_from_dict, fit_calibrator, iso
 from diffmatch.confidence.cues import match_with_cues
 from diffmatch.confidence.metrics import expected_calibration_error, reliability
 from diffmatch.errors import MissingCalibrationError
+from diffmatch.geometry import forward_backward_consistency
 from diffmatch.matcher import DiffMatcher
 from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.weights import export_weights, read_calibration, save_weights
@@ -79,6 +80,33 @@ def test_match_with_cues_equals_forward_and_has_every_cue(tiny_model):
     for value in cues.values():
         assert value.shape == (1, 1, 36, 44) and torch.isfinite(value).all()
     torch.testing.assert_close(cues["variance"], plain.uncertainty)
+
+
+def test_reverse_samples_set_the_reverse_pass_and_travel_with_the_calibration(tiny_model, tmp_path):
+    src, tgt = torch.rand(1, 3, 40, 48), torch.rand(1, 3, 36, 44)
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    run = tiny_model.run(src, tgt, 3, 2, 0.0, gen(), reverse=True, reverse_samples=1)
+    assert run.reverse.samples.shape[1] == 1 and run.result.samples.shape[1] == 3
+    assert tiny_model.run(src, tgt, 3, 2, 0.0, gen(), reverse=True).reverse.samples.shape[1] == 3
+    one, cues = match_with_cues(tiny_model, src, tgt, 3, 2, generator=gen(), reverse_samples=1)
+    three, cues3 = match_with_cues(tiny_model, src, tgt, 3, 2, generator=gen())
+    torch.testing.assert_close(one.samples, three.samples)  # the forward pass draws first
+    torch.testing.assert_close(cues["fb_error"], forward_backward_consistency(one.flow, run.reverse.flow)[1][:, None])
+    assert not torch.equal(cues["fb_error"], cues3["fb_error"])
+
+    data, errors = synthetic_cues(2000)
+    cal = fit_calibrator(data, errors, reverse_samples=1)
+    assert calibrator_from_dict(cal.to_dict()).reverse_samples == 1
+    old = cal.to_dict()
+    del old["reverse_samples"]  # a calibration from before the setting: the reverse pass as the forward
+    assert calibrator_from_dict(old).reverse_samples is None
+    with pytest.raises(ValueError, match="reverse_samples"):
+        fit_calibrator(data, errors, reverse_samples=0)
+    # DiffMatcher's confidence reads the cues made as its calibration says.
+    cal.refined = False
+    matcher = DiffMatcher.from_checkpoint(save_weights(tiny_model, tmp_path / "cal.pt", calibration=cal.to_dict()), device="cpu")
+    result = matcher.match(src, tgt, num_samples=3, num_steps=2, generator=gen(), refine=False, two_pass=False)
+    torch.testing.assert_close(result.confidence, cal.predict(cues))
 
 
 def test_calibration_round_trips_through_export(tiny_model, tmp_path):
