@@ -6,6 +6,7 @@
     python scripts/bench_inference.py --device cpu --precision 32,bf16 --paper-precision 32
     python scripts/bench_inference.py --checkpoint PATH --compare OLD.pt --image-size 512
     python scripts/bench_inference.py --json results.json               # also write the rows as JSON
+    python scripts/bench_inference.py --skip-paper --pair-list 50       # adds pair-list throughput
 
 Rows, per device and precision:
 
@@ -23,7 +24,11 @@ Rows, per device and precision:
 * OpenCV's DIS optical flow (medium preset), the classical reference (CPU only);
 * the sub-pixel refinement alone, as a 3-hypothesis match with the confidence runs it (4 flows at
   512²: the hypotheses and the reverse flow), by each solver of ``VariationalRefiner``: OpenCV's
-  (CPU only) and PyTorch's (on the device; one timed call on a CPU, where it takes tens of seconds).
+  (CPU only) and PyTorch's (on the device; one timed call on a CPU, where it takes tens of seconds);
+* with ``--pair-list N``: ``diffmatch match --pairs`` on a list of ``N`` copies of the bundled sample
+  pair (its own 512x345 size, the default settings, ``--no-viz``), in one process and with
+  ``--devices 2`` (CPU: two gloo processes; CUDA: one process per GPU, when there are two): pairs per
+  second of matching and the wall time with start-up, as the command's closing line reports them.
 
 ``--precision`` lists the precisions of the model rows: ``32``, ``bf16``, ``16`` (CUDA), as
 ``DiffMatcher(precision=...)`` runs them (weights cast once; the matching in float32), and
@@ -162,14 +167,45 @@ def _run(kind: str, samples: int, repeats: int, device: str, precision: str, arg
         cmd += ["--image-size", args.image_size]
     if checkpoint:
         cmd += ["--checkpoint", checkpoint]
-    # The child imports this checkout's diffmatch, whatever is installed.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
         nan = float("nan")
         return {"kind": kind, "samples": samples, "seconds": nan, "cpu_seconds": nan, "peak_mb": nan, "error": tail}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a child process: it imports this checkout's diffmatch, whatever is installed."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def pair_list_rows(count: int, device: str) -> list[tuple[str, dict]]:
+    """``diffmatch match --pairs`` on ``count`` copies of the sample pair, 1 and 2 processes."""
+    import re
+    import tempfile
+
+    from diffmatch.assets import sample_pair
+
+    rows = []
+    processes = (1, 2) if device == "cpu" else tuple(dict.fromkeys((1, min(2, torch.cuda.device_count()))))
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = Path(tmp) / "pairs.txt"
+        pairs.write_text("".join("\t".join(str(p) for p in sample_pair()) + "\n" for _ in range(count)))
+        for n in processes:
+            cmd = [sys.executable, "-m", "diffmatch.cli", "match", "--pairs", str(pairs), "--out", str(Path(tmp) / f"out{n}"),
+                   "--overwrite", "--no-viz", "--devices", str(n), "--accelerator", "cpu" if device == "cpu" else "gpu"]
+            start = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=_child_env())
+            wall = time.perf_counter() - start
+            done = re.search(r"([0-9.]+) pairs/s on (\d+) process", out.stdout)
+            label = f"pair list of {count}, `--devices {n}`"
+            if out.returncode != 0 or done is None:
+                tail = ((out.stderr or out.stdout).strip().splitlines() or ["no output"])[-1]
+                rows.append((label, {"error": tail}))
+            else:
+                rows.append((label, {"pairs_per_second": float(done.group(1)), "wall_seconds": wall}))
+    return rows
 
 
 def _rows(args: argparse.Namespace, device: str) -> list[tuple[str, dict]]:
@@ -216,6 +252,8 @@ def main() -> None:
     parser.add_argument("--compare", metavar="CKPT", help="also time this checkpoint (e.g. a retired default)")
     parser.add_argument("--image-size", help="processing size of the checkpoint rows (an integer or auto; default: its own)")
     parser.add_argument("--json", metavar="PATH", help="also write every row as JSON")
+    parser.add_argument("--pair-list", type=int, default=0, metavar="N",
+                        help="also time `diffmatch match --pairs` on N pairs, 1 and 2 processes (default 0: not)")
     parser.add_argument("--no-refine", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", choices=("vgg", "model", "paper", "dis", "refine-opencv", "refine-torch"),
                         help=argparse.SUPPRESS)
@@ -235,6 +273,8 @@ def main() -> None:
         setattr(args, option, names)
     if args.repeats < 1 or (args.paper_repeats is not None and args.paper_repeats < 1):
         parser.error("--repeats and --paper-repeats must be >= 1")
+    if args.pair_list < 0:
+        parser.error("--pair-list must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     devices = ["cpu", "cuda"] if args.device == "auto" else [args.device]
@@ -265,6 +305,14 @@ def main() -> None:
             print(f"| {label} | {shown} | {result['cpu_seconds']:.2f} | {result['peak_mb']:.0f} | "
                   f"{seconds / floor['seconds']:.2f} |", flush=True)
             table.append((label, result))
+        if args.pair_list:
+            print("\n| pair list (the sample pair, 512x345) | pairs/s (matching) | wall with start-up (s) |\n|---|---|---|")
+            for label, result in pair_list_rows(args.pair_list, device):
+                if "error" in result:
+                    print(f"| {label} | failed: {result['error']} | |", flush=True)
+                else:
+                    print(f"| {label} | {result['pairs_per_second']:.2f} | {result['wall_seconds']:.1f} |", flush=True)
+                table.append((label, result))
         if device == "cpu":
             print(f"\n(load average {os.getloadavg()[0]:.1f} at the end)")
         records += [{"device": where, "row": label, **result} for label, result in table]
