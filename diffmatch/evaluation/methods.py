@@ -6,6 +6,9 @@
 * ``checkpoint-one-pass``: the same in one pass (the default until two-pass matching became it);
 * ``checkpoint-two-pass``: the same as ``checkpoint``, named for the tables that compare the two;
 * ``checkpoint-unrefined``: the model's flow as it is: one pass, no sub-pixel refinement;
+* ``checkpoint-torch-solver``: the same as ``checkpoint`` with the refinement's PyTorch solver
+  (``VariationalRefiner(backend="torch")``, the one CUDA matches use) wherever it runs, to compare
+  the two solvers on a benchmark;
 * ``raw-corr``: :meth:`DiffMatcher.match_raw` (``mode="hard"``), the paper's "Raw corr." row;
 * ``raw-corr-soft``: the same correlation read with a soft-argmax;
 * ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.evaluation.baselines`);
@@ -47,6 +50,7 @@ MATCHER_METHODS: tuple[str, ...] = (
     "checkpoint-unrefined",
     "checkpoint-two-pass",
     "checkpoint-one-pass",
+    "checkpoint-torch-solver",
     "raw-corr",
     "raw-corr-soft",
 )
@@ -176,6 +180,18 @@ def _load_diffmatcher(options: MethodOptions) -> Any:
     )
 
 
+def _with_torch_solver(matcher: Any) -> Any:
+    """``matcher``'s model and settings, refined by the PyTorch solver (the model is shared, not copied)."""
+    from diffmatch.matcher import DiffMatcher
+    from diffmatch.refinement import VariationalRefiner
+
+    two_pass = matcher.two_pass if matcher.two_pass is not None else False
+    return DiffMatcher(
+        matcher.model, matcher.device, matcher.calibrator, matcher.image_size, VariationalRefiner(backend="torch"),
+        two_pass, matcher.precision,
+    )
+
+
 def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
     """Instantiate the named methods; DiffMatch's checkpoint is loaded once for all that use it.
 
@@ -202,6 +218,9 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
             methods.append(
                 CheckpointMethod(matcher, options.num_samples, options.num_steps, generator, name, refine, passes)
             )
+        elif name == "checkpoint-torch-solver":
+            generator = torch.Generator(device=options.device).manual_seed(options.seed)
+            methods.append(CheckpointMethod(_with_torch_solver(matcher), options.num_samples, options.num_steps, generator, name))
         elif name in ("raw-corr", "raw-corr-soft"):
             methods.append(
                 RawCorrelationMethod(matcher, "soft" if name.endswith("soft") else "hard", name=name)

@@ -192,7 +192,8 @@ def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):
         {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": state}, weights
     )
     out = tmp_path / "eval"
-    argv = ["--dataset", "synthetic", "--methods", "checkpoint,checkpoint-unrefined,raw-corr-soft", "--checkpoint", str(weights)]
+    methods = "checkpoint,checkpoint-unrefined,checkpoint-torch-solver,raw-corr-soft"
+    argv = ["--dataset", "synthetic", "--methods", methods, "--checkpoint", str(weights)]
     code, _, stderr = _run(
         [*argv, "--limit", "1", "--samples", "2", "--steps", "2", "--out", str(out)], capsys
     )
@@ -206,6 +207,8 @@ def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):
     # Same draws, refined or not: the refinement changes the flow.
     assert results["checkpoint-unrefined"]["all"]["num_pairs"] == 3
     assert results["checkpoint-unrefined"]["all"]["aepe"] != results["checkpoint"]["all"]["aepe"]
+    # The refinement's two solvers run the same iteration: the same flows, whichever refines.
+    assert results["checkpoint-torch-solver"]["all"]["aepe"] == pytest.approx(results["checkpoint"]["all"]["aepe"], abs=1e-3)
 
 
 @pytest.mark.slow
