@@ -198,7 +198,7 @@ def pair_list_rows(count: int, device: str) -> list[tuple[str, dict]]:
             start = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=_child_env())
             wall = time.perf_counter() - start
-            done = re.search(r"([0-9.]+) pairs/s on (\d+) process", out.stdout)
+            done = re.search(r"([0-9.]+) pairs/s", out.stdout)
             label = f"pair list of {count}, `--devices {n}`"
             if out.returncode != 0 or done is None:
                 tail = ((out.stderr or out.stdout).strip().splitlines() or ["no output"])[-1]

@@ -211,16 +211,14 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
             raise InputError(f"--steps must be in [1, {limit}] for this model, got {options.num_steps}")
     methods: list[Method] = []
     for name in names:
-        if name in ("checkpoint", "checkpoint-unrefined", "checkpoint-two-pass", "checkpoint-one-pass"):
+        if name.startswith("checkpoint"):
             generator = torch.Generator(device=options.device).manual_seed(options.seed)
             refine = False if name == "checkpoint-unrefined" else None
             passes = {"checkpoint-two-pass": True, "checkpoint-one-pass": False, "checkpoint-unrefined": False}.get(name)
+            runner = _with_torch_solver(matcher) if name == "checkpoint-torch-solver" else matcher
             methods.append(
-                CheckpointMethod(matcher, options.num_samples, options.num_steps, generator, name, refine, passes)
+                CheckpointMethod(runner, options.num_samples, options.num_steps, generator, name, refine, passes)
             )
-        elif name == "checkpoint-torch-solver":
-            generator = torch.Generator(device=options.device).manual_seed(options.seed)
-            methods.append(CheckpointMethod(_with_torch_solver(matcher), options.num_samples, options.num_steps, generator, name))
         elif name in ("raw-corr", "raw-corr-soft"):
             methods.append(
                 RawCorrelationMethod(matcher, "soft" if name.endswith("soft") else "hard", name=name)
