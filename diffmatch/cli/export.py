@@ -1,5 +1,9 @@
 """``python -m diffmatch.export CKPT OUT [--half | --float32] [--no-ema]``: a Lightning checkpoint to a small inference file.
 
+``--interpolate OTHER --alpha A`` writes the weights ``(1 - A) * CKPT + A * OTHER`` instead, two
+trainings of one model mixed in weight space (:func:`diffmatch.models.weights.interpolate_weights`;
+the result has no confidence calibration: refit it with ``python -m diffmatch.calibrate``).
+
 The weights keep the precision they are stored in (an exported float16 file stays float16) unless
 ``--half`` or ``--float32`` says otherwise. ``OUT`` is checked before anything is read: a folder or
 an unwritable place is refused in one line (exit status 2).
@@ -42,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="export the trained denoiser, not its moving average (Lightning checkpoints of runs with ema_decay)",
     )
+    parser.add_argument(
+        "--interpolate", metavar="OTHER", help="mix CKPT's weights with OTHER's (same model settings): (1 - alpha) CKPT + alpha OTHER"
+    )
+    parser.add_argument("--alpha", type=float, help="--interpolate: OTHER's weight, in [0, 1]")
     parser.add_argument("--onnx", action="store_true", help="export the stage-1 model as an ONNX graph (needs onnx)")
     parser.add_argument("--steps", type=int, help="--onnx: DDIM steps to unroll (default: the checkpoint's sampling_steps, else T)")
     parser.add_argument("--image-size", type=int, help="--onnx: the graph's square input size (default: the checkpoint's)")
@@ -51,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--half and --float32 apply to .pt exports, not --onnx (the graph is float32)")
     if not args.onnx and (args.steps is not None or args.image_size is not None or args.opset != 17):
         parser.error("--steps, --image-size and --opset apply to --onnx")
+    if (args.interpolate is None) != (args.alpha is None):
+        parser.error("--interpolate and --alpha go together")
+    if args.interpolate is not None and args.onnx:
+        parser.error("--interpolate writes a .pt file, not --onnx")
+    if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
+        parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
     created = check_out_file(args.out, flag=None)  # before the checkpoint is read
     try:
         if args.onnx:
@@ -59,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             path = export_checkpoint_onnx(
                 args.checkpoint, args.out, num_steps=args.steps, image_size=args.image_size, opset=args.opset, ema=args.ema
             )
+        elif args.interpolate is not None:
+            from diffmatch.models.weights import interpolate_weights
+
+            path = interpolate_weights(args.checkpoint, args.interpolate, args.alpha, args.out, half=args.half, ema=args.ema)
         else:
             from diffmatch.models.weights import (
                 export_weights,  # torch: after the arguments are known to be good

@@ -31,6 +31,7 @@ from diffmatch.models.diffmatch import DiffMatch
 __all__ = [
     "FORMAT",
     "export_weights",
+    "interpolate_weights",
     "load_checkpoint",
     "load_model_weights",
     "read_calibration",
@@ -192,6 +193,57 @@ def export_weights(
     model = _build(config, upsampler)
     load_model_weights(model, checkpoint, ema=ema)  # validates before writing anything
     return save_weights(model, out, half=half, calibration=read_calibration(checkpoint))
+
+
+def interpolate_weights(
+    checkpoint: str | os.PathLike,
+    other: str | os.PathLike,
+    alpha: float,
+    out: str | os.PathLike,
+    half: bool | None = None,
+    ema: bool = True,
+) -> Path:
+    """Write the weights ``(1 - alpha) * checkpoint + alpha * other``, atomically (weight-space ensembling).
+
+    Two fine-tunings of one model (e.g. the default and the same fine-tuned on new data, "WiSE-FT")
+    can be mixed along the line between them: a point on it often keeps most of what the
+    fine-tuning gained at a fraction of what it cost elsewhere. Only floating-point tensors are
+    mixed; integer ones (counters) come from ``checkpoint``. The result carries no confidence
+    calibration: a calibration fits one set of weights (refit it, ``python -m diffmatch.calibrate``).
+
+    Args:
+        checkpoint: the first model (a Lightning ``.ckpt`` or exported file); ``alpha = 0`` gives it.
+        other: the second, with the same settings (architecture, features, sampling).
+        alpha: the mixing weight of ``other``, in ``[0, 1]``.
+        out: destination ``.pt`` file.
+        half: as in :func:`export_weights` (``None``: float16 when both files store float16).
+        ema: read the moving averages of Lightning checkpoints that have one.
+
+    Raises:
+        InputError: ``alpha`` outside ``[0, 1]``; files that are not diffmatch checkpoints, or whose
+            settings or tensors differ.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    config, upsampler, state = read_cascade_checkpoint(checkpoint, ema=ema)
+    config_b, upsampler_b, state_b = read_cascade_checkpoint(other, ema=ema)
+    if config != config_b or upsampler != upsampler_b:
+        raise InputError(f"{other}: its model settings differ from {checkpoint}'s, so their weights cannot be mixed")
+    if state.keys() != state_b.keys():
+        raise InputError(f"{other}: its tensors differ from {checkpoint}'s ({len(state_b.keys() ^ state.keys())} names in one only)")
+    mixed = {}
+    for key, value in state.items():
+        if value.shape != state_b[key].shape:
+            raise InputError(f"{other}: tensor {key} has shape {tuple(state_b[key].shape)}, {checkpoint} has {tuple(value.shape)}")
+        if value.is_floating_point():
+            mixed[key] = torch.lerp(value.float(), state_b[key].float(), alpha)
+        else:
+            mixed[key] = value
+    if half is None:
+        half = all(v.dtype == torch.float16 for s in (state, state_b) for v in s.values() if v.is_floating_point())
+    model = _build(config, upsampler)
+    model.load_state_dict(mixed)
+    return save_weights(model, out, half=half)
 
 
 def save_weights(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from diffmatch.matcher import BUNDLED_CHECKPOINT
@@ -50,3 +51,46 @@ def test_settings_stored_before_the_parity_keys_read_as_legacy():
         assert getattr(config, key) == value
     for key, value in LEGACY_DENOISER.items():
         assert getattr(config.denoiser, key) == value
+
+
+def _tiny_file(path: Path, seed: int, **overrides) -> Path:
+    from helpers import tiny_config
+
+    from diffmatch.models.diffmatch import DiffMatch
+    from diffmatch.models.weights import save_weights
+
+    torch.manual_seed(seed)
+    return save_weights(DiffMatch(tiny_config(**overrides)), path)
+
+
+def test_interpolation_runs_along_the_line_between_two_models(tmp_path):
+    from diffmatch.cli.export import main as export_main
+
+    a, b = _tiny_file(tmp_path / "a.pt", 0), _tiny_file(tmp_path / "b.pt", 1)
+    states = {}
+    for alpha in (0.0, 0.25, 1.0):
+        out = tmp_path / f"mix{alpha}.pt"
+        assert export_main([str(a), str(out), "--interpolate", str(b), "--alpha", str(alpha)]) == 0
+        states[alpha] = read_checkpoint(out)[1]
+    state_a, state_b = read_checkpoint(a)[1], read_checkpoint(b)[1]
+    key = next(k for k in state_a if k.startswith("denoiser.") and k.endswith("weight"))
+    assert not torch.equal(state_a[key], state_b[key])
+    torch.testing.assert_close(states[0.0][key], state_a[key], rtol=0, atol=0)
+    torch.testing.assert_close(states[1.0][key], state_b[key], rtol=0, atol=1e-7)
+    torch.testing.assert_close(states[0.25][key], 0.75 * state_a[key] + 0.25 * state_b[key], rtol=1e-6, atol=1e-7)
+    assert "calibration" not in torch.load(tmp_path / "mix0.25.pt", map_location="cpu", weights_only=True)
+    load_checkpoint(tmp_path / "mix0.25.pt")  # a loadable model
+
+
+def test_interpolating_models_with_other_settings_is_one_line_and_status_2(tmp_path, capsys):
+    from diffmatch.cli.export import main as export_main
+
+    a, b = _tiny_file(tmp_path / "a.pt", 0), _tiny_file(tmp_path / "b.pt", 1, radius=3)
+    assert export_main([str(a), str(tmp_path / "mix.pt"), "--interpolate", str(b), "--alpha", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "settings differ" in err
+    assert not (tmp_path / "mix.pt").exists()
+    for bad in (["--interpolate", str(a), "--alpha", "1.5"], ["--interpolate", str(a)]):
+        with pytest.raises(SystemExit) as exit_:
+            export_main([str(a), str(tmp_path / "mix.pt"), *bad])
+        assert exit_.value.code == 2
