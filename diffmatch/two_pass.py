@@ -2,7 +2,8 @@
 
 Pass 1 matches the pair as it is. A homography is fitted (MAGSAC++) to its most confident matches;
 when it moves the image a lot (:attr:`TwoPassConfig.min_motion`) and explains enough of them
-(:attr:`TwoPassConfig.min_inliers`), the source is warped by it onto the target's frame, so that
+(:attr:`TwoPassConfig.min_inliers`) of matches the calibrated confidence expects to be mostly
+right (:attr:`TwoPassConfig.min_confidence`), the source is warped by it onto the target's frame, so that
 what remains is a small motion, and pass 2 matches the warped source to the target. Pass 2's
 flow ``f2`` points into the warped source; through the homography ``H`` (target pixels → source
 pixels) it becomes a flow into the source, ``f(x) = H(x + f2(x)) - x``. Each pixel keeps the pass
@@ -40,18 +41,24 @@ class TwoPassConfig:
             (a scene far from one plane: warping it by one homography tears it apart).
         min_motion: the homography's mean displacement over the target, as a share of the target's
             larger side, below which pass 2 is skipped (pass 1 already saw a small motion).
+        min_confidence: the mean calibrated confidence of those matches (the share of them expected
+            right) below which pass 2 is skipped: images with nothing in common, such as two noise
+            images, give a homography fitted to guesses. Results without a confidence skip this test.
     """
 
     num_matches: int = 5000
     threshold: float = 3.0
     min_inliers: float = 0.5
     min_motion: float = 0.1
+    min_confidence: float = 0.5
 
     def __post_init__(self) -> None:
         if self.num_matches < 4 or self.threshold <= 0:
             raise ValueError(f"num_matches must be >= 4 and threshold > 0, got {self.num_matches}, {self.threshold}")
         if not 0.0 <= self.min_inliers <= 1.0 or self.min_motion < 0:
             raise ValueError(f"min_inliers must be in [0, 1] and min_motion >= 0, got {self.min_inliers}, {self.min_motion}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
 
 
 def compose_with_homography(flow: torch.Tensor, homography: torch.Tensor) -> torch.Tensor:
@@ -82,6 +89,11 @@ def _weights(result: MatchResult) -> torch.Tensor:
 
 def _fit(result: MatchResult, source_size: tuple[int, int], config: TwoPassConfig) -> torch.Tensor | None:
     """Pass 1's homography, or ``None`` when pass 2 should not run."""
+    if result.confidence is not None:
+        confidence = result.confidence.flatten()
+        expected_right = confidence.topk(min(config.num_matches, confidence.numel())).values.mean()
+        if float(expected_right) < config.min_confidence:
+            return None
     try:
         # A fixed generator: ties among equally confident matches are broken the same way every time.
         estimate = estimate_homography(

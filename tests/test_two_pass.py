@@ -115,3 +115,21 @@ def test_matcher_two_pass_runs_on_a_tiny_checkpoint(checkpoint):
     # Per-pair generators: a pair's result does not depend on its batch.
     alone = matcher.match(image[1:], image[1:], num_samples=2, generator=[torch.Generator().manual_seed(1)])
     assert torch.allclose(alone.flow, result.flow[1:], atol=1e-5)
+
+
+def test_matches_the_confidence_expects_wrong_skip_the_second_pass():
+    truth = _homography_flow(H0)
+    image = torch.rand(1, 3, *SIZE)
+    for confidence, runs in ((0.3, False), (0.9, True)):
+        calls = []
+
+        def confident(source: torch.Tensor, target: torch.Tensor, confidence=confidence, calls=calls) -> MatchResult:
+            calls.append(1)
+            result = MatchResult.from_samples(truth[:, None].repeat(1, 2, 1, 1, 1))
+            result.confidence = torch.full((1, 1, *SIZE), confidence)
+            return result
+
+        _, used = match_two_pass(confident, image, image)
+        assert used == [runs] and len(calls) == 1 + runs
+    with pytest.raises(ValueError, match="min_confidence"):
+        TwoPassConfig(min_confidence=-0.1)
