@@ -70,8 +70,9 @@ def test_source_of_another_size_is_refined_in_its_own_pixels(photo, backend):
 def test_large_images_are_refined_coarse_to_fine():
     from skimage import data
 
-    assert VariationalRefiner().levels((800, 800)) == [(400, 400), (800, 800)]
-    assert VariationalRefiner().levels((700, 500)) == [(700, 500)]
+    assert VariationalRefiner().levels((800, 800)) == [(100, 100), (200, 200), (400, 400), (800, 800)]
+    assert VariationalRefiner().levels((700, 500)) == [(87, 62), (175, 125), (350, 250), (700, 500)]
+    assert VariationalRefiner().levels((60, 40)) == [(60, 40)]
     assert VariationalRefiner(coarsest_side=100).levels((300, 420)) == [(75, 105), (150, 210), (300, 420)]
     photo = cv2.resize(data.astronaut(), (800, 800), interpolation=cv2.INTER_CUBIC)
     source, target, mask = _shifted_pair(photo, 3.0, -1.0)
@@ -79,9 +80,26 @@ def test_large_images_are_refined_coarse_to_fine():
     noise = torch.nn.functional.interpolate(torch.rand(1, 2, 50, 50, generator=g) * 4 - 2, size=(800, 800),
                                             mode="bilinear", align_corners=False)
     rough = torch.tensor([3.0, -1.0]).view(1, 2, 1, 1) + noise
-    pyramid = _epe(VariationalRefiner()(source, target, rough)[0], (3.0, -1.0), mask)  # measured 0.024
+    pyramid = _epe(VariationalRefiner()(source, target, rough)[0], (3.0, -1.0), mask)  # measured 0.022
     single = _epe(VariationalRefiner(coarsest_side=10_000)(source, target, rough)[0], (3.0, -1.0), mask)  # 0.066
     assert pyramid < 0.04 and pyramid < 0.6 * single
+
+
+def test_the_default_pyramid_removes_errors_of_several_pixels():
+    """Errors of up to 6 px over 32-px cells (a coarse flow off at depth edges): the default's coarse
+    levels (384 x 512: 64 to 512 px) remove them; one scale (coarsest_side 384, the old default) does not."""
+    from skimage import data
+
+    photo = cv2.resize(data.astronaut(), (512, 512), interpolation=cv2.INTER_AREA)[64:448]
+    source, target, mask = _shifted_pair(photo, 5.0, 2.0)
+    g = torch.Generator().manual_seed(1)
+    cells = torch.rand(1, 2, 12, 16, generator=g) * 12 - 6
+    rough = torch.tensor([5.0, 2.0]).view(1, 2, 1, 1) + torch.nn.functional.interpolate(
+        cells, size=(384, 512), mode="bilinear", align_corners=False
+    )
+    assert _epe(rough[0], (5.0, 2.0), mask) > 2.5
+    assert _epe(VariationalRefiner()(source, target, rough)[0], (5.0, 2.0), mask) < 0.1  # measured 0.035
+    assert _epe(VariationalRefiner(coarsest_side=384)(source, target, rough)[0], (5.0, 2.0), mask) > 1.0  # 1.33
 
 
 @pytest.mark.parametrize("backend", ["opencv", "torch"])
