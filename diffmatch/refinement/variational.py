@@ -7,7 +7,7 @@ precision: it starts from the flow and minimises a variational energy on the ful
 grayscale images (colour and gradient constancy with a robust penalty, plus a smoothness term), the
 energy of Brox et al. (ECCV 2004) as implemented by OpenCV's ``VariationalRefinement``, the last stage
 of DIS (Kroeger et al., ECCV 2016). Its data terms are linearised around the current flow, so it
-only moves matches by a few pixels at each scale; it runs coarse to fine from copies of about 64 px
+only moves matches by a few pixels at each scale; it runs coarse to fine from copies of about 128 px
 (``coarsest_side``), which lets it correct errors of several pixels, but wrong matches far from the
 truth stay as they are: the result depends on the coarse flow being roughly right, which is
 DiffMatch's job.
@@ -63,13 +63,14 @@ class VariationalRefiner:
         coarsest_side: the refinement runs coarse to fine: it starts on copies of the images halved
             as often as their longer side stays at least this many pixels, and each level starts
             from the one before. One scale recovers only a few pixels; the coarser levels let it fix
-            the model's larger errors, which a coarse 48² flow grid makes at depth edges and on
-            occluded layers, and its bias of about a pixel. The default, 64, was chosen by
-            measurement on training photos against 384 (the bundled model's processing size, the
-            default until issue #27) and 32: rendered 3D scenes at 384×512, AEPE stereo 2.79 → 0.98
-            px, medium 12.9 → 10.4, wide 24.7 → 22.1; synthetic warps at 240² easy 0.73 → 0.62,
-            hard 2.46 → 2.31; ImageNet-C pairs level (32 lost on them); sanity pairs of 8 photos:
-            identical 0.16 → 0.00, 20 px shift 0.85 → 0.20, 10° + 1.1× 1.95 → 0.50.
+            the model's larger errors, which its coarse 48² flow grid makes at depth edges and on
+            occluded layers, and its bias of about a pixel. The default, 128 (384 until issue #27),
+            was chosen by measurement. On rendered 3D scenes of training photos at 384 × 512 it
+            gives AEPE stereo 2.79 → 1.22 px, medium 12.9 → 11.1, wide 24.7 → 22.9 against 384. 64
+            went further on those scenes (0.98 / 10.4 / 22.1) and on the sanity pairs, but on the
+            held-out synthetic benchmark its extra 120-px level cost the 240² pairs 14 % at the easy
+            level and 9 % at medium, where 128 refines them at one scale as before; 32 lost on
+            ImageNet-C pairs.
         backend: the solver: ``"opencv"`` (on the CPU; flows on another device are copied there and
             back), ``"torch"`` (on the flow's device, batched) or ``"auto"`` (the default: PyTorch's
             for flows on an accelerator, OpenCV's for flows on the CPU, where it is faster). Both run
@@ -82,7 +83,7 @@ class VariationalRefiner:
     alpha: float = 20.0
     delta: float = 5.0
     gamma: float = 10.0
-    coarsest_side: int = 64
+    coarsest_side: int = 128
     backend: str = "auto"
 
     def __post_init__(self) -> None:
