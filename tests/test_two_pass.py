@@ -129,7 +129,9 @@ def test_matches_the_confidence_expects_wrong_skip_the_second_pass():
             result.confidence = torch.full((1, 1, *SIZE), confidence)
             return result
 
-        _, used = match_two_pass(confident, image, image)
+        _, used = match_two_pass(confident, image, image, TwoPassConfig(min_confidence=0.5))
         assert used == [runs] and len(calls) == 1 + runs
+        _, used = match_two_pass(confident, image, image)  # off by default
+        assert used == [True]
     with pytest.raises(ValueError, match="min_confidence"):
         TwoPassConfig(min_confidence=-0.1)
