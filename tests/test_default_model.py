@@ -15,7 +15,9 @@ import torch
 
 from diffmatch.data.benchmark import SyntheticBenchmark
 from diffmatch.data.photos import bundled_photos
+from diffmatch.data.scenes import SCENE_LEVELS, SceneBenchmark
 from diffmatch.evaluation.methods import CheckpointMethod
+from diffmatch.evaluation.runner import evaluate_pair
 from diffmatch.evaluation.sanity import sanity_errors
 from diffmatch.matcher import DiffMatcher
 
@@ -46,15 +48,15 @@ def errors(matcher: DiffMatcher) -> dict[str, float]:
 
 
 def test_goal_identical_images_under_half_a_pixel(errors):
-    assert errors["identical"] < 0.2  # goal 0.5; measured 0.07 px
+    assert errors["identical"] < 0.1  # goal 0.5; measured 0.01 px (0.07 with the single-scale refinement)
 
 
 def test_goal_20_px_shift_under_1_5_px(errors):
-    assert errors["shift20"] < 0.5  # goal 1.5; measured 0.21 px
+    assert errors["shift20"] < 0.15  # goal 1.5; measured 0.04 px (0.21 single-scale)
 
 
 def test_goal_10_degrees_and_1_1_zoom_under_3_px(errors):
-    assert errors["rot10_zoom1.1"] < 2.0  # goal 3; measured 1.49 px
+    assert errors["rot10_zoom1.1"] < 1.2  # goal 3; measured 0.77 px (1.49 single-scale)
 
 
 def test_the_unrefined_model_alone_stays_near_a_pixel(matcher):
@@ -75,3 +77,33 @@ def test_unet_beats_its_own_init_flow_and_the_refinement_beats_the_unet_at_every
                 out.append((result.flow[0] - item["flow"]).norm(dim=0)[mask].mean().item())
             init.append((result.init_flow[0] - item["flow"]).norm(dim=0)[mask].mean().item())
         assert np.mean(refined) < np.mean(unet) < np.mean(init), (level, np.mean(refined), np.mean(unet), np.mean(init))
+
+
+# Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured 0.48 / 2.06 / 39.9 px
+# and 2.1 / 1.8 / 0.15 degrees (the wide level's first pair is one where the model matches a layer
+# wrongly: 84 px; its second pair's pose fails, 85 degrees). The single-scale refinement before
+# issue #27 fails the stereo and medium ceilings.
+SCENE_PINS = {"stereo": (0.7, 3.0), "medium": (2.6, 3.0), "wide": (45.0, 1.0)}
+
+
+@pytest.fixture(scope="module")
+def scene_metrics(matcher: DiffMatcher) -> dict[str, tuple[float, float]]:
+    """Mean AEPE (px) and median pose error (degrees) per level on the scenes benchmark's first 3 pairs.
+
+    The default as users get it (two passes, refined, calibrated; 3 hypotheses, one generator seeded
+    0 for all levels in turn), scored as ``diffmatch evaluate --dataset scenes`` scores each pair.
+    """
+    method = CheckpointMethod(matcher, 3, None, torch.Generator().manual_seed(0))
+    out = {}
+    for level in SCENE_LEVELS:
+        bench = SceneBenchmark(bundled_photos("val"), level=level, num_pairs=3)
+        metrics = [evaluate_pair(method, bench[i], torch.device("cpu")) for i in range(len(bench))]
+        out[level] = (float(np.mean([m.aepe for m in metrics])), float(np.median([m.pose_error for m in metrics])))
+    return out
+
+
+@pytest.mark.parametrize("level", list(SCENE_LEVELS))
+def test_scene_numbers_are_pinned(scene_metrics, level):
+    aepe, pose = scene_metrics[level]
+    max_aepe, max_pose = SCENE_PINS[level]
+    assert aepe < max_aepe and pose < max_pose, (level, aepe, pose)
