@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,25 @@ def parse_image_size(text: str) -> int | Literal["auto"]:
     if value <= 0:
         raise InputError(f"image size must be 'auto' or a positive integer, got {text!r}")
     return value
+
+
+def _refinement_mismatch(calibrator: Calibrator | None, refiner: VariationalRefiner | None) -> str | None:
+    """Why a refined result's confidence may be off: the calibration was fitted with other refinement
+    settings (``None`` when they agree, or when the calibration did not record them). The solver
+    (``backend``) is left out: both solve the same iteration."""
+    if calibrator is None or refiner is None or not calibrator.refined:
+        return None
+    fitted = calibrator.info.get("refinement")
+    if not isinstance(fitted, dict):
+        return None
+    now = asdict(refiner)
+    differ = [f"{k}={fitted[k]!r} (now {now[k]!r})" for k in now if k != "backend" and k in fitted and fitted[k] != now[k]]
+    if not differ:
+        return None
+    return (
+        f"this checkpoint's confidence was calibrated with the refinement's {', '.join(differ)}: its confidence "
+        "may be off; match with those settings, or recalibrate (`python -m diffmatch.calibrate CKPT --out CKPT_CAL`)"
+    )
 
 
 def _two_pass_config(value: bool | TwoPassConfig) -> TwoPassConfig | None:
@@ -137,6 +157,9 @@ class DiffMatcher:
         if not isinstance(refine, (bool, VariationalRefiner)):
             raise InputError(f"refine must be a bool, a VariationalRefiner or None, got {refine!r}")
         self.refiner: VariationalRefiner | None = VariationalRefiner() if refine is True else (refine or None)
+        mismatch = _refinement_mismatch(calibrator, self.refiner)
+        if mismatch is not None:
+            warnings.warn(mismatch, UserWarning, stacklevel=2)
         if image_size is not None and image_size != "auto":
             try:
                 self.model.with_image_size(image_size)

@@ -346,3 +346,17 @@ def test_nan_pixels_in_an_image_file_fail_that_pair_in_one_line(tmp_path, checkp
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "nan.tiff: 100 pixel(s) are NaN or infinite" in err[0]
     assert not (tmp_path / "o" / "flow.npy").exists()
+
+
+def test_a_refinement_other_than_the_calibrations_is_warned_about():
+    import warnings
+
+    from diffmatch.matcher import DiffMatcher
+    from diffmatch.refinement import VariationalRefiner
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the bundled calibration fits the default refinement
+        DiffMatcher.from_checkpoint(device="cpu")
+        DiffMatcher.from_checkpoint(device="cpu", refine=VariationalRefiner(backend="torch"))  # same iteration
+    with pytest.warns(UserWarning, match=r"coarsest_side=128 \(now 384\)"):
+        DiffMatcher.from_checkpoint(device="cpu", refine=VariationalRefiner(coarsest_side=384))
