@@ -3,8 +3,8 @@
 Pass 1 matches the pair as it is. A homography is fitted (MAGSAC++) to its most confident matches;
 when it moves the image a lot (:attr:`TwoPassConfig.min_motion`) and explains enough of them
 (:attr:`TwoPassConfig.min_inliers`), and optionally of matches the calibrated confidence expects
-to be mostly right (:attr:`TwoPassConfig.min_confidence`), the source is warped by it onto the target's frame, so that
-what remains is a small motion, and pass 2 matches the warped source to the target. Pass 2's
+to be mostly right (:attr:`TwoPassConfig.min_confidence`), the source is warped by it onto the
+target's frame, so that what remains is a small motion, and pass 2 matches the warped source to the target. Pass 2's
 flow ``f2`` points into the warped source; through the homography ``H`` (target pixels → source
 pixels) it becomes a flow into the source, ``f(x) = H(x + f2(x)) - x``. Each pixel keeps the pass
 whose match is more confident (the calibrated confidence, or the smaller variance without one),
@@ -92,7 +92,7 @@ def _weights(result: MatchResult) -> torch.Tensor:
 
 def _fit(result: MatchResult, source_size: tuple[int, int], config: TwoPassConfig) -> torch.Tensor | None:
     """Pass 1's homography, or ``None`` when pass 2 should not run."""
-    if result.confidence is not None:
+    if config.min_confidence > 0 and result.confidence is not None:
         confidence = result.confidence.flatten()
         expected_right = confidence.topk(min(config.num_matches, confidence.numel())).values.mean()
         if float(expected_right) < config.min_confidence:
