@@ -188,8 +188,7 @@ def export_weights(
     """
     config, upsampler, state = read_cascade_checkpoint(checkpoint, ema=ema)
     if half is None:
-        floats = [v for v in state.values() if v.is_floating_point()]
-        half = bool(floats) and all(v.dtype == torch.float16 for v in floats)
+        half = _stored_half(state)
     model = _build(config, upsampler)
     load_model_weights(model, checkpoint, ema=ema)  # validates before writing anything
     return save_weights(model, out, half=half, calibration=read_calibration(checkpoint))
@@ -240,10 +239,19 @@ def interpolate_weights(
         else:
             mixed[key] = value
     if half is None:
-        half = all(v.dtype == torch.float16 for s in (state, state_b) for v in s.values() if v.is_floating_point())
+        half = _stored_half(state) and _stored_half(state_b)
     model = _build(config, upsampler)
-    model.load_state_dict(mixed)
+    try:
+        model.load_state_dict(mixed)
+    except RuntimeError as err:  # tensors that do not fit the settings both files declare
+        raise InputError(f"{checkpoint}: its weights do not fit its settings ({' '.join(str(err).split())[:200]})") from None
     return save_weights(model, out, half=half)
+
+
+def _stored_half(state: dict[str, torch.Tensor]) -> bool:
+    """Whether every floating-point tensor of ``state`` is stored as float16 (``False`` without any)."""
+    floats = [v for v in state.values() if v.is_floating_point()]
+    return bool(floats) and all(v.dtype == torch.float16 for v in floats)
 
 
 def save_weights(
