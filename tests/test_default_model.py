@@ -37,7 +37,7 @@ def _photo(name: str) -> np.ndarray:
 
 
 def _sanity(matcher: DiffMatcher, refine: bool) -> dict[str, float]:
-    method = CheckpointMethod(matcher, 3, None, torch.Generator().manual_seed(0), refine=refine)
+    method = CheckpointMethod(matcher, 3, None, 0, refine=refine)
     return sanity_errors(method, _photo("coffee.jpg"))
 
 
@@ -93,7 +93,7 @@ def scene_metrics(matcher: DiffMatcher) -> dict[str, tuple[float, float]]:
     The default as users get it (two passes, refined, calibrated; 3 hypotheses, one generator seeded
     0 for all levels in turn), scored as ``diffmatch evaluate --dataset scenes`` scores each pair.
     """
-    method = CheckpointMethod(matcher, 3, None, torch.Generator().manual_seed(0))
+    method = CheckpointMethod(matcher, 3, None, 0)
     out = {}
     for level in SCENE_LEVELS:
         bench = SceneBenchmark(bundled_photos("val"), level=level, num_pairs=3)

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import importlib.util
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "ZERO_SHOT_METHODS",
     "MethodOptions",
     "CheckpointMethod",
+    "pair_seed",
     "RawCorrelationMethod",
     "ZeroShotMethod",
     "available_methods",
@@ -93,7 +95,8 @@ class MethodOptions:
         checkpoint: DiffMatch checkpoint path; ``None`` uses the bundled one.
         num_samples: DiffMatch hypotheses per pair (their variance is the uncertainty).
         num_steps: DiffMatch sampling steps (``None``: the checkpoint's default).
-        seed: seed of DiffMatch's sampling generator.
+        seed: seed of DiffMatch's sampling; each pair's generator is seeded from it and the pair's
+            pixels (:func:`pair_seed`).
         image_size: DiffMatch's processing size (``None``: the checkpoint's own; an integer or
             ``"auto"``, see :class:`~diffmatch.matcher.DiffMatcher`).
         device: where models run.
@@ -114,30 +117,43 @@ class MethodOptions:
     dino_model: str | None = None
 
 
+def pair_seed(seed: int, source: torch.Tensor, target: torch.Tensor) -> int:
+    """A sampling seed that depends only on ``seed`` and the pair's pixels (a CRC-32 of both images).
+
+    A pair then draws the same noise whichever pairs ran before it, or were left out (``--limit``,
+    another level), so two runs compare pair by pair.
+    """
+    key = zlib.crc32(source.detach().float().cpu().numpy().tobytes())
+    key = zlib.crc32(target.detach().float().cpu().numpy().tobytes(), key)
+    return (seed * 0x9E3779B1 + key) % (2**63)
+
+
 @dataclass
 class CheckpointMethod:
     """DiffMatch sampling; the uncertainty is the variance of ``num_samples`` hypotheses.
 
-    The generator is seeded once, so a run is reproducible given the order of the pairs. ``refine``:
-    the sub-pixel refinement (``None``: as the matcher was built; see :meth:`DiffMatcher.match`).
+    Each pair's noise comes from a generator seeded by :func:`pair_seed` (``seed`` and the pair's
+    pixels), so a pair's result does not depend on the pairs before it. ``refine``: the sub-pixel
+    refinement (``None``: as the matcher was built; see :meth:`DiffMatcher.match`).
     """
 
     matcher: Any
     num_samples: int
     num_steps: int | None
-    generator: torch.Generator
+    seed: int = 0
     name: str = "checkpoint"
     refine: bool | None = None
     two_pass: bool | None = None
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
         """Match a pair; see :class:`~diffmatch.evaluation.baselines.Method`."""
+        generator = torch.Generator(device=source.device).manual_seed(pair_seed(self.seed, source, target))
         return self.matcher.match(
             source,
             target,
             num_samples=self.num_samples,
             num_steps=self.num_steps,
-            generator=self.generator,
+            generator=generator,
             refine=self.refine,
             two_pass=self.two_pass,
         )
@@ -212,12 +228,11 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
     methods: list[Method] = []
     for name in names:
         if name.startswith("checkpoint"):
-            generator = torch.Generator(device=options.device).manual_seed(options.seed)
             refine = False if name == "checkpoint-unrefined" else None
             passes = {"checkpoint-two-pass": True, "checkpoint-one-pass": False, "checkpoint-unrefined": False}.get(name)
             runner = _with_torch_solver(matcher) if name == "checkpoint-torch-solver" else matcher
             methods.append(
-                CheckpointMethod(runner, options.num_samples, options.num_steps, generator, name, refine, passes)
+                CheckpointMethod(runner, options.num_samples, options.num_steps, options.seed, name, refine, passes)
             )
         elif name in ("raw-corr", "raw-corr-soft"):
             methods.append(

@@ -167,6 +167,21 @@ def test_cli_corruption_list_groups_per_type(tmp_path, capsys):
     assert load_image(out / "corruptions.png").shape[0] > 100
 
 
+def test_a_pairs_sampling_does_not_depend_on_the_pairs_before_it(photo):
+    from diffmatch.evaluation.methods import CheckpointMethod, pair_seed
+
+    items = _shift_items(photo)
+    pairs = [(item["source"][None], item["target"][None]) for item in items]
+    method = CheckpointMethod(StandInMatcher(), 3, None, seed=5)
+    after_others = [method(*pair).samples for pair in pairs][-1]
+    alone = CheckpointMethod(StandInMatcher(), 3, None, seed=5)(*pairs[-1]).samples
+    assert torch.equal(after_others, alone)
+    # Another pair, or another seed, draws other noise.
+    assert len({pair_seed(5, *pair) for pair in pairs} | {pair_seed(6, *pairs[-1])}) == 4
+    other_seed = CheckpointMethod(StandInMatcher(), 3, None, seed=6)(*pairs[-1]).samples
+    assert not torch.allclose(other_seed, alone)
+
+
 def test_cli_checkpoint_and_raw_corr_with_a_stand_in_matcher(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(methods_module, "_load_diffmatcher", lambda options: StandInMatcher())
     out = tmp_path / "eval"
