@@ -76,6 +76,15 @@ def _refinement_mismatch(calibrator: Calibrator | None, refiner: VariationalRefi
     )
 
 
+def _fork(generator: torch.Generator | None) -> torch.Generator | None:
+    """A new generator in ``generator``'s current state (``None`` stays ``None``)."""
+    if generator is None:
+        return None
+    fork = torch.Generator(device=generator.device)
+    fork.set_state(generator.get_state())
+    return fork
+
+
 def _two_pass_config(value: bool | TwoPassConfig) -> TwoPassConfig | None:
     if value is True:
         return TwoPassConfig()
@@ -333,13 +342,20 @@ class DiffMatcher:
             result = self._match_tensors(src, tgt, num_samples, num_steps, generator, eta, tau, refiner)
         else:
             generators = generator if isinstance(generator, list) else [generator] * src.shape[0]
+
+            def one_pass(s: torch.Tensor, t: torch.Tensor, g: torch.Generator | None) -> MatchResult:
+                return self._match_tensors(s, t, num_samples, num_steps, g, eta, tau, refiner)
+
             result = concatenate_results(
                 [
                     match_two_pass(
-                        lambda s, t, g=g: self._match_tensors(s, t, num_samples, num_steps, g, eta, tau, refiner),
+                        lambda s, t, g=g: one_pass(s, t, g),
                         src[i : i + 1],
                         tgt[i : i + 1],
                         passes,
+                        # The rotation tries draw from a copy of the generator, so that the passes
+                        # after them draw what they would have drawn without the search.
+                        search=lambda s, t, g=g: one_pass(s, t, _fork(g)),
                     )[0]
                     for i, g in enumerate(generators)
                 ]

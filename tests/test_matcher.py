@@ -111,6 +111,11 @@ def test_refinement_is_the_default_for_every_hypothesis_and_can_be_switched_off(
     expected = one.match(images[0], images[1], num_samples=2, generator=gen())
     written = read_flow(next((tmp_path / "o").glob("*.flo")))
     np.testing.assert_allclose(written, expected.flow[0].permute(1, 2, 0).numpy(), atol=1e-4)
+    # --rotations sets the rotation search of two-pass matching ('none': no search).
+    from diffmatch.cli.infer import _rotations
+
+    assert _rotations("90, -90,180") == (90.0, -90.0, 180.0) and _rotations("none") == ()
+    assert infer_main([*base, "--out", str(tmp_path / "n"), "--rotations", "none"]) == 0
 
 
 def test_processing_size_options(tmp_path, checkpoint, images):
@@ -172,6 +177,10 @@ def test_pairs_file_skips_failed_pair(tmp_path, checkpoint, images, capsys):
         (["--matcher", "dino", "--two-pass"], "--two-pass applies to --matcher diffmatch"),
         (["--matcher", "dino", "--one-pass"], "--one-pass applies to --matcher diffmatch"),
         (["--one-pass", "--two-pass"], "argument --two-pass: not allowed with argument --one-pass"),
+        (["--rotations", "90", "--one-pass"], "--rotations applies to two-pass matching, not --one-pass"),
+        (["--matcher", "dino", "--rotations", "90"], "--rotations applies to --matcher diffmatch"),
+        (["--rotations", "45,left"], "--rotations: expected a comma list of angles in degrees or 'none', got '45,left'"),
+        (["--rotations", "nan"], "--rotations: expected a comma list"),
         (["--checkpoint", "CORRUPT"], r"corrupt\.pt: not a diffmatch checkpoint \(not a PyTorch file\)"),
         (["--device", "cuda"] if not torch.cuda.is_available() else ["--samples", "-1"], "cuda|--samples"),
     ],
@@ -183,7 +192,8 @@ def test_bad_options_exit_nonzero_with_one_line(tmp_path, checkpoint, images, ca
     base = ["--source", str(images[0]), "--target", str(images[1]), "--out", str(tmp_path / "o")]
     if "--checkpoint" not in argv:
         base += ["--checkpoint", str(checkpoint)]
-    with pytest.raises(SystemExit) if "--samples" in argv or "big" in argv or "--one-pass" in argv[:1] else _no_raise():
+    parse_error = "--samples" in argv or "big" in argv or "--one-pass" in argv[:1] or "--rotations" in argv[:1] and len(argv) == 2
+    with pytest.raises(SystemExit) if parse_error else _no_raise():
         code = infer_main(base + argv)
         assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

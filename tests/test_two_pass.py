@@ -129,9 +129,123 @@ def test_matches_the_confidence_expects_wrong_skip_the_second_pass():
             result.confidence = torch.full((1, 1, *SIZE), confidence)
             return result
 
-        _, used = match_two_pass(confident, image, image, TwoPassConfig(min_confidence=0.5))
+        # (No rotation search: pass 1's low confidence would also start one.)
+        _, used = match_two_pass(confident, image, image, TwoPassConfig(min_confidence=0.5, rotations=()))
         assert used == [runs] and len(calls) == 1 + runs
-        _, used = match_two_pass(confident, image, image)  # off by default
+        _, used = match_two_pass(confident, image, image, TwoPassConfig(rotations=()))  # off by default
         assert used == [True]
     with pytest.raises(ValueError, match="min_confidence"):
         TwoPassConfig(min_confidence=-0.1)
+
+
+def test_rotation_homography_turns_about_the_centres():
+    from diffmatch.two_pass import rotation_homography
+
+    quarter = rotation_homography(90.0, (48, 64), (64, 48))  # a portrait source, a landscape target
+    centre = quarter @ torch.tensor([31.5, 23.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(centre[:2] / centre[2], torch.tensor([23.5, 31.5], dtype=torch.float64))
+    # Clockwise on screen (y down): the target's right-hand neighbour of the centre is below it in the source.
+    right = quarter @ torch.tensor([32.5, 23.5, 1.0], dtype=torch.float64)
+    assert torch.allclose(right[:2] / right[2], torch.tensor([23.5, 32.5], dtype=torch.float64))
+    back = rotation_homography(-35.0, SIZE, SIZE) @ rotation_homography(35.0, SIZE, SIZE)
+    assert torch.allclose(back, torch.eye(3, dtype=torch.float64), atol=1e-12)
+
+
+class _RotationOracle:
+    """Matches only where the source it is given lies within about 30° of the target's view: pass 1
+    (the unrotated source) and the -45° try are wrong and unsure; the +45° try and pass 2 are right."""
+
+    def __init__(self, truth_h: torch.Tensor, first_confidence: float) -> None:
+        self.truth_h = truth_h
+        self.first_confidence = first_confidence
+        self.warps: list[torch.Tensor | None] = [None]  # the homography behind each call's source
+
+    def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
+        warp_h = self.warps[len(self.calls)] if len(self.warps) > len(self.calls) else None
+        self.calls.append(warp_h)
+        residual = self.truth_h if warp_h is None else torch.linalg.inv(warp_h) @ self.truth_h
+        right = warp_h is not None and not torch.allclose(warp_h, self.wrong_h)
+        flow = _homography_flow(residual) if right else torch.randn(1, 2, *SIZE, generator=torch.Generator().manual_seed(3)) * 30
+        result = MatchResult.from_samples(flow[:, None].repeat(1, 2, 1, 1, 1))
+        confidence = 0.8 if right else (self.first_confidence if warp_h is None else 0.1)
+        result.confidence = torch.full((1, 1, *SIZE), confidence)
+        return result
+
+
+def test_a_rotation_pass_one_cannot_follow_is_found_by_the_rotation_search(monkeypatch):
+    import diffmatch.two_pass as module
+    from diffmatch.two_pass import rotation_homography
+
+    truth_h = rotation_homography(50.0, SIZE, SIZE)
+    truth = _homography_flow(truth_h)
+    image = torch.rand(1, 3, *SIZE)
+    original_fit = module._fit
+    for first_confidence, searched in ((0.05, True), (0.6, False)):
+        oracle = _RotationOracle(truth_h, first_confidence)
+        oracle.calls = []
+        oracle.wrong_h = rotation_homography(-45.0, SIZE, SIZE)
+        oracle.warps = [None, rotation_homography(45.0, SIZE, SIZE), oracle.wrong_h]
+
+        def fit_and_expect(result, source_size, config, oracle=oracle):
+            homography = original_fit(result, source_size, config)
+            if homography is not None:
+                oracle.warps.append(homography)  # pass 2's source is warped by it
+            return homography
+
+        monkeypatch.setattr(module, "_fit", fit_and_expect)
+        result, used = match_two_pass(oracle, image, image)
+        if searched:  # pass 1, the two rotations, then pass 2 from the +45° pass's homography
+            assert len(oracle.calls) == 4 and used == [True]
+            assert (result.flow - truth).norm(dim=1).mean() < 0.05
+            assert float(result.confidence.mean()) == pytest.approx(0.8)
+        else:  # confident enough: no rotation is tried
+            assert oracle.calls[:2] == [None, *oracle.calls[1:2]] and len(oracle.calls) <= 2
+    # No rotations, or a threshold of 0: pass 1 stays whatever its confidence.
+    for config in (TwoPassConfig(rotations=()), TwoPassConfig(rotation_below=0.0)):
+        oracle = _RotationOracle(truth_h, 0.05)
+        oracle.calls, oracle.wrong_h, oracle.warps = [], torch.eye(3, dtype=torch.float64), [None]
+        monkeypatch.setattr(module, "_fit", original_fit)
+        result, used = match_two_pass(oracle, image, image, config)
+        assert oracle.calls[0] is None and (result.flow - truth).norm(dim=1).mean() > 10
+    with pytest.raises(ValueError, match="rotation_below"):
+        TwoPassConfig(rotation_below=2.0)
+    with pytest.raises(ValueError, match="rotations"):
+        TwoPassConfig(rotations=(float("nan"),))
+
+
+def test_a_search_that_keeps_pass_one_leaves_the_later_passes_draws_unchanged(tmp_path, photo, monkeypatch):
+    import diffmatch.two_pass as module
+    from diffmatch.confidence import fit_calibrator
+    from diffmatch.matcher import DiffMatcher
+    from diffmatch.models.diffmatch import DiffMatch
+    from diffmatch.models.weights import save_weights
+    from tests.helpers import shifted_pair, synthetic_cues, tiny_config
+
+    torch.manual_seed(0)
+    cues, errors = synthetic_cues(2000)
+    calibration = fit_calibrator(cues, errors, info={"photos": "test"}, refined=True).to_dict()
+    model = DiffMatch(tiny_config()).eval()
+    torch.nn.init.normal_(model.denoiser.unet.conv_out.weight, std=0.05)  # hypotheses that follow the noise
+    weights = save_weights(model, tmp_path / "cal.pt", calibration=calibration)
+    source, target, _ = shifted_pair(photo, 12, -9)
+    tries = []
+    original = module._search_rotations
+
+    def search_but_keep(search, src, tgt, first, config):
+        def counted(*images):
+            tries.append(1)
+            return search(*images)
+
+        original(counted, src, tgt, first, config)
+        return first
+
+    monkeypatch.setattr(module, "_search_rotations", search_but_keep)
+    shift = torch.tensor([[1.0, 0.0, 12.0], [0.0, 1.0, -9.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    monkeypatch.setattr(module, "_fit", lambda result, source_size, config: shift)  # pass 2 always runs
+    results = {}
+    for label, config in (("searched", TwoPassConfig(rotation_below=1.0)), ("plain", TwoPassConfig(rotations=()))):
+        matcher = DiffMatcher.from_checkpoint(weights, device="cpu", two_pass=config)
+        results[label] = matcher.match(source, target, num_samples=2, generator=torch.Generator().manual_seed(4))
+    assert len(tries) == 2  # the search tried both rotations (and then kept pass 1)
+    assert torch.equal(results["searched"].samples, results["plain"].samples)
+    assert not torch.equal(results["plain"].samples[:, 0], results["plain"].samples[:, 1])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import math
 import os
 import sys
 import time
@@ -136,6 +137,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the first pass's homography is matched again; README, 'Two-pass matching')",
     )
     passes.add_argument("--two-pass", action="store_true", help="the default, two-pass matching (kept for old scripts)")
+    parser.add_argument(
+        "--rotations", type=_rotations, default=None, metavar="ANGLES",
+        help="in-plane rotations in degrees (comma list, e.g. 45,-45,90,-90,180; 'none' for none) tried where "
+        "the first pass finds little it trusts (default 45,-45; README, 'Two-pass matching')",
+    )
     parser.add_argument(
         "--precision", default="32", choices=("32", "bf16", "16"),
         help="dtype of DiffMatch's networks: 32 (default), bf16 (CUDA, or a CPU with native bfloat16) or 16 "
@@ -333,6 +339,19 @@ def write_outputs(
     return output_names(flow_format, viz, confidence is not None)
 
 
+def _rotations(text: str) -> tuple[float, ...]:
+    """``--rotations``: a comma list of finite angles in degrees, or ``none``."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        angles = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        angles = ()
+    if not angles or not all(math.isfinite(a) for a in angles):
+        raise argparse.ArgumentTypeError(f"expected a comma list of angles in degrees or 'none', got {text!r}")
+    return angles
+
+
 def _build_matcher(args: argparse.Namespace, device: str | torch.device | None = None) -> tuple[Matcher, bool]:
     """The matcher ``--matcher`` names, loaded once, and whether its results have a calibrated confidence.
 
@@ -341,13 +360,17 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
     device = args.device if device is None else device
     if args.matcher == "diffmatch":
         from diffmatch.matcher import DiffMatcher
+        from diffmatch.two_pass import TwoPassConfig
 
+        if args.one_pass and args.rotations is not None:
+            raise InputError("--rotations applies to two-pass matching, not --one-pass")
+        two_pass = False if args.one_pass else TwoPassConfig() if args.rotations is None else TwoPassConfig(rotations=args.rotations)
         matcher = DiffMatcher.from_checkpoint(
             args.checkpoint,
             device=device,
             image_size=args.image_size,
             refine=False if args.no_refine else None,
-            two_pass=not args.one_pass,
+            two_pass=two_pass,
             precision=args.precision,
         )
         reason = matcher.confidence_unavailable()
@@ -373,7 +396,7 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
     if args.image_size is not None:
         raise InputError(f"--image-size applies to --matcher diffmatch, not {args.matcher}")
     flags = [flag for flag, given in (("--no-refine", args.no_refine), ("--one-pass", args.one_pass),
-                                      ("--two-pass", args.two_pass)) if given]
+                                      ("--two-pass", args.two_pass), ("--rotations", args.rotations is not None)) if given]
     if flags:
         flag = flags[0]
         raise InputError(f"{flag} applies to --matcher diffmatch, not {args.matcher}")
