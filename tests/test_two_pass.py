@@ -155,9 +155,10 @@ class _RotationOracle:
     """Matches only where the source it is given lies within about 30° of the target's view: pass 1
     (the unrotated source) and the -45° try are wrong and unsure; the +45° try and pass 2 are right."""
 
-    def __init__(self, truth_h: torch.Tensor, first_confidence: float) -> None:
+    def __init__(self, truth_h: torch.Tensor, first_confidence: float, right_confidence: float = 0.8) -> None:
         self.truth_h = truth_h
         self.first_confidence = first_confidence
+        self.right_confidence = right_confidence
         self.warps: list[torch.Tensor | None] = [None]  # the homography behind each call's source
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
@@ -167,7 +168,7 @@ class _RotationOracle:
         right = warp_h is not None and not torch.allclose(warp_h, self.wrong_h)
         flow = _homography_flow(residual) if right else torch.randn(1, 2, *SIZE, generator=torch.Generator().manual_seed(3)) * 30
         result = MatchResult.from_samples(flow[:, None].repeat(1, 2, 1, 1, 1))
-        confidence = 0.8 if right else (self.first_confidence if warp_h is None else 0.1)
+        confidence = self.right_confidence if right else (self.first_confidence if warp_h is None else 0.01)
         result.confidence = torch.full((1, 1, *SIZE), confidence)
         return result
 
@@ -180,8 +181,10 @@ def test_a_rotation_pass_one_cannot_follow_is_found_by_the_rotation_search(monke
     truth = _homography_flow(truth_h)
     image = torch.rand(1, 3, *SIZE)
     original_fit = module._fit
-    for first_confidence, searched in ((0.05, True), (0.6, False)):
-        oracle = _RotationOracle(truth_h, first_confidence)
+    # Found: pass 1 unsure (0.05) and the +45° try far more confident (0.8). Not searched: pass 1 sure
+    # enough (0.6). Not taken: the try beats pass 1 by less than rotation_margin (0.12 against 0.05).
+    for first_confidence, right_confidence, searched in ((0.05, 0.8, True), (0.6, 0.8, False), (0.05, 0.12, False)):
+        oracle = _RotationOracle(truth_h, first_confidence, right_confidence)
         oracle.calls = []
         oracle.wrong_h = rotation_homography(-45.0, SIZE, SIZE)
         oracle.warps = [None, rotation_homography(45.0, SIZE, SIZE), oracle.wrong_h]
@@ -198,8 +201,10 @@ def test_a_rotation_pass_one_cannot_follow_is_found_by_the_rotation_search(monke
             assert len(oracle.calls) == 4 and used == [True]
             assert (result.flow - truth).norm(dim=1).mean() < 0.05
             assert float(result.confidence.mean()) == pytest.approx(0.8)
-        else:  # confident enough: no rotation is tried
+        elif first_confidence > 0.35:  # confident enough: no rotation is tried
             assert oracle.calls[:2] == [None, *oracle.calls[1:2]] and len(oracle.calls) <= 2
+        else:  # both rotations tried, pass 1 kept
+            assert len(oracle.calls) >= 3 and (result.flow - truth).norm(dim=1).mean() > 10
     # No rotations, or a threshold of 0: pass 1 stays whatever its confidence.
     for config in (TwoPassConfig(rotations=()), TwoPassConfig(rotation_below=0.0)):
         oracle = _RotationOracle(truth_h, 0.05)
@@ -209,6 +214,8 @@ def test_a_rotation_pass_one_cannot_follow_is_found_by_the_rotation_search(monke
         assert oracle.calls[0] is None and (result.flow - truth).norm(dim=1).mean() > 10
     with pytest.raises(ValueError, match="rotation_below"):
         TwoPassConfig(rotation_below=2.0)
+    with pytest.raises(ValueError, match="rotation_margin"):
+        TwoPassConfig(rotation_margin=-0.1)
     with pytest.raises(ValueError, match="rotations"):
         TwoPassConfig(rotations=(float("nan"),))
 
