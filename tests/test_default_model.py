@@ -79,11 +79,13 @@ def test_unet_beats_its_own_init_flow_and_the_refinement_beats_the_unet_at_every
         assert np.mean(refined) < np.mean(unet) < np.mean(init), (level, np.mean(refined), np.mean(unet), np.mean(init))
 
 
-# Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured 0.48 / 2.06 / 39.9 px
-# and 2.1 / 1.8 / 0.15 degrees (the wide level's first pair is one where the model matches a layer
-# wrongly: 84 px; its second pair's pose fails, 85 degrees). The single-scale refinement before
-# issue #27 fails the stereo and medium ceilings.
-SCENE_PINS = {"stereo": (0.7, 3.0), "medium": (2.6, 3.0), "wide": (45.0, 1.0)}
+# Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured 0.51 / 1.83 / 39.9 px
+# and 0.8 / 0.4 / 0.2–1.3 degrees (the wide level's first pair is one where the model matches a layer
+# wrongly: 84 px; its second pair's pose fails, 85 degrees; OpenCV's RANSAC draws from its own global
+# generator, so the wide median moved between 0.2 and 1.3 with the tests run before it). The
+# single-scale refinement before issue #27 fails the stereo and medium ceilings; the two-pass
+# matching before the rotation search measured 2.06 px at medium (its third pair is turned by 40°).
+SCENE_PINS = {"stereo": (0.7, 3.0), "medium": (2.3, 3.0), "wide": (45.0, 2.5)}
 
 
 @pytest.fixture(scope="module")
