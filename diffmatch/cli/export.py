@@ -8,6 +8,11 @@ The weights keep the precision they are stored in (an exported float16 file stay
 ``--half`` or ``--float32`` says otherwise. ``OUT`` is checked before anything is read: a folder or
 an unwritable place is refused in one line (exit status 2).
 
+``--stage1 FILE`` writes a cascade as a *stage-2 file*: only stage 2's weights, plus a reference
+to ``FILE``, the exported stage-1 file it was trained on, which must stay where the reference finds
+it (:func:`diffmatch.models.weights.save_weights`; the bundled cascade ships this way). A stage-2
+file exported without ``--stage1`` becomes one whole cascade file.
+
 ``--onnx`` writes an ONNX graph of the stage-1 model instead (``OUT.onnx``; :mod:`diffmatch.models.onnx`):
 the DDIM steps unrolled (``--steps``, default the checkpoint's), the start noise an input, the images
 fixed at the processing size (``--image-size``, default the checkpoint's), opset ``--opset`` (>= 17).
@@ -50,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         "--interpolate", metavar="OTHER", help="mix CKPT's weights with OTHER's (same model settings): (1 - alpha) CKPT + alpha OTHER"
     )
     parser.add_argument("--alpha", type=float, help="--interpolate: OTHER's weight, in [0, 1]")
+    parser.add_argument(
+        "--stage1", metavar="FILE", help="write a cascade's stage 2 only, referring to FILE, its exported stage-1 file",
+    )
     parser.add_argument("--onnx", action="store_true", help="export the stage-1 model as an ONNX graph (needs onnx)")
     parser.add_argument("--steps", type=int, help="--onnx: DDIM steps to unroll (default: the checkpoint's sampling_steps, else T)")
     parser.add_argument("--image-size", type=int, help="--onnx: the graph's square input size (default: the checkpoint's)")
@@ -63,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--interpolate and --alpha go together")
     if args.interpolate is not None and args.onnx:
         parser.error("--interpolate writes a .pt file, not --onnx")
+    if args.stage1 is not None and (args.onnx or args.interpolate is not None):
+        parser.error("--stage1 applies to plain .pt exports, not --onnx or --interpolate")
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
     created = check_out_file(args.out, flag=None)  # before the checkpoint is read
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 export_weights,  # torch: after the arguments are known to be good
             )
 
-            path = export_weights(args.checkpoint, args.out, half=args.half, ema=args.ema)
+            path = export_weights(args.checkpoint, args.out, half=args.half, ema=args.ema, stage1=args.stage1)
     except BaseException:
         remove_empty_folders(created)
         raise

@@ -42,8 +42,8 @@ from diffmatch.confidence import CUES, DEFAULT_TAUS, fit_calibrator, logistic_lo
 from diffmatch.confidence.cues import match_with_cues
 from diffmatch.confidence.metrics import expected_calibration_error
 from diffmatch.errors import InputError
-from diffmatch.io import atomic_open
 from diffmatch.metrics import end_point_error
+from diffmatch.models.weights import rewrite_weights_file
 from diffmatch.refinement import VariationalRefiner
 
 __all__ = ["calibration_pairs", "check_error_spread", "collect_cues", "select_cues", "write_calibrated"]
@@ -218,13 +218,11 @@ def select_cues(
 
 
 def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: dict[str, Any]) -> Path:
-    """Copy ``checkpoint`` to ``out`` with ``calibration`` under its top-level ``"calibration"`` key, atomically."""
-    data = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
-    data["calibration"] = calibration
-    out = Path(out)
-    with atomic_open(out, "wb") as handle:
-        torch.save(data, handle)
-    return out
+    """Copy ``checkpoint`` to ``out`` with ``calibration`` under its top-level ``"calibration"`` key, atomically.
+
+    A stage-2 file keeps finding its stage-1 file (:func:`diffmatch.models.weights.rewrite_weights_file`).
+    """
+    return rewrite_weights_file(checkpoint, out, calibration=calibration)
 
 
 def check_error_spread(errors: np.ndarray, taus: Sequence[float]) -> None:

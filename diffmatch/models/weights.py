@@ -8,10 +8,19 @@ which checks that weights and settings fit each other.
 Cascade models (stage 1 + flow upsampler, :class:`~diffmatch.models.diffmatch.DiffMatch` with an upsampler) store the
 stage-2 settings too: exported files get an ``"upsampler": {...}`` entry and Lightning checkpoints an
 ``upsampler`` hyperparameter; files without one are stage 1 only.
+
+A cascade can also be stored as a *stage-2 file*: only the ``upsampler.*`` tensors, plus a
+``"stage1": {"file": ..., "digest": ...}`` entry naming the stage-1 file it was trained on (a path
+relative to the stage-2 file's folder) and a digest of that file's weights
+(:func:`weights_digest`). It loads like any cascade file, :func:`read_cascade_checkpoint` joining the
+two, and it is refused in one line when the stage-1 file is missing or holds other weights. The
+bundled cascade ships this way (two files of 15 and 14 MB instead of one of 30:
+:func:`save_weights` with ``stage1=``, ``diffmatch export --stage1``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -37,11 +46,16 @@ __all__ = [
     "read_calibration",
     "read_checkpoint",
     "read_cascade_checkpoint",
+    "rewrite_weights_file",
     "save_weights",
+    "weights_digest",
 ]
 
 FORMAT = "diffmatch-weights"
 VERSION = 1
+# The entry of a stage-2 file that names its stage-1 file (module docstring).
+STAGE1_KEY = "stage1"
+_STAGE2_PREFIX = "upsampler."
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[DiffMatchConfig, dict[str, torch.Tensor]]:
@@ -64,18 +78,33 @@ def read_cascade_checkpoint(
 
     A Lightning checkpoint of a run with ``ema_decay`` holds two denoisers: the trained one and its
     moving average. ``ema=True`` reads the average (what validation scored), ``ema=False`` the
-    trained weights. Exported files hold one set, which either value reads.
+    trained weights. Exported files hold one set, which either value reads. A stage-2 file (module
+    docstring) comes back joined with its stage-1 file: the whole cascade's state dict.
 
     Raises:
-        InputError: missing, unreadable or not a diffmatch file; settings this version does not know.
+        InputError: missing, unreadable or not a diffmatch file; settings this version does not know;
+            a stage-2 file whose stage-1 file is missing, is not a stage-1 file, or holds other
+            settings or weights than the ones it names.
     """
-    path = Path(path)
+    return _read(Path(path), ema, follow_stage1=True)
+
+
+def _read(
+    path: Path, ema: bool, follow_stage1: bool
+) -> tuple[DiffMatchConfig, UpsamplerConfig | None, dict[str, torch.Tensor]]:
     data = read_torch_file(path, "diffmatch checkpoint")
     try:
         if data.get("format") == FORMAT:
             if data.get("version") != VERSION:
                 raise InputError(f"{path}: weights format version {data.get('version')}, this code reads {VERSION}")
-            return config_from_stored(data["config"]), _upsampler_or_none(data.get("upsampler")), data["state_dict"]
+            config = config_from_stored(data["config"])
+            upsampler = _upsampler_or_none(data.get("upsampler"))
+            state = data["state_dict"]
+            if STAGE1_KEY in data:
+                if not follow_stage1:
+                    raise InputError(f"{path}: a stage-2 file, where a stage-1 file was expected")
+                state = _join_stage1(path, data[STAGE1_KEY], config, upsampler, state)
+            return config, upsampler, state
         if "state_dict" in data and "hyper_parameters" in data and "model" in data["hyper_parameters"]:
             config = config_from_stored(data["hyper_parameters"]["model"])
             upsampler = _upsampler_or_none(data["hyper_parameters"].get("upsampler"))
@@ -88,9 +117,78 @@ def read_cascade_checkpoint(
                     if key.startswith(prefix):
                         model_state[trained + key[len(prefix) :]] = value
             return config, upsampler, model_state
-    except (ValueError, TypeError) as err:
+    except InputError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
         raise InputError(f"{path}: settings do not fit this version of diffmatch ({err})") from None
     raise InputError(f"{path}: not a diffmatch checkpoint (no model settings and weights)")
+
+
+def _join_stage1(
+    path: Path,
+    reference: dict[str, str],
+    config: DiffMatchConfig,
+    upsampler: UpsamplerConfig | None,
+    state: dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """A stage-2 file's tensors joined with those of the stage-1 file it names (checked against it)."""
+    if upsampler is None or any(not k.startswith(_STAGE2_PREFIX) for k in state):
+        raise InputError(f"{path}: names a stage-1 file but is not a stage-2 file (tensors outside upsampler.*)")
+    base = path.parent / reference["file"]
+    if not base.is_file():
+        raise InputError(
+            f"{path}: holds stage 2 only; its stage-1 file {reference['file']} is missing "
+            f"(put it at {base}, or load a whole cascade exported where both are)"
+        )
+    base_config, base_upsampler, base_state = _read(base, ema=True, follow_stage1=False)
+    if base_upsampler is not None:
+        raise InputError(f"{path}: its stage-1 file {base} is a cascade, not a stage-1 file")
+    if base_config.to_dict() != config.to_dict():
+        raise InputError(f"{path}: its stage-1 file {base} has other model settings than stage 2 was trained with")
+    if weights_digest(base_state) != reference["digest"]:
+        raise InputError(
+            f"{path}: its stage-1 file {base} holds other weights than the ones stage 2 was trained on "
+            "(a stage-2 file only works with its own stage 1)"
+        )
+    return {**base_state, **state}
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A SHA-256 of a state dict's names, shapes and values, floating-point ones rounded to float16.
+
+    The rounding makes a float16 file and its float32 copy agree (float16 values survive float32
+    exactly), so a stage-2 file accepts its stage 1 in either precision, and a refitted confidence
+    calibration, which changes no weight, leaves the digest alone.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key].detach().cpu()
+        if value.is_floating_point():
+            value = value.half()
+        digest.update(f"{key}:{tuple(value.shape)}:{value.dtype};".encode())
+        digest.update(value.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rewrite_weights_file(checkpoint: str | os.PathLike, out: str | os.PathLike, **entries: Any) -> Path:
+    """Copy a checkpoint file to ``out`` with top-level ``entries`` set (e.g. ``calibration``), atomically.
+
+    A stage-2 file's reference to its stage-1 file is rewritten relative to ``out``'s folder, so the
+    copy still finds it.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    data = read_torch_file(checkpoint, "diffmatch checkpoint")
+    data.update(entries)
+    if isinstance(data.get(STAGE1_KEY), dict) and "file" in data[STAGE1_KEY]:
+        base = (checkpoint.parent / data[STAGE1_KEY]["file"]).resolve()
+        data[STAGE1_KEY] = {**data[STAGE1_KEY], "file": _relative_to_folder(base, out)}
+    with atomic_open(out, "wb") as handle:
+        torch.save(data, handle)
+    return out
+
+
+def _relative_to_folder(target: Path, out: Path) -> str:
+    return os.path.relpath(target.resolve(), out.resolve().parent)
 
 
 def read_calibration(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -104,8 +202,7 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any] | None:
         InputError: the file is missing or not a diffmatch checkpoint.
     """
     read_cascade_checkpoint(path)  # the same checks and messages as loading the model
-    data = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return data.get("calibration")
+    return read_torch_file(Path(path), "diffmatch checkpoint").get("calibration")
 
 
 def _upsampler_or_none(data: dict[str, Any] | None) -> UpsamplerConfig | None:
@@ -173,7 +270,11 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
 
 
 def export_weights(
-    checkpoint: str | os.PathLike, out: str | os.PathLike, half: bool | None = None, ema: bool = True
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    half: bool | None = None,
+    ema: bool = True,
+    stage1: str | os.PathLike | None = None,
 ) -> Path:
     """Turn a Lightning ``.ckpt`` (or exported file) into a small inference file, written atomically.
 
@@ -185,13 +286,15 @@ def export_weights(
             floating-point weights are, as in a file exported with ``half=True``).
         ema: export the denoiser's moving average when the checkpoint has one, else the trained
             weights (:func:`read_cascade_checkpoint`).
+        stage1: for a cascade, write a stage-2 file that refers to this stage-1 file (see
+            :func:`save_weights`); ``None``: a whole file (also from a stage-2 file).
     """
     config, upsampler, state = read_cascade_checkpoint(checkpoint, ema=ema)
     if half is None:
         half = _stored_half(state)
     model = _build(config, upsampler)
     load_model_weights(model, checkpoint, ema=ema)  # validates before writing anything
-    return save_weights(model, out, half=half, calibration=read_calibration(checkpoint))
+    return save_weights(model, out, half=half, calibration=read_calibration(checkpoint), stage1=stage1)
 
 
 def interpolate_weights(
@@ -255,7 +358,11 @@ def _stored_half(state: dict[str, torch.Tensor]) -> bool:
 
 
 def save_weights(
-    model: DiffMatch, out: str | os.PathLike, half: bool = False, calibration: dict[str, Any] | None = None
+    model: DiffMatch,
+    out: str | os.PathLike,
+    half: bool = False,
+    calibration: dict[str, Any] | None = None,
+    stage1: str | os.PathLike | None = None,
 ) -> Path:
     """Write a model's settings and weights as an exported inference file, atomically.
 
@@ -264,19 +371,45 @@ def save_weights(
         out: destination ``.pt`` file.
         half: store floating-point tensors as float16 (loaded back as float32).
         calibration: a confidence calibration (:meth:`~diffmatch.confidence.Calibrator.to_dict`) to keep.
+        stage1: a cascade only: write a *stage-2 file* (module docstring), its ``upsampler.*``
+            tensors and a reference to this exported stage-1 file, which must hold the model's stage
+            1 (same settings and weights, up to float16 rounding). Keep the two files where the
+            reference finds them (it is relative to ``out``'s folder).
+
+    Raises:
+        InputError: ``stage1`` for a model without an upsampler, or a ``stage1`` file that is not
+            the model's stage 1.
     """
+    out = Path(out)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict()}
+    if stage1 is not None:
+        payload[STAGE1_KEY] = _stage1_reference(model, state, Path(stage1), out)
+        state = {k: v for k, v in state.items() if k.startswith(_STAGE2_PREFIX)}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(), "state_dict": state}
+    payload["state_dict"] = state
     if model.upsampler is not None:
         payload["upsampler"] = model.upsampler.config.to_dict()
     if calibration is not None:
         payload["calibration"] = calibration
-    out = Path(out)
     with atomic_open(out, "wb") as handle:
         torch.save(payload, handle)
     return out
+
+
+def _stage1_reference(model: DiffMatch, state: dict[str, torch.Tensor], stage1: Path, out: Path) -> dict[str, str]:
+    """The ``stage1`` entry of a stage-2 file: ``stage1``'s place from ``out``'s folder and its digest."""
+    if model.upsampler is None:
+        raise InputError(f"{stage1}: only a cascade's stage 2 can be saved apart from its stage 1; this model has no upsampler")
+    config, upsampler, base_state = _read(stage1, ema=True, follow_stage1=False)
+    if upsampler is not None:
+        raise InputError(f"{stage1}: a cascade, not a stage-1 file")
+    digest = weights_digest(base_state)
+    own = {k: v for k, v in state.items() if not k.startswith(_STAGE2_PREFIX)}
+    if config.to_dict() != model.config.to_dict() or weights_digest(own) != digest:
+        raise InputError(f"{stage1}: not this model's stage 1 (other settings or weights); a stage-2 file must name its own")
+    return {"file": _relative_to_folder(stage1, out), "digest": digest}
 
 
 def _build(config: DiffMatchConfig, upsampler: UpsamplerConfig | None) -> DiffMatch:

@@ -7,7 +7,9 @@ import pytest
 import torch
 from helpers import shifted_pair, tiny_config
 
+from diffmatch.cli.export import main as export_main
 from diffmatch.cli.train import main as train_main
+from diffmatch.confidence.fitting import write_calibrated
 from diffmatch.errors import InputError
 from diffmatch.matcher import DiffMatcher
 from diffmatch.models.config import UpsamplerConfig, stage2_denoiser_config
@@ -18,6 +20,7 @@ from diffmatch.models.weights import (
     export_weights,
     load_checkpoint,
     load_model_weights,
+    read_calibration,
     read_cascade_checkpoint,
     save_weights,
 )
@@ -122,6 +125,71 @@ def test_export_load_and_stage1_files(cascade, tmp_path):
     assert torch.equal(model.upsampler.denoiser.unet.conv_out.weight, stage1.denoiser.unet.conv_out.weight)
     with pytest.raises(InputError, match="unexpected: upsampler"):
         load_model_weights(stage1, path)
+
+
+def _stage1_of(model: DiffMatch) -> DiffMatch:
+    stage1 = DiffMatch(model.config)
+    stage1.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("upsampler.")})
+    return stage1
+
+
+def test_a_stage2_file_loads_as_the_whole_cascade_from_its_stage1_file(cascade, tmp_path):
+    _make_networks_matter(cascade)
+    stage1_file = save_weights(_stage1_of(cascade), tmp_path / "base" / "stage1.pt", half=True)
+    whole = save_weights(cascade, tmp_path / "whole.pt", half=True)
+    part = save_weights(cascade, tmp_path / "parts" / "stage2.pt", half=True, stage1=stage1_file)
+    stored = torch.load(part, weights_only=True)
+    assert stored["stage1"]["file"] == "../base/stage1.pt"  # relative: the two folders can move together
+    assert stored["state_dict"] and all(k.startswith("upsampler.") for k in stored["state_dict"])
+    assert part.stat().st_size < 0.5 * whole.stat().st_size
+    src, tgt = torch.rand(1, 3, 50, 70), torch.rand(1, 3, 60, 40)
+    out = lambda m: m(src, tgt, 2, generator=torch.Generator().manual_seed(3)).samples  # noqa: E731
+    assert torch.equal(out(load_checkpoint(part)), out(load_checkpoint(whole)))
+    # Exporting it without --stage1 gives the whole cascade again; a float32 stage 1 is accepted too.
+    assert export_main([str(part), str(tmp_path / "again.pt")]) == 0
+    assert torch.equal(out(load_checkpoint(tmp_path / "again.pt")), out(load_checkpoint(whole)))
+    assert "stage1" not in torch.load(tmp_path / "again.pt", weights_only=True)
+    assert export_main([str(stage1_file), str(stage1_file), "--float32"]) == 0
+    assert torch.equal(out(load_checkpoint(part)), out(load_checkpoint(whole)))
+    # The CLI writes the same stage-2 file.
+    assert export_main([str(whole), str(tmp_path / "cli.pt"), "--stage1", str(stage1_file)]) == 0
+    assert torch.equal(out(load_checkpoint(tmp_path / "cli.pt")), out(load_checkpoint(whole)))
+
+
+def test_a_stage2_file_refuses_a_missing_or_foreign_stage1_in_one_line(cascade, tmp_path, capsys):
+    _make_networks_matter(cascade)
+    stage1 = _stage1_of(cascade)
+    stage1_file = save_weights(stage1, tmp_path / "stage1.pt")
+    part = save_weights(cascade, tmp_path / "stage2.pt", stage1=stage1_file)
+    torch.nn.init.normal_(stage1.denoiser.unet.conv_out.weight, std=0.1)  # another stage 1
+    other = save_weights(stage1, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not this model's stage 1"):
+        save_weights(cascade, tmp_path / "x.pt", stage1=other)
+    with pytest.raises(InputError, match="only a cascade's stage 2"):
+        save_weights(stage1, tmp_path / "x.pt", stage1=other)
+    with pytest.raises(InputError, match="a cascade, not a stage-1 file"):
+        save_weights(cascade, tmp_path / "x.pt", stage1=save_weights(cascade, tmp_path / "whole.pt"))
+    stage1_file.write_bytes(other.read_bytes())
+    with pytest.raises(InputError, match="holds other weights than the ones stage 2 was trained on"):
+        load_checkpoint(part)
+    stage1_file.unlink()
+    with pytest.raises(InputError, match="stage-1 file stage1.pt is missing"):
+        load_checkpoint(part)
+    assert export_main([str(part), str(tmp_path / "y.pt")]) == 2
+    assert "stage-1 file stage1.pt is missing" in capsys.readouterr().err
+    assert not (tmp_path / "y.pt").exists()
+    with pytest.raises(SystemExit, match="2"):
+        export_main([str(part), str(tmp_path / "y.onnx"), "--onnx", "--stage1", str(other)])
+    assert "--stage1 applies to plain .pt exports" in capsys.readouterr().err
+
+
+def test_calibrating_a_stage2_file_into_another_folder_keeps_its_stage1(cascade, tmp_path):
+    stage1_file = save_weights(_stage1_of(cascade), tmp_path / "stage1.pt")
+    part = save_weights(cascade, tmp_path / "stage2.pt", stage1=stage1_file)
+    copy_ = write_calibrated(part, tmp_path / "elsewhere" / "calibrated.pt", {"probe": 1})
+    assert torch.load(copy_, weights_only=True)["stage1"]["file"] == "../stage1.pt"
+    assert read_calibration(copy_) == {"probe": 1}
+    assert load_checkpoint(copy_).upsampler is not None
 
 
 def test_stage2_trains_from_a_stage1_file_exports_and_resumes(tmp_path):
