@@ -347,7 +347,9 @@ class DiffMatch(nn.Module):
         grid size; the flow scale grows with the grid so that the U-Net sees displacements in the
         same cell units it was trained on (its radius-``R`` local cost is in cells too). A model
         trained at 384² then runs at, e.g., 512² or 640²: its errors are a share of a cell, so on
-        images larger than its own size they shrink in pixels (README, "Processing size").
+        images larger than its own size they shrink in pixels (README, "Processing size"). A
+        cascade's fine grid follows in proportion (the bundled default: 96² at 384², 128² at 512²),
+        its flow scale likewise, so stage 2 also sees its own cell units.
 
         Args:
             image_size: the new square size; a multiple of the stride times ``2**(levels - 1)`` (the
@@ -358,13 +360,11 @@ class DiffMatch(nn.Module):
             model's (training one trains the other).
 
         Raises:
-            ValueError: a size the grid cannot take, or a cascade (stage 2's grid is tied to stage 1's).
+            ValueError: a size the grid cannot take (for a cascade, its fine grid too).
         """
         cfg = self.config
         if image_size == cfg.image_size:
             return self
-        if self.upsampler is not None:
-            raise ValueError(f"a cascade model runs at its own image_size {cfg.image_size}, got {image_size!r}")
         stride, rest = divmod(cfg.image_size, cfg.cost_size)
         if rest:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of cost_size {cfg.cost_size}")
@@ -378,7 +378,21 @@ class DiffMatch(nn.Module):
         new_config = replace(
             cfg, image_size=image_size, cost_size=size, flow_scale=cfg.flow_scale * ratio, denoiser=denoiser_config
         )
-        return DiffMatch(new_config, features=self.features, denoiser=self.denoiser.rescaled(new_config.flow_scale))
+        upsampler = None
+        if self.upsampler is not None:
+            fine, rest = divmod(self.upsampler.config.size * size, cfg.cost_size)
+            if rest or fine % 2 ** (len(cfg.denoiser.channel_mult) - 1):
+                raise ValueError(
+                    f"image_size {image_size}: stage 2's fine grid ({self.upsampler.config.size} at image_size "
+                    f"{cfg.image_size}) cannot follow it to a whole, evenly halvable size"
+                )
+            upsampler = FlowUpsampler(
+                replace(self.upsampler.config, size=fine), new_config,
+                denoiser=self.upsampler.denoiser.rescaled(new_config.flow_scale),
+            )  # fmt: skip
+        return DiffMatch(
+            new_config, upsampler, features=self.features, denoiser=self.denoiser.rescaled(new_config.flow_scale)
+        )
 
     # ------------------------------------------------------------------------------------- sampling
     def default_steps(self) -> int:

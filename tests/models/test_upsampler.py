@@ -127,6 +127,27 @@ def test_export_load_and_stage1_files(cascade, tmp_path):
         load_model_weights(stage1, path)
 
 
+def test_a_cascade_runs_at_other_sizes_with_its_fine_grid_in_proportion(cascade, photo):
+    _make_networks_matter(cascade)
+    big = cascade.with_image_size(128)  # 64² images, 16² -> 32² flow; at 128²: 32² -> 64²
+    assert (big.config.cost_size, big.upsampler.config.size) == (32, 64)
+    assert big.upsampler.denoiser.unet is cascade.upsampler.denoiser.unet
+    assert big.upsampler.denoiser.flow_scale == big.upsampler.diffusion.flow_scale == 2 * cascade.upsampler.diffusion.flow_scale
+    # The same fine displacement in cells gives stage 2's U-Net the same input at either size.
+    g = torch.Generator().manual_seed(1)
+    noisy, cost = torch.randn(1, 2, 32, 32, generator=g), torch.randn(1, 25, 32, 32, generator=g)
+    init_cells, t = 3.0 * torch.randn(1, 2, 32, 32, generator=g), torch.tensor([3])
+    with torch.no_grad():
+        own = cascade.upsampler.denoiser(noisy, t, init_cells / 32, cost) * 32
+        resized = big.upsampler.denoiser(noisy, t, init_cells / 64, cost) * 64
+    torch.testing.assert_close(resized, own, atol=1e-4, rtol=1e-4)
+    source, target, _ = shifted_pair(photo, 3, -2, size=96)
+    out = big(source, target, 2, generator=torch.Generator().manual_seed(0))
+    assert out.flow.shape == (1, 2, 96, 96) and torch.isfinite(out.flow).all()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        cascade.with_image_size(60)
+
+
 def _stage1_of(model: DiffMatch) -> DiffMatch:
     stage1 = DiffMatch(model.config)
     stage1.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("upsampler.")})
