@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -31,7 +32,7 @@ from diffmatch.models.config import (
 from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.weights import load_model_weights
 
-__all__ = ["DiffMatchModule", "AtomicCheckpointIO", "endpoint_error_stats"]
+__all__ = ["DiffMatchModule", "AtomicCheckpointIO", "LastCheckpointAtEnd", "endpoint_error_stats"]
 
 
 def endpoint_error_stats(
@@ -60,6 +61,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
         with atomic_open(path, "wb") as handle:
             torch.save(checkpoint, handle)
+
+
+class LastCheckpointAtEnd(Callback):
+    """Writes each ``ModelCheckpoint(save_last=True)``'s last checkpoint when training ends between its saves.
+
+    Lightning writes ``last.ckpt`` only when the callback saves (every ``every_n_train_steps``), so
+    a run whose ``max_steps`` is not a multiple of that lost its final steps. Training that stops
+    by an exception (Ctrl-C) is not saved here.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        written = set()
+        for callback in trainer.checkpoint_callbacks:
+            if not isinstance(callback, ModelCheckpoint) or not callback.save_last or callback.dirpath is None:
+                continue
+            if getattr(callback, "_last_global_step_saved", -1) == trainer.global_step:
+                continue  # it saved at this very step
+            path = callback.last_model_path or os.path.join(
+                callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+            )
+            if path not in written:
+                trainer.save_checkpoint(path)  # through the trainer's (atomic) checkpoint IO
+                written.add(path)
+            callback.last_model_path = path
 
 
 def warmup_ema_avg_fn(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], Any], None]:
@@ -142,6 +167,10 @@ class DiffMatchModule(L.LightningModule):
             self.ema.requires_grad_(False)  # updated by averaging, never by gradients (DDP must not wait on it)
 
     # ----------------------------------------------------------------------------------- training
+    def configure_callbacks(self) -> list[Callback]:
+        """:class:`LastCheckpointAtEnd`, so that a run's final steps are never lost."""
+        return [LastCheckpointAtEnd()]
+
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

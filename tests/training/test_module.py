@@ -65,6 +65,13 @@ def test_checkpoint_reload_samples_identically_and_resumes(tmp_path):
     assert state["global_step"] == 6
 
 
+def test_a_run_ending_between_checkpoints_still_saves_its_last_step(tmp_path):
+    """tiny.yaml saves every 2 steps; a 3-step run's last.ckpt holds step 3 (Lightning alone: step 2)."""
+    train_main(["fit", "--config", TINY, f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=3"])
+    assert torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)["global_step"] == 3
+    assert sorted(p.name for p in tmp_path.rglob("*.ckpt")) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+
+
 def test_export_takes_the_average_or_the_trained_denoiser(tmp_path):
     last = _fit(tmp_path)  # tiny.yaml keeps an EMA (decay 0.9)
     state = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
