@@ -19,7 +19,9 @@ PACKAGE = Path(diffmatch.__file__).resolve().parent
 def test_shipped_files_are_inside_the_package():
     checkpoint = assets.bundled_checkpoint()
     assert checkpoint == assets.BUNDLED_CHECKPOINT == BUNDLED_CHECKPOINT
-    assert checkpoint.is_file() and checkpoint.stat().st_size > 10_000_000
+    assert assets.bundled_cascade() == assets.BUNDLED_CASCADE == checkpoint.with_name("diffmatch_xfeat_stage2.pt")
+    for model in (checkpoint, assets.BUNDLED_CASCADE):
+        assert model.is_file() and model.stat().st_size > 10_000_000
     source, target = assets.sample_pair()
     assert source.is_file() and target.is_file()
     for split, count in (("train", 12), ("val", 5)):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from diffmatch.assets import BUNDLED_CHECKPOINT, fetched_photos
+from diffmatch.assets import BUNDLED_CASCADE, BUNDLED_CHECKPOINT, fetched_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -147,9 +147,11 @@ def test_backbone_configs_build_with_the_backbone_step(tmp_path):
 def test_default_model_config_is_the_bundled_model(config):
     import yaml
 
-    from diffmatch.models.config import config_from_dict
-    from diffmatch.models.weights import read_checkpoint
+    from diffmatch.models.config import config_from_dict, upsampler_config_from_dict
+    from diffmatch.models.weights import read_cascade_checkpoint
 
-    stored, _ = read_checkpoint(BUNDLED_CHECKPOINT)
-    written = config_from_dict(yaml.safe_load((CONFIGS / config).read_text())["model"]["model"])
-    assert written.to_dict() == stored.to_dict()
+    stored, upsampler, _ = read_cascade_checkpoint(BUNDLED_CASCADE)
+    model = yaml.safe_load((CONFIGS / config).read_text())["model"]
+    assert config_from_dict(model["model"]).to_dict() == stored.to_dict()
+    if "upsampler" in model:  # the bundled cascade's stage 2 was trained with this config
+        assert upsampler_config_from_dict(model["upsampler"]) == upsampler

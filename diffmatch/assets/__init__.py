@@ -5,6 +5,9 @@ Shipped inside the package (``diffmatch/assets/``, package data of the wheel), f
 checkout, an editable install, a wheel installed anywhere):
 
 * ``diffmatch_xfeat.pt``: the bundled default model (:func:`bundled_checkpoint`);
+* ``diffmatch_xfeat_stage2.pt``: the bundled cascade, the default plus a learned stage 2, stored as
+  a stage-2 file (the flow upsampler's weights and the cascade's confidence calibration) that loads
+  together with the default beside it, its stage 1 (:func:`bundled_cascade`);
 * ``photos/train``, ``photos/val``: the 12 training and 5 held-out scikit-image photos
   (:func:`photo_folder`);
 * ``samples/motorcycle_{left,right}.png``: the README's sample pair (:func:`sample_pair`).
@@ -27,9 +30,11 @@ from pathlib import Path
 from diffmatch.errors import InputError
 
 __all__ = [
+    "BUNDLED_CASCADE",
     "BUNDLED_CHECKPOINT",
     "FETCH_COMMAND",
     "PHOTO_FOLDERS",
+    "bundled_cascade",
     "bundled_checkpoint",
     "checkout_root",
     "data_home",
@@ -66,7 +71,18 @@ def bundled_checkpoint() -> Path:
     return _shipped("diffmatch_xfeat.pt")
 
 
+def bundled_cascade() -> Path:
+    """The bundled cascade, ``diffmatch/assets/diffmatch_xfeat_stage2.pt``: the default plus a learned stage 2, calibrated.
+
+    A stage-2 file (:mod:`diffmatch.models.weights`): it holds the flow upsampler's weights and loads
+    with :func:`bundled_checkpoint`, the file beside it, as one model. More accurate than the default
+    and about 2.4 times slower on a CPU (checkpoints/README.md in the repository).
+    """
+    return _shipped("diffmatch_xfeat_stage2.pt")
+
+
 BUNDLED_CHECKPOINT: Path = bundled_checkpoint()
+BUNDLED_CASCADE: Path = bundled_cascade()
 
 
 def sample_pair() -> tuple[Path, Path]:

@@ -1,8 +1,10 @@
 """The bundled default keeps its behaviour, and stored settings from before a key existed keep theirs.
 
-``tests/fixtures/bundled_reference.pt`` holds ``diffmatch/assets/diffmatch_xfeat.pt``'s samples and
-``F_init`` (flow on the target grid, ``target(x) ≈ source(x + flow(x))``, px) on a fixed 56×48 pair,
-2 hypotheses, the checkpoint's own step count, seed 0, recorded when it was bundled.
+``tests/fixtures/bundled_reference.pt`` holds the samples and ``F_init`` (flow on the target grid,
+``target(x) ≈ source(x + flow(x))``, px) of ``diffmatch/assets/diffmatch_xfeat.pt`` (the default,
+``"diffmatch_xfeat"``) and of the bundled cascade ``diffmatch_xfeat_stage2.pt``
+(``"diffmatch_xfeat_stage2"``) on a fixed 56×48 pair, 2 hypotheses, the checkpoints' own step
+count, seed 0, each recorded when it was bundled.
 """
 
 from __future__ import annotations
@@ -12,31 +14,40 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffmatch.matcher import BUNDLED_CHECKPOINT
+from diffmatch.assets import BUNDLED_CASCADE, BUNDLED_CHECKPOINT
 from diffmatch.models.config import LEGACY_MODEL, config_from_stored
 from diffmatch.models.denoiser import LEGACY_DENOISER
-from diffmatch.models.weights import load_checkpoint, read_checkpoint
+from diffmatch.models.weights import load_checkpoint, read_calibration, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "fixtures" / "bundled_reference.pt"
 
 
-def test_bundled_default_gives_its_recorded_output():
+@pytest.mark.parametrize("path", [BUNDLED_CHECKPOINT, BUNDLED_CASCADE], ids=["default", "cascade"])
+def test_bundled_models_give_their_recorded_output(path):
     reference = torch.load(REFERENCE, weights_only=True)
-    assert BUNDLED_CHECKPOINT.name == "diffmatch_xfeat.pt"
-    model = load_checkpoint(BUNDLED_CHECKPOINT)
+    model = load_checkpoint(path)
     assert model.default_steps() == 1
+    assert (model.upsampler is not None) == (path == BUNDLED_CASCADE)
     result = model(reference["source"], reference["target"], 2, None, generator=torch.Generator().manual_seed(0))
-    expected = reference["diffmatch_xfeat"]
+    expected = reference[path.stem]
     torch.testing.assert_close(result.samples, expected["samples"], rtol=0, atol=1e-3)
     torch.testing.assert_close(result.init_flow, expected["init_flow"], rtol=0, atol=1e-3)
 
 
-def test_bundled_checkpoint_is_small_and_self_contained():
-    assert BUNDLED_CHECKPOINT.stat().st_size <= 20e6
+def test_bundled_checkpoints_are_small_and_need_nothing_else():
+    assert BUNDLED_CHECKPOINT.name == "diffmatch_xfeat.pt" and BUNDLED_CASCADE.name == "diffmatch_xfeat_stage2.pt"
+    for path in (BUNDLED_CHECKPOINT, BUNDLED_CASCADE):
+        assert path.stat().st_size <= 20e6, path.name
+        assert read_calibration(path) is not None, path.name
     config, state = read_checkpoint(BUNDLED_CHECKPOINT)
     assert config.features == "xfeat"
     assert any(k.startswith("features.") for k in state)  # XFeat's weights travel with the checkpoint
+    # The cascade is a stage-2 file: stage 2's tensors only, joined with the default beside it.
+    stored = torch.load(BUNDLED_CASCADE, weights_only=True)
+    assert stored["stage1"]["file"] == BUNDLED_CHECKPOINT.name
+    assert all(k.startswith("upsampler.") for k in stored["state_dict"])
+    assert read_checkpoint(BUNDLED_CASCADE)[1].keys() == set(state) | set(stored["state_dict"])
 
 
 def test_settings_stored_before_the_parity_keys_read_as_legacy():
