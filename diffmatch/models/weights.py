@@ -227,7 +227,18 @@ def load_model_weights(
     Raises:
         InputError: the weights do not fit the model (names the mismatching tensors).
     """
-    config, upsampler, state = read_cascade_checkpoint(path, ema=ema)
+    _fill(model, path, *read_cascade_checkpoint(path, ema=ema), strict_config=strict_config)
+
+
+def _fill(
+    model: DiffMatch,
+    path: str | os.PathLike,
+    config: DiffMatchConfig,
+    upsampler: UpsamplerConfig | None,
+    state: dict[str, torch.Tensor],
+    strict_config: bool = False,
+) -> None:
+    """:func:`load_model_weights` from what :func:`read_cascade_checkpoint` read from ``path``."""
     cascade = model.upsampler is not None
     if strict_config and (
         config.to_dict() != model.config.to_dict()
@@ -263,9 +274,9 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     Returns:
         A :class:`DiffMatch`, with an upsampler for a file with upsampler settings.
     """
-    config, upsampler, _ = read_cascade_checkpoint(path)
-    model = _build(config, upsampler)
-    load_model_weights(model, path)
+    stored = read_cascade_checkpoint(path)  # read once: a stage-2 file also reads and digests its stage 1
+    model = _build(*stored[:2])
+    _fill(model, path, *stored)
     return model.eval().to(device)
 
 
@@ -293,7 +304,7 @@ def export_weights(
     if half is None:
         half = _stored_half(state)
     model = _build(config, upsampler)
-    load_model_weights(model, checkpoint, ema=ema)  # validates before writing anything
+    _fill(model, checkpoint, config, upsampler, state)  # validates before writing anything
     return save_weights(model, out, half=half, calibration=read_calibration(checkpoint), stage1=stage1)
 
 
