@@ -163,17 +163,26 @@ class UpsamplerConfig:
             ground truth, so that stage 2 learns to fix the errors stage 1 really makes (paper: 0).
         refine: at inference, ``each`` upsamples every stage-1 hypothesis into one fine sample;
             ``mean`` upsamples the (clamped, with ``clamp_flow``) mean of the stage-1 hypotheses and
-            draws ``N`` new fine samples from it, as the official code does.
+            draws ``N`` new fine samples from it, as the official code does; ``once`` draws one fine
+            sample of that mean and gives each hypothesis its stage-1 offset from the mean (bilinearly
+            upsampled): the flow is stage 2's, the spread (the uncertainty) is stage 1's, and stage 2
+            costs one U-Net run whatever ``N``.
         normalize_after_sampling: L2-normalise the source features after sampling them for the
             local cost (the official ``build_local_corr_sr``) rather than before.
+        reverse_pass: what the reverse pass behind the confidence's ``fb_error`` cue runs (see
+            :meth:`DiffMatch.run <diffmatch.models.diffmatch.DiffMatch.run>`): the whole ``cascade``,
+            or ``stage1`` alone, its flow bilinearly upsampled (one fine U-Net run less; the
+            refinement brings either to full resolution). A calibration describes the setting it was
+            fitted with.
     """
 
     size: int = 256
     radius: int = 4
     init_noise: float = 0.0
     stage1_init_probability: float = 0.0
-    refine: Literal["each", "mean"] = "each"
+    refine: Literal["each", "mean", "once"] = "each"
     normalize_after_sampling: bool = False
+    reverse_pass: Literal["cascade", "stage1"] = "cascade"
 
     def __post_init__(self) -> None:
         if self.size <= 0:
@@ -186,8 +195,10 @@ class UpsamplerConfig:
             raise ValueError(
                 f"upsampler stage1_init_probability must be in [0, 1], got {self.stage1_init_probability}"
             )
-        if self.refine not in ("each", "mean"):
-            raise ValueError(f"upsampler refine must be 'each' or 'mean', got {self.refine!r}")
+        if self.refine not in ("each", "mean", "once"):
+            raise ValueError(f"upsampler refine must be 'each', 'mean' or 'once', got {self.refine!r}")
+        if self.reverse_pass not in ("cascade", "stage1"):
+            raise ValueError(f"upsampler reverse_pass must be 'cascade' or 'stage1', got {self.reverse_pass!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form, as stored in checkpoints and exported weights."""

@@ -447,9 +447,10 @@ class DiffMatch(nn.Module):
         num_steps: int | None = None,
         eta: float = 0.0,
         generator: Generators = None,
+        stage2: bool = True,
     ) -> MatchResult:
         """The sampling half of :meth:`run` on a given condition: ``N`` hypotheses (upsampled by stage 2
-        when there is one), in pixels at ``target_size`` pointing into ``source_size``.
+        when there is one and ``stage2`` is true), in pixels at ``target_size`` pointing into ``source_size``.
 
         Args:
             cond: from :meth:`condition` (or :meth:`reverse_condition`).
@@ -459,13 +460,15 @@ class DiffMatch(nn.Module):
             num_steps: DDIM steps of each stage (``None``: :meth:`default_steps`).
             eta: DDIM eta of each stage.
             generator: a generator, one per item, or ``None``.
+            stage2: run stage 2 when the model has one (``False``: stage 1's hypotheses, bilinearly
+                upsampled).
 
         Returns:
             :class:`MatchResult`: mean and variance of the hypotheses; ``init_flow`` is ``F_init``
             (stage 1) or the stage-1 mean flow, bilinearly upsampled (cascade).
         """
         num_steps = self.default_steps() if num_steps is None else num_steps
-        if self.upsampler is not None:
+        if self.upsampler is not None and stage2:
             stage1_gen, stage2_gen = split_generators(generator, cond.init_flow.shape[0])
             coarse = self.sample_normalized(cond, num_samples, num_steps, eta, stage1_gen)
             return self.upsample(cond.features, coarse, target_size, source_size, num_steps, eta, stage2_gen)
@@ -496,11 +499,14 @@ class DiffMatch(nn.Module):
             num_steps: DDIM steps.
             eta: DDIM eta.
             generator: a generator, one per item, or ``None``.
-            init_noise: ``(B, N, 2, s, s)`` starting noise of the fine samples (``None``: drawn).
+            init_noise: ``(B, N, 2, s, s)`` starting noise of the fine samples (``None``: drawn;
+                ``refine="once"`` reads only the first).
 
         Returns:
             :class:`MatchResult` at ``target_size`` in pixels; ``init_flow`` is the coarse mean flow,
-            bilinearly upsampled. With ``refine="mean"`` every fine sample starts from that mean.
+            bilinearly upsampled. With ``refine="mean"`` every fine sample starts from that mean; with
+            ``refine="once"`` one fine sample of it is drawn and hypothesis ``i`` is that sample plus
+            its coarse offset from the mean (:class:`~diffmatch.models.config.UpsamplerConfig`).
 
         Raises:
             ValueError: the model has no upsampler.
@@ -508,12 +514,25 @@ class DiffMatch(nn.Module):
         if self.upsampler is None:
             raise ValueError("upsample needs a model with an upsampler (stage 2)")
         b, n = coarse.shape[:2]
-        generators = expand_generators(generator, b, n, coarse.device)
-        if self.upsampler.config.refine == "mean":
+        mode = self.upsampler.config.refine
+        if mode != "each":
             mean = coarse.mean(1, keepdim=True)
             if self.config.clamp_flow:
                 mean = mean.clamp(-1.0, 1.0)
+        if mode == "once":
+            # One fine sample of the mean; each hypothesis keeps its offset from the mean (bilinear,
+            # so the hypotheses' mean is that fine sample and their spread is stage 1's).
+            generators = expand_generators(generator, b, 1, coarse.device)
+            start = None if init_noise is None else init_noise[:, :1]
+            fine = self.upsampler.sample(features, mean, num_steps, eta, generators, start)
+            fine_px = self.upsampler.from_fine_grid(fine.flatten(0, 1), target_size, source_size)
+            coarse_px = self.from_cost_grid(coarse.flatten(0, 1), target_size, source_size).view(b, n, 2, *target_size)
+            init = self.from_cost_grid(mean.flatten(0, 1), target_size, source_size)
+            samples = fine_px.unsqueeze(1) + coarse_px - init.unsqueeze(1)
+            return MatchResult.from_samples(samples, init_flow=init)
+        if mode == "mean":
             coarse = mean.expand_as(coarse)
+        generators = expand_generators(generator, b, n, coarse.device)
         fine = self.upsampler.sample(features, coarse, num_steps, eta, generators, init_noise)
         samples = self.upsampler.from_fine_grid(fine.flatten(0, 1), target_size, source_size)
         init = self.from_cost_grid(coarse.mean(1), target_size, source_size)
@@ -543,7 +562,8 @@ class DiffMatch(nn.Module):
             reverse: also match ``source`` to ``target`` from the same features (the forward–backward
                 cue); it draws from generators derived from ``generator`` after the forward pass.
             reverse_samples: the reverse pass's hypotheses (``None``: ``num_samples``); its result's
-                mean flow is what the forward–backward check reads.
+                mean flow is what the forward–backward check reads. A cascade's reverse pass runs
+                stage 2 too unless its ``upsampler.reverse_pass`` is ``"stage1"``.
 
         Returns:
             :class:`MatchRun`: the :class:`MatchResult` at the target's size (``target(x) ≈
@@ -555,8 +575,9 @@ class DiffMatch(nn.Module):
         backward = None
         if reverse:
             count = num_samples if reverse_samples is None else reverse_samples
+            stage2 = self.upsampler is not None and self.upsampler.config.reverse_pass == "cascade"
             backward = self.sample(
-                self.reverse_condition(cond), size_s, size_t, count, num_steps, eta, derive_generators(generator)
+                self.reverse_condition(cond), size_s, size_t, count, num_steps, eta, derive_generators(generator), stage2
             )
         return MatchRun(result, cond, backward)
 

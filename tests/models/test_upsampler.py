@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from diffmatch.models.config import UpsamplerConfig, stage2_denoiser_config
 from diffmatch.models.cost_volume import global_correlation, local_correlation, local_feature_correlation
 from diffmatch.models.denoiser import DenoiserConfig
 from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.diffusion import split_generators
 from diffmatch.models.weights import (
     export_weights,
     load_checkpoint,
@@ -146,6 +148,58 @@ def test_a_cascade_runs_at_other_sizes_with_its_fine_grid_in_proportion(cascade,
     assert out.flow.shape == (1, 2, 96, 96) and torch.isfinite(out.flow).all()
     with pytest.raises(ValueError, match="multiple of 8"):
         cascade.with_image_size(60)
+
+
+def _stage2_batches(model: DiffMatch) -> list[int]:
+    """Records the batch size of every call of stage 2's U-Net."""
+    calls: list[int] = []
+    model.upsampler.denoiser.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+def test_refine_once_runs_stage2_once_on_the_mean_and_keeps_stage1_spread(cascade, photo):
+    _make_networks_matter(cascade)
+    cascade.upsampler.config = replace(cascade.upsampler.config, refine="once")
+    calls = _stage2_batches(cascade)
+    source, target, _ = shifted_pair(photo, 4, -3)
+    cond = cascade.condition(source, target)
+    size = tuple(target.shape[-2:])
+    out = cascade.sample(cond, size, size, 3, generator=torch.Generator().manual_seed(5))
+    steps = cascade.default_steps()
+    assert calls == [1] * steps  # one fine sample for 3 hypotheses, at each DDIM step
+    # Stage 1 alone with the same stage-1 draws: the same spread, and the mean is stage 2's sample.
+    stage1_gen, _ = split_generators(torch.Generator().manual_seed(5), 1)
+    coarse = cascade.sample(cond, size, size, 3, generator=stage1_gen, stage2=False)
+    assert calls == [1] * steps
+    close = lambda a, b: torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)  # noqa: E731  # px
+    close(out.samples - out.flow.unsqueeze(1), coarse.samples - coarse.flow.unsqueeze(1))
+    close(out.uncertainty, coarse.uncertainty)
+    close(out.init_flow, coarse.flow)
+    assert (out.flow - out.init_flow).abs().amax() > 0.05  # stage 2 moved the mean
+
+
+def test_reverse_pass_can_run_stage1_only(cascade, photo, tmp_path):
+    _make_networks_matter(cascade)
+    calls = _stage2_batches(cascade)
+    source, target, _ = shifted_pair(photo, 4, -3)
+    run = lambda: cascade.run(source, target, 2, generator=torch.Generator().manual_seed(2), reverse=True, reverse_samples=1)  # noqa: E731
+    whole = run()
+    steps = cascade.default_steps()
+    assert calls == [2] * steps + [1] * steps
+    cascade.upsampler.config = replace(cascade.upsampler.config, reverse_pass="stage1")
+    calls.clear()
+    cheap = run()
+    assert calls == [2] * steps
+    assert torch.equal(cheap.result.samples, whole.result.samples)
+    stage1 = _stage1_of(cascade).run(source, target, 1, reverse=True, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(cheap.reverse.init_flow, stage1.reverse.init_flow)  # F_init of the swapped pair
+    assert not torch.allclose(cheap.reverse.flow, whole.reverse.flow)
+    _, upsampler, _ = read_cascade_checkpoint(save_weights(cascade, tmp_path / "cheap.pt"))
+    assert upsampler.reverse_pass == "stage1"
+    with pytest.raises(ValueError, match="reverse_pass must be 'cascade' or 'stage1'"):
+        UpsamplerConfig(reverse_pass="stage2")
+    with pytest.raises(ValueError, match="refine must be 'each', 'mean' or 'once'"):
+        UpsamplerConfig(refine="twice")
 
 
 def _stage1_of(model: DiffMatch) -> DiffMatch:
