@@ -1,7 +1,8 @@
 """Record what ``DiffMatcher.match`` returns today, as the fixture ``tests/test_pipeline_reference.py`` holds the code to.
 
 Written before the package was restructured (issue #28) so that the change can be shown not to alter
-behaviour: the bundled default (calibrated, refined, 3 hypotheses, seed 0) on two small pairs, its
+behaviour: the bundled default of the time, now the default's stage 1 ``diffmatch_xfeat.pt``
+(calibrated, refined, 3 hypotheses, seed 0; the ``"default"`` entry) on two small pairs, its
 unrefined flow and every confidence cue, and a tiny random cascade (stage 1 + flow upsampler, built from
 seed 0 as the tests' ``tiny_config`` does) with its cues. Flow on the target grid, ``target(x) ≈ source(x + flow(x))``, px.
 
@@ -62,10 +63,11 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    from diffmatch.assets import bundled_stage1
     from diffmatch.confidence.cues import match_with_cues
     from diffmatch.matcher import DiffMatcher
 
-    matcher = DiffMatcher.from_checkpoint(device="cpu")
+    matcher = DiffMatcher.from_checkpoint(bundled_stage1(), device="cpu")
     cascade = tiny_cascade()
     record: dict = {"pairs": reference_pairs(), "default": [], "cascade": []}
     for source, target in record["pairs"]:

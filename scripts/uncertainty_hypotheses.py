@@ -163,7 +163,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
 
     summary = {
-        "checkpoint": args.checkpoint or "diffmatch/assets/diffmatch_xfeat.pt (bundled)",
+        "checkpoint": args.checkpoint or "diffmatch/assets/diffmatch_xfeat_stage2.pt (bundled)",
         "corruptions": list(corruptions),
         "pairs": index,
         "seconds": seconds,

@@ -19,8 +19,9 @@ PACKAGE = Path(diffmatch.__file__).resolve().parent
 def test_shipped_files_are_inside_the_package():
     checkpoint = assets.bundled_checkpoint()
     assert checkpoint == assets.BUNDLED_CHECKPOINT == BUNDLED_CHECKPOINT
-    assert assets.bundled_cascade() == assets.BUNDLED_CASCADE == checkpoint.with_name("diffmatch_xfeat_stage2.pt")
-    for model in (checkpoint, assets.BUNDLED_CASCADE):
+    assert checkpoint.name == "diffmatch_xfeat_stage2.pt"  # the default is the cascade
+    assert assets.bundled_stage1() == assets.BUNDLED_STAGE1 == checkpoint.with_name("diffmatch_xfeat.pt")
+    for model in (checkpoint, assets.BUNDLED_STAGE1):
         assert model.is_file() and model.stat().st_size > 10_000_000
     source, target = assets.sample_pair()
     assert source.is_file() and target.is_file()

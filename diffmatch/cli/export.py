@@ -13,6 +13,11 @@ to ``FILE``, the exported stage-1 file it was trained on, which must stay where 
 it (:func:`diffmatch.models.weights.save_weights`; the bundled cascade ships this way). A stage-2
 file exported without ``--stage1`` becomes one whole cascade file.
 
+``--upsample each|mean|once`` and ``--reverse-pass cascade|stage1`` change how a cascade's stage 2
+runs at inference (:class:`diffmatch.models.config.UpsamplerConfig`: ``refine`` and
+``reverse_pass``); the bundled default runs ``once`` and ``stage1``. A confidence calibration fitted
+under other settings is left out: refit it with ``python -m diffmatch.calibrate``.
+
 ``--onnx`` writes an ONNX graph of the stage-1 model instead (``OUT.onnx``; :mod:`diffmatch.models.onnx`):
 the DDIM steps unrolled (``--steps``, default the checkpoint's), the start noise an input, the images
 fixed at the processing size (``--image-size``, default the checkpoint's), opset ``--opset`` (>= 17).
@@ -58,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stage1", metavar="FILE", help="write a cascade's stage 2 only, referring to FILE, its exported stage-1 file",
     )
+    parser.add_argument(
+        "--upsample", choices=("each", "mean", "once"),
+        help="a cascade's stage 2 at inference: each stage-1 hypothesis (each), N samples of their mean (mean), "
+        "or one sample of their mean that keeps their spread (once)",
+    )
+    parser.add_argument(
+        "--reverse-pass", choices=("cascade", "stage1"),
+        help="a cascade's reverse pass behind the confidence's fb_error cue: the whole cascade or stage 1 alone",
+    )
     parser.add_argument("--onnx", action="store_true", help="export the stage-1 model as an ONNX graph (needs onnx)")
     parser.add_argument("--steps", type=int, help="--onnx: DDIM steps to unroll (default: the checkpoint's sampling_steps, else T)")
     parser.add_argument("--image-size", type=int, help="--onnx: the graph's square input size (default: the checkpoint's)")
@@ -71,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--interpolate and --alpha go together")
     if args.interpolate is not None and args.onnx:
         parser.error("--interpolate writes a .pt file, not --onnx")
-    if args.stage1 is not None and (args.onnx or args.interpolate is not None):
-        parser.error("--stage1 applies to plain .pt exports, not --onnx or --interpolate")
+    stage2 = {k: v for k, v in (("refine", args.upsample), ("reverse_pass", args.reverse_pass)) if v is not None}
+    if (args.stage1 is not None or stage2) and (args.onnx or args.interpolate is not None):
+        parser.error("--stage1, --upsample and --reverse-pass apply to plain .pt exports, not --onnx or --interpolate")
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
     created = check_out_file(args.out, flag=None)  # before the checkpoint is read
@@ -92,11 +107,17 @@ def main(argv: list[str] | None = None) -> int:
                 export_weights,  # torch: after the arguments are known to be good
             )
 
-            path = export_weights(args.checkpoint, args.out, half=args.half, ema=args.ema, stage1=args.stage1)
+            path = export_weights(args.checkpoint, args.out, half=args.half, ema=args.ema, stage1=args.stage1, stage2=stage2)
     except BaseException:
         remove_empty_folders(created)
         raise
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    note = ""
+    if stage2:
+        from diffmatch.models.weights import read_calibration
+
+        if read_calibration(path) is None and read_calibration(args.checkpoint) is not None:
+            note = "; its calibration was fitted with other stage-2 settings and was left out: refit it with diffmatch calibrate"
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB){note}")
     return 0
 
 

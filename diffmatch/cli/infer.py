@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", help="target image (the flow lives on its grid)")
     parser.add_argument("--pairs", help="text file with one 'source target' pair per line")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--checkpoint", help="Lightning .ckpt or exported weights (default: the bundled model, diffmatch/assets/diffmatch_xfeat.pt)")
+    parser.add_argument("--checkpoint", help="Lightning .ckpt or exported weights (default: the bundled model, diffmatch/assets/diffmatch_xfeat_stage2.pt)")
     parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
     parser.add_argument(
         "--steps", type=int,

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffmatch.assets import bundled_stage1
 from diffmatch.errors import InputError
 from diffmatch.io import atomic_write_bytes
 from diffmatch.models.diffmatch import DiffMatch
@@ -211,7 +212,10 @@ def export_checkpoint_onnx(
     _require_onnx()
     config, upsampler, _ = read_cascade_checkpoint(checkpoint, ema=ema)
     if upsampler is not None:
-        raise InputError(f"{checkpoint}: cascade checkpoints (stage 2) cannot be exported to ONNX yet; stage 1 only")
+        raise InputError(
+            f"{checkpoint}: cascade checkpoints (stage 2) cannot be exported to ONNX yet; export its stage 1 "
+            f"(the bundled default's is {bundled_stage1()})"
+        )
     model = DiffMatch(config, pretrained_features=False)
     load_model_weights(model, checkpoint, ema=ema)
     if image_size is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ FORMAT = "diffmatch-weights"
 VERSION = 1
 # The entry of a stage-2 file that names its stage-1 file (module docstring).
 STAGE1_KEY = "stage1"
+# The stage-2 settings that only inference reads, which an export may change (export_weights).
+STAGE2_INFERENCE_SETTINGS: tuple[str, ...] = ("refine", "reverse_pass")
 _STAGE2_PREFIX = "upsampler."
 
 
@@ -286,6 +289,7 @@ def export_weights(
     half: bool | None = None,
     ema: bool = True,
     stage1: str | os.PathLike | None = None,
+    stage2: dict[str, Any] | None = None,
 ) -> Path:
     """Turn a Lightning ``.ckpt`` (or exported file) into a small inference file, written atomically.
 
@@ -299,13 +303,38 @@ def export_weights(
             weights (:func:`read_cascade_checkpoint`).
         stage1: for a cascade, write a stage-2 file that refers to this stage-1 file (see
             :func:`save_weights`); ``None``: a whole file (also from a stage-2 file).
+        stage2: for a cascade, stage-2 settings to change that only inference reads (``refine``,
+            ``reverse_pass``; :class:`~diffmatch.models.config.UpsamplerConfig`). A calibration fitted
+            under other settings describes other flows and cues, so it is left out when they change.
+
+    Raises:
+        InputError: ``stage2`` for a model without stage 2, or a setting it cannot change or value.
     """
     config, upsampler, state = read_cascade_checkpoint(checkpoint, ema=ema)
+    calibration = read_calibration(checkpoint)
+    if stage2:
+        changed = _with_inference_settings(checkpoint, upsampler, stage2)
+        if changed != upsampler:
+            calibration, upsampler = None, changed
     if half is None:
         half = _stored_half(state)
     model = _build(config, upsampler)
     _fill(model, checkpoint, config, upsampler, state)  # validates before writing anything
-    return save_weights(model, out, half=half, calibration=read_calibration(checkpoint), stage1=stage1)
+    return save_weights(model, out, half=half, calibration=calibration, stage1=stage1)
+
+
+def _with_inference_settings(
+    checkpoint: str | os.PathLike, upsampler: UpsamplerConfig | None, settings: dict[str, Any]
+) -> UpsamplerConfig:
+    if upsampler is None:
+        raise InputError(f"{checkpoint}: stage-2 settings apply to cascades; this model has no stage 2")
+    unknown = sorted(set(settings) - set(STAGE2_INFERENCE_SETTINGS))
+    if unknown:
+        raise InputError(f"stage-2 settings {unknown} cannot be changed after training; only {list(STAGE2_INFERENCE_SETTINGS)}")
+    try:
+        return replace(upsampler, **settings)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def interpolate_weights(

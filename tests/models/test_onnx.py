@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from helpers import shifted_pair, tiny_config
 
+from diffmatch.assets import BUNDLED_STAGE1
 from diffmatch.cli.export import main as export_main
 from diffmatch.errors import InputError
-from diffmatch.matcher import BUNDLED_CHECKPOINT
 from diffmatch.models.config import UpsamplerConfig
 from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.onnx import export_onnx
@@ -86,10 +86,10 @@ def test_export_keeps_the_callers_model_and_writes_metadata(tmp_path):
     assert onnx.load(str(path)).opset_import[0].version >= 17
 
 
-def test_bundled_default_matches_torch(tmp_path):
-    out = tmp_path / "default.onnx"
-    assert export_main([str(BUNDLED_CHECKPOINT), str(out), "--onnx"]) == 0
-    model = load_checkpoint(BUNDLED_CHECKPOINT)
+def test_bundled_stage1_matches_torch(tmp_path):
+    out = tmp_path / "stage1.onnx"
+    assert export_main([str(BUNDLED_STAGE1), str(out), "--onnx"]) == 0
+    model = load_checkpoint(BUNDLED_STAGE1)
     s = model.config.image_size
     from skimage import data
 
@@ -126,6 +126,7 @@ def test_cascade_and_regression_models_are_refused(tmp_path, capsys):
     assert export_main([str(cascade), str(tmp_path / "c.onnx"), "--onnx"]) == 2
     err = capsys.readouterr().err
     assert "cascade" in err and err.count("\n") == 1
+    assert f"export its stage 1 (the bundled default's is {BUNDLED_STAGE1})" in err
     with pytest.raises(InputError, match="diffusion"):
         export_onnx(DiffMatch(tiny_config(diffusion=False)), tmp_path / "r.onnx")
 

@@ -255,7 +255,28 @@ def test_a_stage2_file_refuses_a_missing_or_foreign_stage1_in_one_line(cascade, 
     assert not (tmp_path / "y.pt").exists()
     with pytest.raises(SystemExit, match="2"):
         export_main([str(part), str(tmp_path / "y.onnx"), "--onnx", "--stage1", str(other)])
-    assert "--stage1 applies to plain .pt exports" in capsys.readouterr().err
+    assert "--stage1, --upsample and --reverse-pass apply to plain .pt exports" in capsys.readouterr().err
+
+
+def test_export_changes_stage2_inference_settings_and_leaves_out_the_calibration_they_void(cascade, tmp_path, capsys):
+    _make_networks_matter(cascade)
+    stage1_file = save_weights(_stage1_of(cascade), tmp_path / "stage1.pt")
+    part = write_calibrated(save_weights(cascade, tmp_path / "stage2.pt", stage1=stage1_file), tmp_path / "cal.pt", {"probe": 1})
+    out = tmp_path / "once.pt"
+    args = ["--stage1", str(stage1_file), "--upsample", "once", "--reverse-pass", "stage1"]
+    assert export_main([str(part), str(out), *args]) == 0
+    assert "left out: refit it with diffmatch calibrate" in capsys.readouterr().out
+    _, upsampler, _ = read_cascade_checkpoint(out)
+    assert (upsampler.refine, upsampler.reverse_pass) == ("once", "stage1") and read_calibration(out) is None
+    weights = lambda path: load_checkpoint(path).upsampler.denoiser.state_dict()  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(weights(out).values(), weights(part).values()))
+    assert export_main([str(part), str(tmp_path / "same.pt"), "--upsample", "each"]) == 0  # unchanged: kept
+    assert read_calibration(tmp_path / "same.pt") == {"probe": 1} and "left out" not in capsys.readouterr().out
+    assert export_main([str(stage1_file), str(tmp_path / "z.pt"), "--upsample", "once"]) == 2
+    assert "this model has no stage 2" in capsys.readouterr().err and not (tmp_path / "z.pt").exists()
+    with pytest.raises(SystemExit, match="2"):
+        export_main([str(part), str(tmp_path / "z.onnx"), "--onnx", "--reverse-pass", "stage1"])
+    assert "--stage1, --upsample and --reverse-pass apply to plain .pt exports" in capsys.readouterr().err
 
 
 def test_calibrating_a_stage2_file_into_another_folder_keeps_its_stage1(cascade, tmp_path):
@@ -287,7 +308,7 @@ def test_stage2_trains_from_a_stage1_file_exports_and_resumes(tmp_path):
     exported = export_weights(last, tmp_path / "cascade.pt")
     src, tgt = torch.rand(1, 3, 48, 40), torch.rand(1, 3, 36, 52)
     a = cascade(src, tgt, 2, generator=torch.Generator().manual_seed(1))
-    b = DiffMatcher.from_checkpoint(exported, device="cpu", refine=False).match(src, tgt, 2, generator=torch.Generator().manual_seed(1))
+    b = DiffMatcher.from_checkpoint(exported, device="cpu", refine=False, two_pass=False).match(src, tgt, 2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a.samples, b.samples)
     resumed = tmp_path / "resumed"
     train_main(["fit", "--config", TINY, "--config", TINY_UP, f"--trainer.default_root_dir={resumed}", *common,

@@ -1,10 +1,11 @@
 """The bundled default keeps its behaviour, and stored settings from before a key existed keep theirs.
 
 ``tests/fixtures/bundled_reference.pt`` holds the samples and ``F_init`` (flow on the target grid,
-``target(x) ≈ source(x + flow(x))``, px) of ``diffmatch/assets/diffmatch_xfeat.pt`` (the default,
-``"diffmatch_xfeat"``) and of the bundled cascade ``diffmatch_xfeat_stage2.pt``
-(``"diffmatch_xfeat_stage2"``) on a fixed 56×48 pair, 2 hypotheses, the checkpoints' own step
-count, seed 0, each recorded when it was bundled.
+``target(x) ≈ source(x + flow(x))``, px) of the bundled default, the cascade
+``diffmatch/assets/diffmatch_xfeat_stage2.pt`` (``"diffmatch_xfeat_stage2"``), and of its stage 1
+``diffmatch_xfeat.pt`` (``"diffmatch_xfeat"``) on a fixed 56×48 pair, 2 hypotheses, the
+checkpoints' own step count, seed 0, each recorded when it was bundled (the cascade's again when
+its stage 2 began to run once on the stage-1 mean, ``refine="once"``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffmatch.assets import BUNDLED_CASCADE, BUNDLED_CHECKPOINT
+from diffmatch.assets import BUNDLED_CHECKPOINT, BUNDLED_STAGE1
 from diffmatch.models.config import LEGACY_MODEL, config_from_stored
 from diffmatch.models.denoiser import LEGACY_DENOISER
 from diffmatch.models.weights import load_checkpoint, read_calibration, read_checkpoint
@@ -23,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "fixtures" / "bundled_reference.pt"
 
 
-@pytest.mark.parametrize("path", [BUNDLED_CHECKPOINT, BUNDLED_CASCADE], ids=["default", "cascade"])
+@pytest.mark.parametrize("path", [BUNDLED_CHECKPOINT, BUNDLED_STAGE1], ids=["default", "stage1"])
 def test_bundled_models_give_their_recorded_output(path):
     reference = torch.load(REFERENCE, weights_only=True)
     model = load_checkpoint(path)
     assert model.default_steps() == 1
-    assert (model.upsampler is not None) == (path == BUNDLED_CASCADE)
+    assert (model.upsampler is not None) == (path == BUNDLED_CHECKPOINT)
     result = model(reference["source"], reference["target"], 2, None, generator=torch.Generator().manual_seed(0))
     expected = reference[path.stem]
     torch.testing.assert_close(result.samples, expected["samples"], rtol=0, atol=1e-3)
@@ -36,23 +37,23 @@ def test_bundled_models_give_their_recorded_output(path):
 
 
 def test_bundled_checkpoints_are_small_and_need_nothing_else():
-    assert BUNDLED_CHECKPOINT.name == "diffmatch_xfeat.pt" and BUNDLED_CASCADE.name == "diffmatch_xfeat_stage2.pt"
-    for path in (BUNDLED_CHECKPOINT, BUNDLED_CASCADE):
+    assert BUNDLED_CHECKPOINT.name == "diffmatch_xfeat_stage2.pt" and BUNDLED_STAGE1.name == "diffmatch_xfeat.pt"
+    for path in (BUNDLED_CHECKPOINT, BUNDLED_STAGE1):
         assert path.stat().st_size <= 20e6, path.name
         assert read_calibration(path) is not None, path.name
-    config, state = read_checkpoint(BUNDLED_CHECKPOINT)
+    config, state = read_checkpoint(BUNDLED_STAGE1)
     assert config.features == "xfeat"
     assert any(k.startswith("features.") for k in state)  # XFeat's weights travel with the checkpoint
-    # The cascade is a stage-2 file: stage 2's tensors only, joined with the default beside it.
-    stored = torch.load(BUNDLED_CASCADE, weights_only=True)
-    assert stored["stage1"]["file"] == BUNDLED_CHECKPOINT.name
+    # The default is a stage-2 file: stage 2's tensors only, joined with its stage 1 beside it.
+    stored = torch.load(BUNDLED_CHECKPOINT, weights_only=True)
+    assert stored["stage1"]["file"] == BUNDLED_STAGE1.name
     assert all(k.startswith("upsampler.") for k in stored["state_dict"])
-    assert read_checkpoint(BUNDLED_CASCADE)[1].keys() == set(state) | set(stored["state_dict"])
+    assert read_checkpoint(BUNDLED_CHECKPOINT)[1].keys() == set(state) | set(stored["state_dict"])
 
 
 def test_settings_stored_before_the_parity_keys_read_as_legacy():
     """A checkpoint written before a setting existed was trained with its legacy value."""
-    stored = read_checkpoint(BUNDLED_CHECKPOINT)[0].to_dict()
+    stored = read_checkpoint(BUNDLED_STAGE1)[0].to_dict()
     for key in LEGACY_MODEL:
         stored.pop(key, None)
     for key in LEGACY_DENOISER:
