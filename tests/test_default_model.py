@@ -79,8 +79,8 @@ def test_unet_beats_its_own_init_flow_and_the_refinement_beats_the_unet_at_every
         assert np.mean(refined) < np.mean(unet) < np.mean(init), (level, np.mean(refined), np.mean(unet), np.mean(init))
 
 
-# Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured 0.43 / 1.91 / 39.7 px
-# and 1.1 / 0.6 / 1.7 degrees (stage 1 alone: 0.51 / 1.83 / 39.9 px, 0.8 / 0.4 / 0.2–1.3 degrees). The
+# Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured 0.43 / 1.89 / 39.3 px
+# and 0.5 / 0.8 / 1.3 degrees (stage 1 alone: 0.51 / 1.83 / 39.9 px, 0.8 / 0.4 / 0.2–1.3 degrees). The
 # wide level's first pair is one where the model matches a layer wrongly (about 84 px); near-degenerate
 # scene pairs swing by tens of degrees with a tenth of a pixel of flow, hence the loose pose ceilings
 # (OpenCV's RANSAC itself is deterministic). The single-scale refinement before issue #27 fails the stereo and medium ceilings; the
