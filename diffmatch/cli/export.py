@@ -10,7 +10,7 @@ an unwritable place is refused in one line (exit status 2).
 
 ``--stage1 FILE`` writes a cascade as a *stage-2 file*: only stage 2's weights, plus a reference
 to ``FILE``, the exported stage-1 file it was trained on, which must stay where the reference finds
-it (:func:`diffmatch.models.weights.save_weights`; the bundled cascade ships this way). A stage-2
+it (:func:`diffmatch.models.weights.save_weights`; the bundled default, a cascade, ships this way). A stage-2
 file exported without ``--stage1`` becomes one whole cascade file.
 
 ``--upsample each|mean|once`` and ``--reverse-pass cascade|stage1`` change how a cascade's stage 2

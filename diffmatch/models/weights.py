@@ -14,7 +14,7 @@ A cascade can also be stored as a *stage-2 file*: only the ``upsampler.*`` tenso
 relative to the stage-2 file's folder) and a digest of that file's weights
 (:func:`weights_digest`). It loads like any cascade file, :func:`read_cascade_checkpoint` joining the
 two, and it is refused in one line when the stage-1 file is missing or holds other weights. The
-bundled cascade ships this way, beside the default it extends (two files of 15 and 14 MB instead of one of 30:
+bundled default, a cascade, ships this way beside its stage 1 (two files of 15 and 14 MB instead of one of 30:
 :func:`save_weights` with ``stage1=``, ``diffmatch export --stage1``).
 """
 
