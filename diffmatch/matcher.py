@@ -397,8 +397,16 @@ class DiffMatcher:
         source: ImageInput | list[ImageInput],
         target: ImageInput | list[ImageInput],
         mode: Literal["hard", "soft"] = "hard",
+        refine: bool = False,
     ) -> MatchResult:
-        """The paper's "raw correlation" baseline: argmax (or soft-argmax) of the model's own cost, no learning."""
+        """The paper's "raw correlation" baseline: argmax (or soft-argmax) of the model's own cost, no learning.
+
+        The flow is on the target grid, ``target(x) ≈ source(x + flow(x))``, px, channel 0 = x,
+        ``(B, 2, Ht, Wt)``. ``refine``: refine it at full resolution as :meth:`match` refines the
+        model's hypotheses (:attr:`refiner`, or the default
+        :class:`~diffmatch.refinement.VariationalRefiner` when the matcher has none), so that the
+        model can be compared with its own ``F_init`` brought to the same precision.
+        """
         if mode not in ("hard", "soft"):
             raise InputError(f"mode must be 'hard' or 'soft', got {mode!r}")
         src, tgt = self._pair(source, target)
@@ -411,7 +419,8 @@ class DiffMatcher:
         else:
             flow = soft_argmax_flow(corr, (c, c), (c, c), model.config.temperature)
         flow = model.from_cost_grid(flow / c, tuple(tgt.shape[-2:]), tuple(src.shape[-2:]))
-        return MatchResult.from_samples(flow.unsqueeze(1))
+        result = MatchResult.from_samples(flow.unsqueeze(1))
+        return (self.refiner or VariationalRefiner()).refine_result(src, tgt, result) if refine else result
 
     # ---------------------------------------------------------------------------------- helpers
     @staticmethod

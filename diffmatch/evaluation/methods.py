@@ -11,6 +11,8 @@
   the two solvers on a benchmark;
 * ``raw-corr``: :meth:`DiffMatcher.match_raw` (``mode="hard"``), the paper's "Raw corr." row;
 * ``raw-corr-soft``: the same correlation read with a soft-argmax;
+* ``raw-corr-refined``, ``raw-corr-soft-refined``: the same, refined at full resolution as
+  ``checkpoint`` refines the model's flow (the model against its own ``F_init`` at equal precision);
 * ``dis``, ``farneback``: OpenCV optical flow (:mod:`diffmatch.evaluation.baselines`);
 * ``dift``, ``dino``, ``fused``: zero-shot nearest neighbours (:class:`~diffmatch.models.zeroshot.ZeroShotMatcher`);
 * ``sift``, ``lightglue``: sparse matchers (OpenCV SIFT; kornia's DISK + LightGlue with the weights of
@@ -55,6 +57,8 @@ MATCHER_METHODS: tuple[str, ...] = (
     "checkpoint-torch-solver",
     "raw-corr",
     "raw-corr-soft",
+    "raw-corr-refined",
+    "raw-corr-soft-refined",
 )
 ZERO_SHOT_METHODS: tuple[str, ...] = ("dift", "dino", "fused")
 
@@ -161,15 +165,16 @@ class CheckpointMethod:
 
 @dataclass
 class RawCorrelationMethod:
-    """The arg-max (``hard``) or soft-argmax (``soft``) of DiffMatch's VGG cost volume, no learning."""
+    """The arg-max (``hard``) or soft-argmax (``soft``) of DiffMatch's cost volume, no learning; optionally refined."""
 
     matcher: Any
     mode: str
     name: str = "raw-corr"
+    refine: bool = False
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
         """Match a pair; see :class:`~diffmatch.evaluation.baselines.Method`."""
-        return self.matcher.match_raw(source, target, mode=self.mode)
+        return self.matcher.match_raw(source, target, mode=self.mode, refine=self.refine)
 
 
 @dataclass
@@ -234,10 +239,9 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
             methods.append(
                 CheckpointMethod(runner, options.num_samples, options.num_steps, options.seed, name, refine, passes)
             )
-        elif name in ("raw-corr", "raw-corr-soft"):
-            methods.append(
-                RawCorrelationMethod(matcher, "soft" if name.endswith("soft") else "hard", name=name)
-            )
+        elif name.startswith("raw-corr"):
+            mode = "soft" if "-soft" in name else "hard"
+            methods.append(RawCorrelationMethod(matcher, mode, name=name, refine=name.endswith("-refined")))
         elif name in OPENCV_METHODS:
             methods.append(OPENCV_METHODS[name]())
         elif name == "sift":

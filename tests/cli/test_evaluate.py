@@ -33,7 +33,7 @@ class StandInMatcher:
         noise = torch.randn((base.shape[0], num_samples, *base.shape[1:]), generator=generator)
         return MatchResult.from_samples(base.unsqueeze(1) + noise)
 
-    def match_raw(self, source, target, mode="hard") -> MatchResult:
+    def match_raw(self, source, target, mode="hard", refine=False) -> MatchResult:
         assert mode in ("hard", "soft")
         return self.dis(source, target)
 
@@ -207,7 +207,7 @@ def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):
         {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "state_dict": state}, weights
     )
     out = tmp_path / "eval"
-    methods = "checkpoint,checkpoint-unrefined,checkpoint-torch-solver,raw-corr-soft"
+    methods = "checkpoint,checkpoint-unrefined,checkpoint-torch-solver,raw-corr-soft,raw-corr-soft-refined"
     argv = ["--dataset", "synthetic", "--methods", methods, "--checkpoint", str(weights)]
     code, _, stderr = _run(
         [*argv, "--limit", "1", "--samples", "2", "--steps", "2", "--out", str(out)], capsys
@@ -219,6 +219,9 @@ def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):
         and results["checkpoint"]["all"]["ause_epe"] is not None
     )
     assert results["raw-corr-soft"]["all"]["ause_epe"] is None
+    # F_init brought to full precision: the same soft-argmax flow, refined, is a different (better) flow.
+    refined, raw = results["raw-corr-soft-refined"]["all"]["aepe"], results["raw-corr-soft"]["all"]["aepe"]
+    assert refined < raw
     # Same draws, refined or not: the refinement changes the flow.
     assert results["checkpoint-unrefined"]["all"]["num_pairs"] == 3
     assert results["checkpoint-unrefined"]["all"]["aepe"] != results["checkpoint"]["all"]["aepe"]
