@@ -383,7 +383,7 @@ class DiffMatcher:
             result = model(src, tgt, num_samples=num_samples, num_steps=num_steps, eta=eta, generator=generator)
             return result if refiner is None else refiner.refine_result(src, tgt, result)
         assert self.calibrator is not None
-        reverse = "fb_error" in self.calibrator.cues
+        reverse = self.calibrator.needs_reverse
         result, cues = match_with_cues(
             model, src, tgt, num_samples, num_steps, eta, generator, reverse, refiner, self.calibrator.reverse_samples
         )

@@ -57,11 +57,16 @@ def smooth_photo_folder(folder, shapes: dict[str, tuple[int, int]], cell: int, s
 
 
 def synthetic_cues(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Cues in the order of CUES whose errors grow with variance, init distance and fb error."""
+    """Cues in the order of CUES whose errors grow with variance, init distance, fb error and their local means."""
     rng = np.random.default_rng(seed)
     variance = rng.gamma(1.0, 4.0, n)
     init_distance = rng.gamma(1.0, 3.0, n)
     cost_peak = rng.uniform(0.2, 1.0, n)
     fb_error = rng.gamma(1.0, 2.0, n)
-    errors = 0.4 * np.sqrt(variance) + 0.5 * init_distance + 0.3 * fb_error + rng.gamma(1.0, 1.0, n) * (1.5 - cost_peak)
-    return np.stack((variance, init_distance, cost_peak, fb_error), 1), errors
+    local_variance = rng.gamma(1.0, 4.0, n)  # independent draws: each cue's own effect is what tests probe
+    local_fb_error = rng.gamma(1.0, 2.0, n)
+    errors = (
+        0.2 * np.sqrt(variance) + 0.2 * np.sqrt(local_variance) + 0.5 * init_distance + 0.15 * fb_error
+        + 0.15 * local_fb_error + rng.gamma(1.0, 1.0, n) * (1.5 - cost_peak)
+    )
+    return np.stack((variance, init_distance, cost_peak, fb_error, local_variance, local_fb_error), 1), errors

@@ -4,7 +4,7 @@
   probabilities, and its fitting (:func:`fit_calibrator`);
 * :mod:`~diffmatch.confidence.cues`: :func:`~diffmatch.confidence.cues.match_with_cues`, one run of a
   model that also returns the cues (hypothesis variance, distance to ``F_init``, cost peak,
-  forward–backward error);
+  forward–backward error, and the local means of the variance and the forward–backward error);
 * :mod:`~diffmatch.confidence.fitting`: calibration pairs, cue selection and writing a calibrated
   checkpoint (``diffmatch calibrate``);
 * :mod:`~diffmatch.confidence.metrics`: reliability, ECE, AUSE and homography accuracy.
@@ -15,6 +15,7 @@ Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, px, channel
 from diffmatch.confidence.calibrator import (
     CUES,
     DEFAULT_TAUS,
+    REVERSE_CUES,
     Calibrator,
     calibrator_from_dict,
     cue_stack,
@@ -26,6 +27,7 @@ from diffmatch.confidence.calibrator import (
 __all__ = [
     "CUES",
     "DEFAULT_TAUS",
+    "REVERSE_CUES",
     "Calibrator",
     "calibrator_from_dict",
     "cue_stack",

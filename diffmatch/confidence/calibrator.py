@@ -9,7 +9,11 @@ the truth. The cues (:data:`CUES`, all on the target grid, ``(B, 1, H, W)`` each
 * ``variance``: the hypotheses' variance, px² (``MatchResult.uncertainty``);
 * ``init_distance``: ``|flow - F_init|`` px, how far the diffusion moved away from the global cost's match;
 * ``cost_peak``: the largest local-cost value around ``F_init`` (cosine similarity, ``[-1, 1]``);
-* ``fb_error``: the forward–backward cycle error ``|fw(x) + bw(x + fw(x))|`` px of a reverse pass.
+* ``fb_error``: the forward–backward cycle error ``|fw(x) + bw(x + fw(x))|`` px of a reverse pass;
+* ``local_variance``, ``local_fb_error``: the same two over a small window around the pixel
+  (:func:`~diffmatch.confidence.cues.local_mean`: ``expm1`` of the window's mean ``log1p``, a
+  window of about a 64th of the image's larger side), less noisy than one pixel's: three hypotheses
+  give a rough variance, and errors come in patches.
 
 For each ``τ`` it stores a logistic model on standardised, log-compressed cues, followed by an
 isotonic (monotone, piecewise-linear) map from the logistic score to the observed frequency. Both
@@ -29,6 +33,7 @@ import torch
 __all__ = [
     "CUES",
     "DEFAULT_TAUS",
+    "REVERSE_CUES",
     "Calibrator",
     "calibrator_from_dict",
     "cue_stack",
@@ -37,10 +42,12 @@ __all__ = [
     "logistic_loss",
 ]
 
-CUES: tuple[str, ...] = ("variance", "init_distance", "cost_peak", "fb_error")
+CUES: tuple[str, ...] = ("variance", "init_distance", "cost_peak", "fb_error", "local_variance", "local_fb_error")
 DEFAULT_TAUS: tuple[float, ...] = (1.0, 3.0, 5.0)
 # Cues measured in pixels (or px²) are log-compressed before the logistic model: errors span 0–100 px.
-_LOG_CUES = frozenset({"variance", "init_distance", "fb_error"})
+_LOG_CUES = frozenset({"variance", "init_distance", "fb_error", "local_variance", "local_fb_error"})
+# Cues that need a reverse pass (target matched to source).
+REVERSE_CUES = frozenset({"fb_error", "local_fb_error"})
 _FORMAT = "diffmatch-calibration"
 
 
@@ -191,6 +198,11 @@ class Calibrator:
             if len(xs) != len(ys) or not xs or np.any(np.diff(xs) <= 0) or np.any(np.diff(ys) < 0):
                 raise ValueError("isotonic knots must be non-empty, with increasing x and non-decreasing y")
         self.default_tau = float(self.default_tau)
+
+    @property
+    def needs_reverse(self) -> bool:
+        """Whether a cue it reads (:data:`REVERSE_CUES`) needs the reverse pass."""
+        return any(name in REVERSE_CUES for name in self.cues)
 
     def tau_index(self, tau: float | None) -> int:
         """Index of ``tau`` (``None``: the default) in :attr:`taus`.

@@ -10,6 +10,11 @@ features, so the forward–backward check costs one more sampling run but no sec
 those of :data:`diffmatch.confidence.CUES`, each ``(B, 1, Ht, Wt)``. With a ``refiner``
 (:class:`~diffmatch.refinement.VariationalRefiner`), every hypothesis is refined before the cues are
 taken, and so is the reverse pass's flow, so the cues describe the refined result.
+
+:func:`local_mean` gives ``local_variance`` and ``local_fb_error``: the variance of three
+hypotheses is a rough estimate at any one pixel, and wrong matches come in patches, so its mean over
+a small window ranks the errors of an image better than the pixel's own (AUSE-EPE on held-out
+pairs, README "Confidence").
 """
 
 from __future__ import annotations
@@ -23,7 +28,27 @@ from diffmatch.models.diffusion import Generators
 from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
 
-__all__ = ["match_with_cues"]
+__all__ = ["local_mean", "local_window", "match_with_cues"]
+
+
+def local_window(height: int, width: int) -> int:
+    """Side of :func:`local_mean`'s window for an image: odd, about a 64th of the larger side (5 px at 240, 9 at 512)."""
+    return 2 * round(max(height, width) / 128) + 1
+
+
+def local_mean(cue: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """``expm1`` of the mean of ``log1p(cue)`` over a ``size x size`` window around each pixel.
+
+    A mean in the log domain, so that one outlier does not swamp its neighbours; the border is
+    padded by replication. ``cue``: ``(B, 1, H, W)``, non-negative (px or px²); ``size``: odd, or
+    ``None`` for :func:`local_window`. Returns the same shape and unit.
+    """
+    size = local_window(*cue.shape[-2:]) if size is None else size
+    if size < 1 or size % 2 == 0:
+        raise ValueError(f"the window must be an odd number of pixels, got {size}")
+    pad = size // 2
+    logged = F.pad(torch.log1p(cue.clamp_min(0)), (pad, pad, pad, pad), mode="replicate")
+    return torch.expm1(F.avg_pool2d(logged, size, stride=1))
 
 
 @torch.no_grad()
@@ -62,8 +87,9 @@ def match_with_cues(
 
     Returns:
         ``(result, cues)``: the :class:`MatchResult` (flow on the target grid, px) and a dict with
-        ``variance`` (px²), ``init_distance`` (px), ``cost_peak`` (cosine similarity) and, with
-        ``reverse``, ``fb_error`` (px), each ``(B, 1, Ht, Wt)``.
+        ``variance`` (px²), ``init_distance`` (px), ``cost_peak`` (cosine similarity),
+        ``local_variance`` (px², :func:`local_mean`) and, with ``reverse``, ``fb_error`` and
+        ``local_fb_error`` (px), each ``(B, 1, Ht, Wt)``.
     """
     run = model.run(source, target, num_samples, num_steps, eta, generator, reverse, reverse_samples)
     result = run.result
@@ -74,12 +100,14 @@ def match_with_cues(
         "variance": result.uncertainty,
         "init_distance": flow_magnitude(result.flow - init, keepdim=True),
         "cost_peak": _cost_peak(model, run.condition, tuple(target.shape[-2:])),
+        "local_variance": local_mean(result.uncertainty),
     }
     if run.reverse is not None:
         backward = run.reverse.flow
         if refiner is not None:
             backward = refiner(target, source, backward)
         cues["fb_error"] = forward_backward_consistency(result.flow, backward)[1].unsqueeze(1)
+        cues["local_fb_error"] = local_mean(cues["fb_error"])
     return result, cues
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from diffmatch.assets import fetched_photos, fetched_photos_hint
-from diffmatch.confidence import CUES, DEFAULT_TAUS, fit_calibrator, logistic_loss
+from diffmatch.confidence import CUES, DEFAULT_TAUS, REVERSE_CUES, fit_calibrator, logistic_loss
 from diffmatch.confidence.cues import match_with_cues
 from diffmatch.confidence.metrics import expected_calibration_error
 from diffmatch.errors import InputError
@@ -213,7 +213,7 @@ def select_cues(
             table.append({"cues": list(names), "nll": nll, "ece": ece})
     best = min(row["nll"] for row in table)
     close = [row for row in table if row["nll"] <= best + _TOLERANCE]
-    chosen = min(close, key=lambda row: ("fb_error" in row["cues"], len(row["cues"]), row["nll"]))
+    chosen = min(close, key=lambda row: (bool(REVERSE_CUES & set(row["cues"])), len(row["cues"]), row["nll"]))
     return tuple(chosen["cues"]), sorted(table, key=lambda row: row["nll"])
 
 

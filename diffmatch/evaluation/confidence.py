@@ -137,7 +137,7 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
                 result = by_tau[calibrator.default_tau]
                 predicted = {tau: by_tau[tau].confidence for tau in calibrator.taus}
             else:
-                reverse = "fb_error" in calibrator.cues
+                reverse = calibrator.needs_reverse
                 result, cues = match_with_cues(
                     matcher.model, src, tgt, args.samples, args.steps, reverse=reverse,
                     generator=torch.Generator(device=matcher.device).manual_seed(seed),

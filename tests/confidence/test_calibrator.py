@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffmatch.confidence import CUES, calibrator_from_dict, fit_calibrator, isotonic_fit
-from diffmatch.confidence.cues import match_with_cues
+from diffmatch.confidence import CUES, REVERSE_CUES, calibrator_from_dict, fit_calibrator, isotonic_fit
+from diffmatch.confidence.cues import local_mean, local_window, match_with_cues
 from diffmatch.confidence.metrics import expected_calibration_error, reliability
 from diffmatch.errors import MissingCalibrationError
 from diffmatch.geometry import forward_backward_consistency
@@ -80,6 +80,32 @@ def test_match_with_cues_equals_forward_and_has_every_cue(tiny_model):
     for value in cues.values():
         assert value.shape == (1, 1, 36, 44) and torch.isfinite(value).all()
     torch.testing.assert_close(cues["variance"], plain.uncertainty)
+
+
+def test_local_mean_is_a_windowed_log_mean():
+    flat = torch.full((1, 1, 12, 14), 4.0)
+    torch.testing.assert_close(local_mean(flat, 5), flat)  # a constant stays itself, at the border too
+    spike = torch.zeros(1, 1, 12, 14)
+    spike[0, 0, 6, 7] = 99.0  # log1p = log(100)
+    out = local_mean(spike, 3)
+    inside = out[0, 0, 5:8, 6:9]
+    torch.testing.assert_close(inside, torch.full_like(inside, 100 ** (1 / 9) - 1))
+    assert out[0, 0, 6, 7] < 1.7 and (out[0, 0, :4] == 0).all()  # one outlier does not swamp its window
+    assert local_window(240, 240) == 5 and local_window(384, 512) == 9 and local_window(20, 30) == 1
+    with pytest.raises(ValueError, match="odd"):
+        local_mean(flat, 4)
+
+
+def test_local_cues_are_the_local_means_of_their_pixel_cues(tiny_model):
+    src, tgt = torch.rand(1, 3, 40, 48), torch.rand(1, 3, 36, 44)
+    _, cues = match_with_cues(tiny_model, src, tgt, 3, 2, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(cues["local_variance"], local_mean(cues["variance"]))
+    torch.testing.assert_close(cues["local_fb_error"], local_mean(cues["fb_error"]))
+    _, forward_only = match_with_cues(tiny_model, src, tgt, 3, 2, generator=torch.Generator().manual_seed(3), reverse=False)
+    assert "local_variance" in forward_only and not REVERSE_CUES & set(forward_only)
+    data, errors = synthetic_cues(2000)
+    pixel_only = fit_calibrator(data[:, [0, 1, 2, 4]], errors, ("variance", "init_distance", "cost_peak", "local_variance"))
+    assert not pixel_only.needs_reverse and fit_calibrator(data, errors).needs_reverse
 
 
 def test_reverse_samples_set_the_reverse_pass_and_travel_with_the_calibration(tiny_model, tmp_path):
