@@ -385,7 +385,8 @@ class DiffMatcher:
         assert self.calibrator is not None
         reverse = self.calibrator.needs_reverse
         result, cues = match_with_cues(
-            model, src, tgt, num_samples, num_steps, eta, generator, reverse, refiner, self.calibrator.reverse_samples
+            model, src, tgt, num_samples, num_steps, eta, generator, reverse, refiner, self.calibrator.reverse_samples,
+            self.calibrator.cues,
         )
         result.confidence = self.calibrator.predict(cues, tau)
         result.confidence_tau = tau

@@ -142,7 +142,7 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
                     matcher.model, src, tgt, args.samples, args.steps, reverse=reverse,
                     generator=torch.Generator(device=matcher.device).manual_seed(seed),
                     refiner=matcher.refiner,  # as the calibration was fitted (DiffMatcher's default)
-                    reverse_samples=calibrator.reverse_samples,
+                    reverse_samples=calibrator.reverse_samples, local=calibrator.cues,
                 )
                 result.confidence = calibrator.predict(cues)
                 predicted = {tau: calibrator.predict(cues, tau) for tau in calibrator.taus}

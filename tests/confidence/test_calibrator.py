@@ -103,6 +103,9 @@ def test_local_cues_are_the_local_means_of_their_pixel_cues(tiny_model):
     torch.testing.assert_close(cues["local_fb_error"], local_mean(cues["fb_error"]))
     _, forward_only = match_with_cues(tiny_model, src, tgt, 3, 2, generator=torch.Generator().manual_seed(3), reverse=False)
     assert "local_variance" in forward_only and not REVERSE_CUES & set(forward_only)
+    # Only the windowed cues asked for are computed (a calibration asks for those it reads).
+    _, some = match_with_cues(tiny_model, src, tgt, 3, 2, generator=torch.Generator().manual_seed(3), local=("local_fb_error",))
+    assert "local_fb_error" in some and "local_variance" not in some
     data, errors = synthetic_cues(2000)
     pixel_only = fit_calibrator(data[:, [0, 1, 2, 4]], errors, ("variance", "init_distance", "cost_peak", "local_variance"))
     assert not pixel_only.needs_reverse and fit_calibrator(data, errors).needs_reverse
