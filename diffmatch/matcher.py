@@ -28,7 +28,7 @@ from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.diffusion import Generators
 from diffmatch.models.precision import Precision, check_precision, native_bf16, precision_dtype
 from diffmatch.models.weights import load_checkpoint, read_calibration
-from diffmatch.refinement import VariationalRefiner
+from diffmatch.refinement import LayerSearchConfig, VariationalRefiner, search_layers
 from diffmatch.result import MatchResult
 from diffmatch.two_pass import TwoPassConfig, concatenate_results, match_two_pass
 
@@ -85,6 +85,14 @@ def _fork(generator: torch.Generator | None) -> torch.Generator | None:
     return fork
 
 
+def _layer_search_config(value: bool | LayerSearchConfig) -> LayerSearchConfig | None:
+    if isinstance(value, bool):
+        return LayerSearchConfig() if value else None
+    if not isinstance(value, LayerSearchConfig):
+        raise InputError(f"layer_search must be a bool or a LayerSearchConfig, got {value!r}")
+    return value
+
+
 def _two_pass_config(value: bool | TwoPassConfig) -> TwoPassConfig | None:
     if value is True:
         return TwoPassConfig()
@@ -124,6 +132,12 @@ class DiffMatcher:
             (the default: its default rule, which runs the second pass only where pass 1's
             homography moves the image a lot), a :class:`~diffmatch.two_pass.TwoPassConfig`, or
             ``False`` (one pass).
+        layer_search: offer each pixel the planes the model's global cost sees, and take one where
+            it matches clearly better (:mod:`diffmatch.refinement.layer_search`; layers that move
+            apart on wide baselines): ``True`` (its default rule, every pair), a
+            :class:`~diffmatch.refinement.layer_search.LayerSearchConfig`, or ``False`` (the
+            default: it gains on 3D scenes and clean pairs but loses under strong corruption,
+            README "Layer search").
         precision: the dtype of the model's networks (feature extractor and U-Net): ``"32"``
             (float32), ``"bf16"`` (bfloat16, CUDA or CPU) or ``"16"`` (float16, CUDA only); their
             weights are cast once, in place. The cost volume, ``F_init``, the DDIM update, the flows
@@ -144,6 +158,7 @@ class DiffMatcher:
         two_pass: bool | TwoPassConfig = True,
         precision: Precision = "32",
         compile: bool = False,
+        layer_search: bool | LayerSearchConfig = False,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision, self.device)
@@ -176,6 +191,7 @@ class DiffMatcher:
                 raise InputError(str(err)) from None
         self.image_size = image_size
         self.two_pass = _two_pass_config(two_pass)
+        self.layer_search = _layer_search_config(layer_search)
 
     @classmethod
     def from_checkpoint(
@@ -187,12 +203,13 @@ class DiffMatcher:
         two_pass: bool | TwoPassConfig = True,
         precision: Precision = "32",
         compile: bool = False,
+        layer_search: bool | LayerSearchConfig = False,
     ) -> DiffMatcher:
         """Load a Lightning ``.ckpt`` or an exported weights file (``None``: the bundled checkpoint).
 
-        ``image_size``, ``refine``, ``two_pass``, ``precision``, ``compile``: the processing size, the
-        sub-pixel refinement, two-pass matching, the networks' precision and ``torch.compile`` (see
-        :class:`DiffMatcher`).
+        ``image_size``, ``refine``, ``two_pass``, ``precision``, ``compile``, ``layer_search``: the
+        processing size, the sub-pixel refinement, two-pass matching, the networks' precision,
+        ``torch.compile`` and the layer search (see :class:`DiffMatcher`).
 
         A file with a confidence calibration (``python -m diffmatch.calibrate``) gives results with
         ``confidence``; :attr:`calibrator` is ``None`` otherwise.
@@ -210,7 +227,7 @@ class DiffMatcher:
             calibrator = None if stored is None else calibrator_from_dict(stored)
         except ValueError as err:
             raise InputError(f"{path}: damaged confidence calibration ({err})") from None
-        return cls(model, resolved, calibrator, image_size, refine, two_pass, precision, compile)
+        return cls(model, resolved, calibrator, image_size, refine, two_pass, precision, compile, layer_search)
 
     @property
     def stride(self) -> int:
@@ -280,6 +297,7 @@ class DiffMatcher:
         refine: bool | None = None,
         two_pass: bool | TwoPassConfig | None = None,
         max_size: int | None = None,
+        layer_search: bool | LayerSearchConfig | None = None,
     ) -> MatchResult:
         """Match ``target`` to ``source``.
 
@@ -302,6 +320,8 @@ class DiffMatcher:
                 this many pixels, then bring the result back to the full-size target grid
                 (:meth:`MatchResult.resized`): faster and lighter on large images, at the cost of
                 detail; ``None``: at full size.
+            layer_search: offer each pixel the planes of the model's global cost
+                (:mod:`diffmatch.refinement.layer_search`); ``None``: as the matcher was built.
 
         Returns:
             :class:`MatchResult`: ``flow`` ``(B, 2, Ht, Wt)`` px, ``uncertainty`` ``(B, 1, Ht, Wt)`` px²,
@@ -332,6 +352,7 @@ class DiffMatcher:
             assert self.calibrator is not None
             tau = self.calibrator.taus[self.calibrator.tau_index(confidence_tau)]
         passes = self.two_pass if two_pass is None else _two_pass_config(two_pass)
+        layers = self.layer_search if layer_search is None else _layer_search_config(layer_search)
         if max_size is not None and (not isinstance(max_size, int) or max_size < self.stride):
             raise InputError(f"max_size must be an integer >= the model's stride of {self.stride} px, got {max_size!r}")
         full_src, full_tgt = self._pair(source, target)
@@ -358,6 +379,15 @@ class DiffMatcher:
                         search=lambda s, t, g=g: one_pass(s, t, _fork(g)),
                     )[0]
                     for i, g in enumerate(generators)
+                ]
+            )
+        if layers is not None:
+            result = concatenate_results(
+                [
+                    search_layers(
+                        result.select(i), src[i : i + 1], tgt[i : i + 1], self._raw_flow, refiner, layers
+                    )[0]
+                    for i in range(src.shape[0])
                 ]
             )
         scale = (full_src.shape[-2] / src.shape[-2], full_src.shape[-1] / src.shape[-1])
@@ -411,6 +441,11 @@ class DiffMatcher:
         if mode not in ("hard", "soft"):
             raise InputError(f"mode must be 'hard' or 'soft', got {mode!r}")
         src, tgt = self._pair(source, target)
+        result = MatchResult.from_samples(self._raw_flow(src, tgt, mode).unsqueeze(1))
+        return (self.refiner or VariationalRefiner()).refine_result(src, tgt, result) if refine else result
+
+    def _raw_flow(self, src: torch.Tensor, tgt: torch.Tensor, mode: Literal["hard", "soft"] = "hard") -> torch.Tensor:
+        """``(B, 2, Ht, Wt)`` ``F_init`` of checked image batches: the arg-max of the global cost (px)."""
         model = self._model_for(src, tgt)
         c = model.config.cost_size
         feats = model.extract(src, tgt)
@@ -419,9 +454,7 @@ class DiffMatcher:
             flow = argmax_flow(corr, (c, c), (c, c))
         else:
             flow = soft_argmax_flow(corr, (c, c), (c, c), model.config.temperature)
-        flow = model.from_cost_grid(flow / c, tuple(tgt.shape[-2:]), tuple(src.shape[-2:]))
-        result = MatchResult.from_samples(flow.unsqueeze(1))
-        return (self.refiner or VariationalRefiner()).refine_result(src, tgt, result) if refine else result
+        return model.from_cost_grid(flow / c, tuple(tgt.shape[-2:]), tuple(src.shape[-2:])).float()
 
     # ---------------------------------------------------------------------------------- helpers
     @staticmethod

@@ -110,6 +110,21 @@ class MatchResult:
         flow, uncertainty = samples_statistics(samples)
         return cls(flow=flow, uncertainty=uncertainty, samples=samples, init_flow=init_flow)
 
+    def select(self, index: int) -> MatchResult:
+        """Pair ``index`` of the batch as a batch of one (tensors are views, not copies)."""
+        if not -len(self.flow) <= index < len(self.flow):
+            raise IndexError(f"index {index} out of range for a batch of {len(self.flow)}")
+        keep = slice(index, index + 1) if index != -1 else slice(-1, None)
+        return dataclasses.replace(
+            self,
+            flow=self.flow[keep],
+            uncertainty=self.uncertainty[keep],
+            samples=self.samples[keep],
+            init_flow=None if self.init_flow is None else self.init_flow[keep],
+            confidence=None if self.confidence is None else self.confidence[keep],
+            matches=None if self.matches is None else self.matches[keep],
+        )
+
     def numpy(self, index: int = 0) -> dict[str, np.ndarray]:
         """Item ``index`` as arrays on disk layout: ``flow`` (H, W, 2), ``uncertainty`` (H, W), ``samples`` (N, H, W, 2).
 

@@ -138,6 +138,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     passes.add_argument("--two-pass", action="store_true", help="the default, two-pass matching (kept for old scripts)")
     parser.add_argument(
+        "--layer-search", action="store_true",
+        help="let each pixel take a plane that the model's global cost sees where that plane matches it clearly "
+        "better: better on 3D scenes with wide baselines and on clean pairs, worse on strongly corrupted "
+        "images (README, 'Layer search'; off by default)",
+    )
+    parser.add_argument(
         "--rotations", type=_rotations, default=None, metavar="ANGLES",
         help="in-plane rotations in degrees (comma list, e.g. 45,-45,90,-90,180; 'none' for none) tried where "
         "the first pass finds little it trusts (default 45,-45; README, 'Two-pass matching')",
@@ -372,6 +378,7 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
             refine=False if args.no_refine else None,
             two_pass=two_pass,
             precision=args.precision,
+            layer_search=args.layer_search,
         )
         reason = matcher.confidence_unavailable()
         if args.min_confidence is not None and reason is not None:
@@ -396,7 +403,8 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
     if args.image_size is not None:
         raise InputError(f"--image-size applies to --matcher diffmatch, not {args.matcher}")
     flags = [flag for flag, given in (("--no-refine", args.no_refine), ("--one-pass", args.one_pass),
-                                      ("--two-pass", args.two_pass), ("--rotations", args.rotations is not None)) if given]
+                                      ("--two-pass", args.two_pass), ("--rotations", args.rotations is not None),
+                                      ("--layer-search", args.layer_search)) if given]
     if flags:
         flag = flags[0]
         raise InputError(f"{flag} applies to --matcher diffmatch, not {args.matcher}")

@@ -4,6 +4,8 @@
   :class:`~diffmatch.matcher.DiffMatcher` runs it by default: its hypotheses refined at full
   resolution, in two passes where the view changes a lot (:mod:`diffmatch.two_pass`);
 * ``checkpoint-one-pass``: the same in one pass (the default until two-pass matching became it);
+* ``checkpoint-layer-search``: the same as ``checkpoint`` followed by the layer search
+  (:mod:`diffmatch.refinement.layer_search`, ``layer_search=True``);
 * ``checkpoint-two-pass``: the same as ``checkpoint``, named for the tables that compare the two;
 * ``checkpoint-unrefined``: the model's flow as it is: one pass, no sub-pixel refinement;
 * ``checkpoint-torch-solver``: the same as ``checkpoint`` with the refinement's PyTorch solver
@@ -54,6 +56,7 @@ MATCHER_METHODS: tuple[str, ...] = (
     "checkpoint-unrefined",
     "checkpoint-two-pass",
     "checkpoint-one-pass",
+    "checkpoint-layer-search",
     "checkpoint-torch-solver",
     "raw-corr",
     "raw-corr-soft",
@@ -138,7 +141,8 @@ class CheckpointMethod:
 
     Each pair's noise comes from a generator seeded by :func:`pair_seed` (``seed`` and the pair's
     pixels), so a pair's result does not depend on the pairs before it. ``refine``: the sub-pixel
-    refinement (``None``: as the matcher was built; see :meth:`DiffMatcher.match`).
+    refinement, ``two_pass`` and ``layer_search`` (``None``: as the matcher was built; see
+    :meth:`DiffMatcher.match`).
     """
 
     matcher: Any
@@ -148,6 +152,7 @@ class CheckpointMethod:
     name: str = "checkpoint"
     refine: bool | None = None
     two_pass: bool | None = None
+    layer_search: bool | None = None
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> MatchResult:
         """Match a pair; see :class:`~diffmatch.evaluation.baselines.Method`."""
@@ -160,6 +165,7 @@ class CheckpointMethod:
             generator=generator,
             refine=self.refine,
             two_pass=self.two_pass,
+            layer_search=self.layer_search,
         )
 
 
@@ -235,9 +241,12 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
         if name.startswith("checkpoint"):
             refine = False if name == "checkpoint-unrefined" else None
             passes = {"checkpoint-two-pass": True, "checkpoint-one-pass": False, "checkpoint-unrefined": False}.get(name)
+            layers = True if name == "checkpoint-layer-search" else None
             runner = _with_torch_solver(matcher) if name == "checkpoint-torch-solver" else matcher
             methods.append(
-                CheckpointMethod(runner, options.num_samples, options.num_steps, options.seed, name, refine, passes)
+                CheckpointMethod(
+                    runner, options.num_samples, options.num_steps, options.seed, name, refine, passes, layers
+                )
             )
         elif name.startswith("raw-corr"):
             mode = "soft" if "-soft" in name else "hard"

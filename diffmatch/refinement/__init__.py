@@ -1,15 +1,18 @@
-"""Sub-pixel refinement of a dense flow at the target's full resolution.
+"""What is done to the model's flow after the network: sub-pixel refinement and the layer search.
 
 * :mod:`~diffmatch.refinement.variational`: :class:`VariationalRefiner`, what :class:`~diffmatch.DiffMatcher`
   runs on every hypothesis: levels, rounds, and the choice of solver (OpenCV's on the CPU, PyTorch's on
   the model's device);
-* :mod:`~diffmatch.refinement.solver`: the variational energy minimised in PyTorch, batched over flows.
+* :mod:`~diffmatch.refinement.solver`: the variational energy minimised in PyTorch, batched over flows;
+* :mod:`~diffmatch.refinement.layer_search`: :func:`search_layers`, where a result is unsure, the planes
+  of the model's global cost offered to each pixel (wide baselines whose layers move apart).
 
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x; tensors are
 ``(B, 2, H, W)``.
 """
 
+from diffmatch.refinement.layer_search import LayerSearchConfig, search_layers
 from diffmatch.refinement.solver import to_gray255, variational_step
 from diffmatch.refinement.variational import VariationalRefiner
 
-__all__ = ["VariationalRefiner", "to_gray255", "variational_step"]
+__all__ = ["LayerSearchConfig", "VariationalRefiner", "search_layers", "to_gray255", "variational_step"]

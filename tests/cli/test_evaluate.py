@@ -16,6 +16,7 @@ import diffmatch.cli.evaluate as evaluate_cli
 import diffmatch.evaluation.methods as methods_module
 from diffmatch.evaluation.baselines import DISFlow, FarnebackFlow, Method
 from diffmatch.evaluation.datasets import EvalSubset
+from diffmatch.evaluation.methods import MethodOptions, build_methods
 from diffmatch.evaluation.report import summarize_records, write_outputs
 from diffmatch.evaluation.runner import run_evaluation
 from diffmatch.io import load_image
@@ -27,8 +28,12 @@ class StandInMatcher:
 
     def __init__(self) -> None:
         self.dis = DISFlow()
+        self.calls: list[dict] = []
 
-    def match(self, source, target, num_samples=3, num_steps=5, generator=None, refine=None, two_pass=None) -> MatchResult:
+    def match(
+        self, source, target, num_samples=3, num_steps=5, generator=None, refine=None, two_pass=None, layer_search=None
+    ) -> MatchResult:
+        self.calls.append({"refine": refine, "two_pass": two_pass, "layer_search": layer_search})
         base = self.dis(source, target).flow
         noise = torch.randn((base.shape[0], num_samples, *base.shape[1:]), generator=generator)
         return MatchResult.from_samples(base.unsqueeze(1) + noise)
@@ -193,6 +198,21 @@ def test_cli_checkpoint_and_raw_corr_with_a_stand_in_matcher(tmp_path, capsys, m
     assert len(results["checkpoint"]["all"]["sparsification"]["epe"]) == 51
     assert results["raw-corr"]["all"]["ause_epe"] is None  # one sample: no uncertainty
     assert "checkpoint" in stdout
+
+
+def test_checkpoint_methods_pass_their_switches_to_the_matcher(photo, monkeypatch):
+    stand_in = StandInMatcher()
+    monkeypatch.setattr(methods_module, "_load_diffmatcher", lambda options: stand_in)
+    names = ["checkpoint", "checkpoint-layer-search", "checkpoint-one-pass", "checkpoint-unrefined"]
+    source, target, _ = shifted_pair(photo, 2, -1)
+    for method in build_methods(names, MethodOptions()):
+        method(source, target)
+    assert stand_in.calls == [
+        {"refine": None, "two_pass": None, "layer_search": None},
+        {"refine": None, "two_pass": None, "layer_search": True},
+        {"refine": None, "two_pass": False, "layer_search": None},
+        {"refine": False, "two_pass": False, "layer_search": None},
+    ]
 
 
 def test_cli_runs_the_real_diffmatcher_from_a_tiny_checkpoint(tmp_path, capsys):

@@ -205,3 +205,25 @@ def test_pairs_load_the_model_once(tmp_path, checkpoint, images, monkeypatch):
     assert infer_main(["--pairs", str(pairs), "--out", str(out), "--checkpoint", str(checkpoint),
                        "--device", "cpu", "--no-viz", "--samples", "2"]) == 0
     assert len(loads) == 1 and len(list(out.glob("*/flow.npy"))) == 3
+
+
+def test_layer_search_reaches_the_matcher_and_is_refused_elsewhere(tmp_path, checkpoint, images, capsys, monkeypatch):
+    from diffmatch.matcher import DiffMatcher
+
+    built = []
+    original = DiffMatcher.from_checkpoint.__func__
+
+    def recording(cls, *args, **kwargs):
+        matcher = original(cls, *args, **kwargs)
+        built.append(matcher.layer_search)
+        return matcher
+
+    monkeypatch.setattr(DiffMatcher, "from_checkpoint", classmethod(recording))
+    assert infer_main(_args(images, tmp_path / "a", checkpoint, "--no-viz")) == 0
+    assert infer_main(_args(images, tmp_path / "b", checkpoint, "--no-viz", "--layer-search")) == 0
+    assert built[0] is None and built[1] is not None
+    capsys.readouterr()
+    code = infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(tmp_path / "c"),
+                       "--matcher", "dino", "--layer-search"])
+    err = capsys.readouterr().err
+    assert code == 2 and _error_lines(err) == ["error: --layer-search applies to --matcher diffmatch, not dino"]

@@ -1,0 +1,234 @@
+"""Layer search: per-pixel homography candidates for scenes whose layers move apart.
+
+On wide baselines a foreground layer can move far from the background (parallax), and a whole
+layer, or a repetitive or textureless background, is then matched wrongly by every pass: the
+U-Net's flow stays near the motion of its surroundings. The model's own global cost often still
+holds the right matches there. The layer search reads them and offers them back:
+
+1. ``F_init`` is taken both ways (the hard argmax of the model's global cost, target → source and
+   source → target); the matches of a sparse grid that survive the round trip are kept.
+2. Homographies are fitted to them one after another (MAGSAC++), each to the matches the ones before
+   left unexplained: the planes of the scene, one per layer, as far as the cost sees them.
+3. Each homography's flow is a candidate at every pixel. Every candidate, and the matcher's own
+   flow, is scored by how well it carries the source onto the target: the absolute difference of the
+   census transforms (robust to brightness and contrast), averaged over a window.
+4. A pixel takes the best candidate only where it beats the matcher's own flow by a clear margin
+   (:attr:`LayerSearchConfig.ratio`); the refinement then brings the flow there to sub-pixel precision.
+
+Elsewhere the result is left exactly as it was. Where a candidate is taken, every hypothesis moves by
+the same amount, so the variance keeps its value, and so does the calibrated confidence: the search
+does not raise the confidence of what it changes (README, "Layer search").
+
+It is an option of :class:`~diffmatch.matcher.DiffMatcher` (``layer_search=True``), off by default:
+the census cost is blind where an image is strongly corrupted (fog, frost, snow, noise), and there
+the search takes wrong planes (README, "Layer search", has the numbers).
+
+Flow convention: on the target grid, ``target(x) ≈ source(x + flow(x))``, in pixels, channel 0 = x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffmatch.geometry import coords_grid, homography_to_flow, warp
+from diffmatch.result import MatchResult
+
+__all__ = ["LayerSearchConfig", "census_transform", "layer_homographies", "matching_cost", "search_layers"]
+
+RawFlow = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Refine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerSearchConfig:
+    """When the layer search runs and how it decides (defaults chosen on scenes made from training
+    photos, README "Layer search").
+
+    Sizes are shares of the target's larger side, so that the search behaves the same at any
+    resolution (the values in brackets are at 512 px).
+
+    Attributes:
+        below: the result's mean calibrated confidence under which the search runs; 1 (the
+            default): every pair, with or without a confidence (a result without one is searched
+            only at 1). Searching every pair gained at every level of scenes made from training
+            photos, the confident small-baseline pairs included (README, "Layer search").
+        max_layers: homographies fitted at most.
+        min_support: matches a homography must explain to become a candidate.
+        stride: the grid of ``F_init`` matches (1/128: every 4 px).
+        cycle: a match is kept when the round trip through the reverse ``F_init`` comes back within
+            this distance (1/64: 8 px, a cell of the model's cost grid).
+        threshold: MAGSAC++'s inlier threshold in source pixels (1/64: 8 px).
+        window: side of the window the matching cost is averaged over (1/16: 33 px), odd.
+        ratio: a candidate replaces the matcher's flow where its windowed cost is below this share of
+            the flow's own.
+    """
+
+    below: float = 1.0
+    max_layers: int = 8
+    min_support: int = 20
+    stride: float = 1 / 128
+    cycle: float = 1 / 64
+    threshold: float = 1 / 64
+    window: float = 1 / 16
+    ratio: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.below <= 1.0 or not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"below must be in [0, 1] and ratio in (0, 1], got {self.below}, {self.ratio}")
+        if self.max_layers < 1 or self.min_support < 4:
+            raise ValueError(f"max_layers must be >= 1 and min_support >= 4, got {self.max_layers}, {self.min_support}")
+        shares = {"stride": self.stride, "cycle": self.cycle, "threshold": self.threshold, "window": self.window}
+        bad = [f"{name}={value}" for name, value in shares.items() if not 0.0 < value <= 1.0]
+        if bad:
+            raise ValueError(f"stride, cycle, threshold and window are shares of the image side in (0, 1], got {', '.join(bad)}")
+
+    def pixels(self, size: tuple[int, int]) -> tuple[int, float, float, int]:
+        """``(stride, cycle, threshold, window)`` in pixels for an image of ``size`` ``(H, W)``."""
+        side = max(size)
+        window = max(3, round(self.window * side)) | 1
+        return max(1, round(self.stride * side)), self.cycle * side, self.threshold * side, window
+
+
+def census_transform(image: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Sparse census transform: is each of 16 neighbours brighter than the pixel?
+
+    Args:
+        image: ``(B, 3, H, W)`` RGB or ``(B, 1, H, W)`` grey in ``[0, 1]``.
+        radius: the neighbours lie on the grid ``{-radius, -radius + 2, ..., radius}²`` (odd radius).
+
+    Returns:
+        ``(B, K, H, W)`` float in ``{0, 1}``, ``K = (radius + 1)²``; borders replicate the edge.
+    """
+    if image.ndim != 4 or image.shape[1] not in (1, 3):
+        raise ValueError(f"image must be (B, 1 or 3, H, W), got {tuple(image.shape)}")
+    if radius < 1 or radius % 2 == 0:
+        raise ValueError(f"radius must be odd and >= 1, got {radius}")
+    grey = image.mean(1, keepdim=True) if image.shape[1] == 3 else image
+    grey = F.avg_pool2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # 3x3 blur against noise
+    padded = F.pad(grey, (radius,) * 4, mode="replicate")
+    h, w = grey.shape[-2:]
+    offsets = range(0, 2 * radius + 1, 2)
+    return torch.cat([(padded[..., y : y + h, x : x + w] > grey).float() for y in offsets for x in offsets], 1)
+
+
+def matching_cost(
+    source_census: torch.Tensor, target_census: torch.Tensor, flow: torch.Tensor, window: int
+) -> torch.Tensor:
+    """How badly ``flow`` carries the source onto the target: the windowed census difference.
+
+    Args:
+        source_census: ``(B, K, Hs, Ws)`` :func:`census_transform` of the source.
+        target_census: ``(B, K, Ht, Wt)`` of the target.
+        flow: ``(B, 2, Ht, Wt)`` on the target grid, ``target(x) ≈ source(x + flow(x))``, px.
+        window: odd side of the averaging window.
+
+    Returns:
+        ``(B, 1, Ht, Wt)`` in ``[0, 1]``: the share of census bits that differ, averaged over the
+        window; a match outside the source counts as 0.5 (a coin toss).
+    """
+    warped, inside = warp(source_census, flow)
+    cost = (warped - target_census).abs().mean(1, keepdim=True)
+    cost = torch.where(inside[:, None], cost, torch.full_like(cost, 0.5))
+    # A box mean as two 1D means (the same numbers as one 2D mean, border windows included: each is a
+    # rectangle), 2k instead of k² additions per pixel.
+    half = window // 2
+    cost = F.avg_pool2d(cost, (1, window), stride=1, padding=(0, half), count_include_pad=False)
+    return F.avg_pool2d(cost, (window, 1), stride=1, padding=(half, 0), count_include_pad=False)
+
+
+def layer_homographies(
+    forward: torch.Tensor, backward: torch.Tensor, config: LayerSearchConfig | None = None
+) -> list[np.ndarray]:
+    """The planes the model's global cost sees: homographies fitted one after another to ``F_init``.
+
+    Args:
+        forward: ``(2, Ht, Wt)`` ``F_init`` target → source (``target(x) ≈ source(x + flow(x))``, px).
+        backward: ``(2, Hs, Ws)`` ``F_init`` source → target.
+        config: sizes and limits (``None``: :class:`LayerSearchConfig` defaults).
+
+    Returns:
+        ``(3, 3)`` float64 homographies, target pixels → source pixels, the best supported first.
+    """
+    config = config if config is not None else LayerSearchConfig()
+    stride, cycle, threshold, _ = config.pixels(tuple(forward.shape[-2:]))
+    grid = coords_grid(1, *forward.shape[-2:], forward.device, forward.dtype)[0]
+    landing = grid + forward
+    back, inside = warp(backward[None], forward[None])
+    error = (forward + back[0]).norm(dim=0)
+    keep = (inside[0] & (error < cycle))[::stride, ::stride]
+    target = grid[:, ::stride, ::stride][:, keep].T.double().cpu().numpy()
+    source = landing[:, ::stride, ::stride][:, keep].T.double().cpu().numpy()
+    homographies: list[np.ndarray] = []
+    while len(target) >= config.min_support and len(homographies) < config.max_layers:
+        matrix, mask = cv2.findHomography(target, source, cv2.USAC_MAGSAC, threshold, maxIters=5000)
+        if matrix is None or mask is None:
+            break
+        explained = mask.ravel().astype(bool)
+        if explained.sum() < config.min_support:
+            break
+        if np.isfinite(matrix).all():
+            homographies.append(matrix)
+        target, source = target[~explained], source[~explained]
+    return homographies
+
+
+def search_layers(
+    result: MatchResult,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    raw_flow: RawFlow,
+    refine: Refine | None = None,
+    config: LayerSearchConfig | None = None,
+) -> tuple[MatchResult, torch.Tensor]:
+    """``result`` with the pixels a layer homography matches clearly better taken from it.
+
+    Args:
+        result: a batch-of-one match of ``target`` to ``source`` (flow ``(1, 2, Ht, Wt)``).
+        source: ``(1, 3, Hs, Ws)`` RGB in ``[0, 1]``.
+        target: ``(1, 3, Ht, Wt)``.
+        raw_flow: ``raw_flow(a, b)`` gives the model's ``F_init`` of ``b`` into ``a``, ``(1, 2, Hb, Wb)``
+            (e.g. the hard argmax of :meth:`DiffMatcher.match_raw`).
+        refine: ``refine(source, target, flow)`` brings a ``(1, 2, Ht, Wt)`` flow to sub-pixel
+            precision where candidates were taken (``None``: no refinement).
+        config: when and how (``None``: :class:`LayerSearchConfig` defaults).
+
+    Returns:
+        ``(result, taken)``: the new result (the same object when nothing changed) and the
+        ``(1, 1, Ht, Wt)`` bool mask of the pixels taken from a candidate.
+    """
+    config = config if config is not None else LayerSearchConfig()
+    if result.flow.shape[0] != 1:
+        raise ValueError(f"search_layers matches one pair at a time, got a batch of {result.flow.shape[0]}")
+    nothing = torch.zeros_like(result.flow[:, :1], dtype=torch.bool)
+    if config.below < 1.0 and (result.confidence is None or float(result.confidence.mean()) >= config.below):
+        return result, nothing
+    size = tuple(target.shape[-2:])
+    homographies = layer_homographies(raw_flow(source, target)[0], raw_flow(target, source)[0], config)
+    if not homographies:
+        return result, nothing
+    _, _, _, window = config.pixels(size)
+    source_census, target_census = census_transform(source), census_transform(target)
+    own = matching_cost(source_census, target_census, result.flow, window)
+    best_cost, best_flow = own, result.flow
+    for matrix in homographies:
+        candidate = homography_to_flow(torch.from_numpy(matrix), size).to(result.flow)
+        cost = matching_cost(source_census, target_census, candidate, window)
+        better = cost < best_cost
+        best_cost = torch.where(better, cost, best_cost)
+        best_flow = torch.where(better, candidate, best_flow)
+    taken = best_cost < config.ratio * own
+    if not bool(taken.any()):
+        return result, nothing
+    flow = torch.where(taken, best_flow, result.flow)
+    if refine is not None:
+        flow = torch.where(taken, refine(source, target, flow), flow)
+    shift = torch.where(taken, flow - result.flow, torch.zeros_like(flow))
+    searched = MatchResult.from_samples(result.samples + shift[:, None], init_flow=result.init_flow)
+    searched.confidence, searched.confidence_tau = result.confidence, result.confidence_tau
+    return searched, taken

@@ -1,0 +1,160 @@
+"""Layer search: census cost, the planes of F_init, and which pixels a plane takes over."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffmatch.geometry import homography_to_flow, warp
+from diffmatch.refinement.layer_search import (
+    LayerSearchConfig,
+    census_transform,
+    layer_homographies,
+    matching_cost,
+    search_layers,
+)
+from diffmatch.result import MatchResult
+
+SIZE = (96, 128)
+# Target pixels -> source pixels: the background and a layer that moved far from it (parallax).
+BACKGROUND = torch.tensor([[1.0, 0.05, 6.0], [-0.04, 1.0, 3.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+LAYER = torch.tensor([[0.95, 0.0, -30.0], [0.0, 0.95, 12.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def _texture(seed: int = 0) -> torch.Tensor:
+    """A smooth random texture (1, 3, 2H, 2W): census bits that survive a little resampling."""
+    noise = torch.rand(1, 3, SIZE[0] // 4, SIZE[1] // 4, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(noise, scale_factor=8, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(source, target, truth, layer mask)``: the target shows the background, with a layer in its
+    middle third; each part is the source seen through its own homography."""
+    source = _texture()
+    mask = torch.zeros(1, 1, *SIZE, dtype=torch.bool)
+    mask[..., 30:70, 40:90] = True
+    truth = torch.where(mask, homography_to_flow(LAYER, SIZE).float(), homography_to_flow(BACKGROUND, SIZE).float())
+    target, _ = warp(source, truth)
+    return source, target, truth, mask
+
+
+def test_census_is_blind_to_brightness_and_contrast():
+    image = _texture()[..., : SIZE[0], : SIZE[1]]
+    census = census_transform(image)
+    assert census.shape == (1, 16, *SIZE) and set(census.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(census_transform(0.5 * image + 0.25), census)
+    with pytest.raises(ValueError, match="odd"):
+        census_transform(image, radius=2)
+    with pytest.raises(ValueError, match="image must be"):
+        census_transform(image[0])
+
+
+def test_matching_cost_is_low_for_the_true_flow_and_a_toss_outside():
+    source, target, truth, _ = _scene()
+    cs, ct = census_transform(source), census_transform(target)
+    right = matching_cost(cs, ct, truth, 9)
+    wrong = matching_cost(cs, ct, truth + 7.0, 9)
+    inner = (slice(None), slice(None), slice(10, -10), slice(10, -10))
+    assert right[inner].mean() < 0.1 < wrong[inner].mean()
+    far = matching_cost(cs, ct, truth + 10_000.0, 1)
+    assert torch.allclose(far, torch.full_like(far, 0.5))
+
+
+def _backward() -> torch.Tensor:
+    """``F_init`` source -> target of :func:`_scene`: each plane's inverse, the layer where it lands."""
+    corners = torch.tensor([[40.0, 90.0], [30.0, 70.0], [1.0, 1.0]], dtype=torch.float64)  # (x, y) of the layer
+    (x0, x1), (y0, y1) = (LAYER @ corners)[:2].tolist()
+    landed = torch.zeros(1, 1, *SIZE, dtype=torch.bool)
+    landed[..., int(y0) : int(y1) + 1, int(x0) : int(x1) + 1] = True
+    planes = homography_to_flow(torch.linalg.inv(LAYER), SIZE), homography_to_flow(torch.linalg.inv(BACKGROUND), SIZE)
+    return torch.where(landed, *planes).float()
+
+
+def test_the_planes_of_f_init_are_found_one_after_another():
+    _, _, truth, mask = _scene()
+    homographies = layer_homographies(truth[0], _backward()[0], LayerSearchConfig(max_layers=3))
+    assert 2 <= len(homographies) <= 3
+    flows = [homography_to_flow(torch.from_numpy(h), SIZE).float() for h in homographies]
+    for name, where in (("background", ~mask), ("layer", mask)):
+        best = min(float((f - truth).norm(dim=1)[where[:, 0]].mean()) for f in flows)
+        assert best < 0.1, name
+    # The best supported plane comes first: the background covers most of the target.
+    first = (flows[0] - truth).norm(dim=1)[~mask[:, 0]].mean()
+    assert first < 0.1
+
+
+def test_a_wrongly_matched_layer_is_taken_from_its_plane_and_the_rest_is_left_alone():
+    source, target, truth, mask = _scene()
+    background = homography_to_flow(BACKGROUND, SIZE).float()
+    # The matcher followed the background everywhere, the layer included, with a spread of hypotheses.
+    spread = torch.tensor([-0.5, 0.0, 0.5]).view(1, 3, 1, 1, 1)
+    result = MatchResult.from_samples(background[:, None] + spread)
+    result.confidence, result.confidence_tau = torch.full((1, 1, *SIZE), 0.2), 3.0
+
+    def raw_flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return truth if b is target else _backward()
+
+    config = LayerSearchConfig(below=0.5)
+    searched, taken = search_layers(result, source, target, raw_flow, None, config)
+    error = (searched.flow - truth).norm(dim=1)
+    inner = torch.zeros_like(mask)
+    inner[..., 36:64, 46:84] = True  # the layer away from its outline (the cost window straddles it)
+    assert error[inner[:, 0]].max() < 0.01  # follows its plane now
+    assert (taken & ~mask).float().sum() < 0.03 * (~mask).sum()  # and next to nothing else was touched
+    keep = (~taken).expand_as(result.flow)
+    assert torch.equal(searched.flow[keep], result.flow[keep])
+    # Every hypothesis moved by the same amount: the spread (variance) and the confidence stay.
+    torch.testing.assert_close(searched.uncertainty, result.uncertainty)
+    assert searched.confidence is result.confidence and searched.confidence_tau == 3.0
+    # A refinement runs on the taken pixels only.
+    refined, _ = search_layers(result, source, target, raw_flow, lambda s, t, f: f + 0.25, config)
+    torch.testing.assert_close(refined.flow, torch.where(taken, searched.flow + 0.25, searched.flow))
+    # A confident result is not searched.
+    confident = MatchResult.from_samples(result.samples)
+    confident.confidence = torch.full((1, 1, *SIZE), 0.9)
+    same, nothing = search_layers(confident, source, target, raw_flow, None, config)
+    assert same is confident and not nothing.any()
+    # A result without confidence is only searched when the rule says "always".
+    bare = MatchResult.from_samples(result.samples)
+    assert search_layers(bare, source, target, raw_flow, None, config)[0] is bare
+    assert search_layers(bare, source, target, raw_flow, None, LayerSearchConfig(below=1.0))[1].any()
+
+
+def test_layer_search_config_checks():
+    with pytest.raises(ValueError, match="ratio"):
+        LayerSearchConfig(ratio=0.0)
+    with pytest.raises(ValueError, match="window=2"):
+        LayerSearchConfig(window=2.0)
+    with pytest.raises(ValueError, match="min_support"):
+        LayerSearchConfig(min_support=3)
+    assert LayerSearchConfig().pixels((384, 512)) == (4, 8.0, 8.0, 33)
+
+
+def test_matcher_layer_search_batch_of_one_and_n_agree(checkpoint):
+    from diffmatch.matcher import DiffMatcher
+
+    always = LayerSearchConfig(below=1.0, min_support=4)
+    matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu", refine=False, two_pass=False, layer_search=always)
+    images = torch.rand(2, 3, 40, 48, generator=torch.Generator().manual_seed(0))
+    flipped = images.flip(-1)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    result = matcher.match(images, flipped, num_samples=2, generator=gens())
+    alone = matcher.match(images[1:], flipped[1:], num_samples=2, generator=gens()[1:])
+    assert torch.allclose(alone.flow, result.flow[1:], atol=1e-5)
+    plain = matcher.match(images, flipped, num_samples=2, generator=gens(), layer_search=False)
+    assert plain.flow.shape == result.flow.shape
+    with pytest.raises(ValueError, match="layer_search must be"):
+        DiffMatcher.from_checkpoint(checkpoint, device="cpu", layer_search="yes")
+
+
+def test_select_gives_one_pair_of_a_batch_as_a_batch_of_one():
+    samples = torch.randn(3, 2, 2, 5, 6)
+    result = MatchResult.from_samples(samples, init_flow=torch.randn(3, 2, 5, 6))
+    result.confidence, result.confidence_tau = torch.rand(3, 1, 5, 6), 3.0
+    for index in (1, -1):
+        one = result.select(index)
+        assert one.samples.shape == (1, 2, 2, 5, 6) and one.confidence_tau == 3.0
+        for name in ("flow", "uncertainty", "samples", "init_flow", "confidence"):
+            assert torch.equal(getattr(one, name)[0], getattr(result, name)[index]), name
+    with pytest.raises(IndexError, match="out of range"):
+        result.select(3)
