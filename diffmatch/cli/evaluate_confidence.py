@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         "where the view changes a lot, one match per calibrated τ since the passes are chosen by the confidence "
         "at that τ)",
     )
+    parser.add_argument(
+        "--layer-search", action="store_true",
+        help="match with the layer search, an option of DiffMatcher (README, 'Layer search'; default: without)",
+    )
     return parser
 
 
@@ -82,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
         subsets = build_subsets(args.dataset, args.root, corruptions, args.severity, args.limit, args.seed)
-        matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device)
+        matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device, layer_search=args.layer_search)
         if matcher.calibrator is None:
             raise InputError(
                 f"{args.checkpoint or 'the bundled checkpoint'} has no confidence calibration "

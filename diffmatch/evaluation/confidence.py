@@ -124,13 +124,14 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
             groups = ("all", subset.tags.get("level", "all"))
             seed = args.seed * 100003 + count
             src, tgt = item["source"][None].to(matcher.device), item["target"][None].to(matcher.device)
-            if matcher.two_pass is not None and not getattr(args, "one_pass", False):
+            two_pass = matcher.two_pass is not None and not getattr(args, "one_pass", False)
+            if two_pass or getattr(matcher, "layer_search", None) is not None:
                 # The passes are chosen per pixel by the confidence at one τ, so each τ is its own
                 # match (same draws): its result's confidence is that τ's.
                 by_tau = {
                     tau: matcher.match(
                         src, tgt, num_samples=args.samples, num_steps=args.steps, confidence_tau=tau,
-                        generator=torch.Generator(device=matcher.device).manual_seed(seed),
+                        generator=torch.Generator(device=matcher.device).manual_seed(seed), two_pass=two_pass,
                     )
                     for tau in calibrator.taus
                 }

@@ -450,3 +450,24 @@ def test_evaluate_confidence_matches_in_two_passes_on_the_scenes(tmp_path, capsy
     assert results["all"]["homography"] == {}  # 3D scenes have no homography truth
     table = capsys.readouterr().out
     assert "ECE τ=3" in table and "corner error" not in table
+
+
+def test_evaluate_confidence_layer_search_runs_in_every_match(tmp_path, monkeypatch):
+    import diffmatch.matcher as matcher_module
+    from diffmatch.cli.evaluate_confidence import main as confidence_main
+    from diffmatch.confidence import fit_calibrator
+    from diffmatch.models.diffmatch import DiffMatch
+    from diffmatch.models.weights import save_weights
+    from tests.helpers import synthetic_cues, tiny_config
+
+    torch.manual_seed(0)
+    cues, errors = synthetic_cues(2000)
+    calibration = fit_calibrator(cues, errors, info={"photos": "test"}, refined=True).to_dict()
+    checkpoint = save_weights(DiffMatch(tiny_config()).eval(), tmp_path / "cal.pt", calibration=calibration)
+    calls = []
+    search = matcher_module.search_layers
+    monkeypatch.setattr(matcher_module, "search_layers", lambda *a: calls.append(1) or search(*a))
+    argv = ["--checkpoint", str(checkpoint), "--limit", "1", "--samples", "2", "--steps", "1", "--one-pass"]
+    assert confidence_main([*argv, "--out", str(tmp_path / "plain")]) == 0 and not calls
+    assert confidence_main([*argv, "--layer-search", "--out", str(tmp_path / "searched")]) == 0
+    assert len(calls) == 3 * 3  # three pairs (one per level), one match per calibrated τ
