@@ -16,8 +16,9 @@ holds the right matches there. The layer search reads them and offers them back:
    (:attr:`LayerSearchConfig.ratio`); the refinement then brings the flow there to sub-pixel precision.
 
 Elsewhere the result is left exactly as it was. Where a candidate is taken, every hypothesis moves by
-the same amount, so the variance keeps its value, and so does the calibrated confidence: the search
-does not raise the confidence of what it changes (README, "Layer search").
+the same amount, so the pixel keeps the variance and the calibrated confidence of the match it
+replaced, which no longer describe it: on the whole the confidence becomes under-confident, and a
+confident match replaced wrongly stays confident (README, "Layer search", has the numbers).
 
 It is an option of :class:`~diffmatch.matcher.DiffMatcher` (``layer_search=True``), off by default:
 the census cost is blind where an image is strongly corrupted (fog, frost, snow, noise), and there
