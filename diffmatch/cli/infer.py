@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--layer-search", action="store_true",
         help="let each pixel take a plane that the model's global cost sees where that plane matches it clearly "
-        "better: better on 3D scenes with wide baselines and on clean pairs, worse on strongly corrupted "
+        "better: better on 3D scenes with parallax and wide baselines, worse on strongly corrupted "
         "images (README, 'Layer search'; off by default)",
     )
     parser.add_argument(
