@@ -114,7 +114,8 @@ class MatchResult:
         """Pair ``index`` of the batch as a batch of one (tensors are views, not copies)."""
         if not -len(self.flow) <= index < len(self.flow):
             raise IndexError(f"index {index} out of range for a batch of {len(self.flow)}")
-        keep = slice(index, index + 1) if index != -1 else slice(-1, None)
+        start = index % len(self.flow)
+        keep = slice(start, start + 1)
         return dataclasses.replace(
             self,
             flow=self.flow[keep],

@@ -125,7 +125,7 @@ def run_evaluation(args: argparse.Namespace, matcher: Any, subsets: Sequence[Any
             seed = args.seed * 100003 + count
             src, tgt = item["source"][None].to(matcher.device), item["target"][None].to(matcher.device)
             two_pass = matcher.two_pass is not None and not getattr(args, "one_pass", False)
-            if two_pass or getattr(matcher, "layer_search", None) is not None:
+            if two_pass or matcher.layer_search is not None:
                 # The passes are chosen per pixel by the confidence at one τ, so each τ is its own
                 # match (same draws): its result's confidence is that τ's.
                 by_tau = {

@@ -4,8 +4,8 @@
   runs on every hypothesis: levels, rounds, and the choice of solver (OpenCV's on the CPU, PyTorch's on
   the model's device);
 * :mod:`~diffmatch.refinement.solver`: the variational energy minimised in PyTorch, batched over flows;
-* :mod:`~diffmatch.refinement.layer_search`: :func:`search_layers`, where a result is unsure, the planes
-  of the model's global cost offered to each pixel (wide baselines whose layers move apart).
+* :mod:`~diffmatch.refinement.layer_search`: :func:`search_layers`, the planes of the model's global
+  cost offered to each pixel (wide baselines whose layers move apart; an option of the matcher).
 
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x; tensors are
 ``(B, 2, H, W)``.

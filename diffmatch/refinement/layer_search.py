@@ -18,11 +18,11 @@ holds the right matches there. The layer search reads them and offers them back:
 Elsewhere the result is left exactly as it was. Where a candidate is taken, every hypothesis moves by
 the same amount, so the pixel keeps the variance and the calibrated confidence of the match it
 replaced, which no longer describe it: on the whole the confidence becomes under-confident, and a
-confident match replaced wrongly stays confident (README, "Layer search", has the numbers).
+confident match replaced wrongly stays confident.
 
 It is an option of :class:`~diffmatch.matcher.DiffMatcher` (``layer_search=True``), off by default:
 the census cost is blind where an image is strongly corrupted (fog, frost, snow, noise), and there
-the search takes wrong planes (README, "Layer search", has the numbers).
+the search takes wrong planes. README, "Layer search", has the numbers of both.
 
 Flow convention: on the target grid, ``target(x) ≈ source(x + flow(x))``, in pixels, channel 0 = x.
 """
