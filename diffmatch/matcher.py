@@ -136,8 +136,8 @@ class DiffMatcher:
             it matches clearly better (:mod:`diffmatch.refinement.layer_search`; layers that move
             apart on wide baselines): ``True`` (its default rule, every pair), a
             :class:`~diffmatch.refinement.layer_search.LayerSearchConfig`, or ``False`` (the
-            default: it gains on 3D scenes with parallax but loses under strong corruption,
-            README "Layer search").
+            default: it gains on 3D scenes with parallax and holds under strong corruption, but
+            it is not yet calibrated, README "Layer search").
         precision: the dtype of the model's networks (feature extractor and U-Net): ``"32"``
             (float32), ``"bf16"`` (bfloat16, CUDA or CPU) or ``"16"`` (float16, CUDA only); their
             weights are cast once, in place. The cost volume, ``F_init``, the DDIM update, the flows

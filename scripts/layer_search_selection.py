@@ -1,16 +1,21 @@
-"""How the layer search's settings score on a set of photos: AEPE and pose AUC per scene level.
+"""How the layer search's settings score on a set of photos: AEPE (and pose AUC on scenes) per group.
 
     diffmatch fetch-photos
-    python scripts/layer_search_selection.py --root data/photos/extra     # the training photos
+    python scripts/layer_search_selection.py --root data/photos/extra     # the training photos' scenes
+    python scripts/layer_search_selection.py --root data/photos/extra --dataset synthetic --limit 6
+    python scripts/layer_search_selection.py --root data/photos/extra --dataset synthetic --limit 2 \
+        --corruptions brightness,contrast,defocus_blur,fog,frost,gaussian_noise,jpeg_compression,snow
 
-Scene pairs (384 × 512, the benchmark's motions of each level) are built from ``--root`` as the
-scene benchmark builds them from the held-out photos. Each pair is matched once as ``DiffMatcher``
-matches by default but without the layer search (two passes, refinement, calibrated confidence;
-noise seeded by ``pair_seed``), then every setting of :data:`SETTINGS` searches that same result
-(:func:`~diffmatch.refinement.layer_search.search_layers`, with the matcher's ``F_init`` and
-refinement), so the settings differ only in the search. Prints, per level and setting, the mean AEPE
-and the pose AUC@5/10/20 (the evaluation's pose protocol: 5000 matches drawn by confidence,
-essential matrix, RANSAC at 0.5 px). Flow convention: ``target(x) ≈ source(x + flow(x))``, px.
+Pairs are built from ``--root`` as the evaluation builds them from the held-out photos
+(:func:`~diffmatch.evaluation.datasets.build_subsets`: scene pairs at 384 × 512 with each level's
+motions, or the synthetic benchmark's homographies, optionally with ImageNet-C at severity 5). Each
+pair is matched once as ``DiffMatcher`` matches by default but without the layer search (two passes,
+refinement, calibrated confidence; noise seeded by ``pair_seed``), then every setting of
+:data:`SETTINGS` searches that same result (:func:`~diffmatch.refinement.layer_search.search_layers`,
+with the matcher's ``F_init`` and refinement), so the settings differ only in the search. Prints, per
+group (level, and corruption) and setting, the mean AEPE and, for scenes, the pose AUC@5/10/20 (the
+evaluation's pose protocol: 5000 matches drawn by confidence, essential matrix, RANSAC at 0.5 px).
+Flow convention: ``target(x) ≈ source(x + flow(x))``, px.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import sys
 import numpy as np
 import torch
 
-from diffmatch.data.scenes import SCENE_LEVELS, SceneBenchmark
 from diffmatch.errors import InputError
+from diffmatch.evaluation.datasets import build_subsets, parse_corruptions
 from diffmatch.evaluation.methods import pair_seed
 from diffmatch.evaluation.runner import PoseOptions, pair_pose_error
 from diffmatch.matcher import DiffMatcher
@@ -39,6 +44,10 @@ SETTINGS: dict[str, LayerSearchConfig | None] = {
     "max_layers=5": LayerSearchConfig(max_layers=5),
     "window=1/24": LayerSearchConfig(window=1 / 24),
     "window=1/12": LayerSearchConfig(window=1 / 12),
+    "distinct=0": LayerSearchConfig(distinct=0.0),
+    "distinct=0.05": LayerSearchConfig(distinct=0.05),
+    "distinct=0.075": LayerSearchConfig(distinct=0.075),
+    "distinct=0.15": LayerSearchConfig(distinct=0.15),
 }
 
 
@@ -46,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="photo folder (e.g. data/photos/extra, the training photos)")
     parser.add_argument("--checkpoint", help="weights file (default: the bundled model)")
-    parser.add_argument("--pairs", type=int, default=30, help="scene pairs per level (default 30)")
-    parser.add_argument("--levels", default=",".join(SCENE_LEVELS), help="comma list of scene levels (default: all)")
+    parser.add_argument("--dataset", choices=("scenes", "synthetic"), default="scenes", help="pair kind (default scenes)")
+    parser.add_argument("--limit", type=int, help="pairs per level (default: all of the benchmark's)")
+    parser.add_argument("--corruptions", default="none", help="synthetic: ImageNet-C types at severity 5, 'all' or a comma list (default none)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (each pair's noise: pair_seed)")
     args = parser.parse_args(argv)
     try:
-        levels = [level.strip() for level in args.levels.split(",") if level.strip()]
         matcher = DiffMatcher.from_checkpoint(args.checkpoint)
-        sets = [(level, SceneBenchmark(args.root, level=level, size=(384, 512), num_pairs=args.pairs)) for level in levels]
+        subsets = build_subsets(args.dataset, args.root, parse_corruptions(args.corruptions), 5, args.limit)
     except (InputError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -61,22 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     def raw_flow(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return matcher.match_raw(source, target).flow
 
-    print("level setting aepe auc@5 auc@10 auc@20")
-    for level, dataset in sets:
-        scores: dict[str, list[tuple[float, float]]] = {name: [] for name in SETTINGS}
-        for index in range(len(dataset)):
-            item = dataset[index]
+    scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for subset in subsets:
+        for index in range(len(subset.dataset)):
+            item = subset.dataset[index]
+            group = "/".join([subset.tags.get("level", "all"), str(item.get("corruption", "clean"))])
             source, target = item["source"][None], item["target"][None]
             generator = torch.Generator().manual_seed(pair_seed(args.seed, source, target))
             result = matcher.match(source, target, generator=generator, layer_search=False)
             for name, config in SETTINGS.items():
                 searched = result if config is None else search_layers(result, source, target, raw_flow, matcher.refiner, config)[0]
                 aepe = float((searched.flow[0] - item["flow"]).norm(dim=0)[item["mask"].bool()].mean())
-                scores[name].append((aepe, max(pair_pose_error(searched, item, PoseOptions()))))
-        for name, values in scores.items():
+                pose = max(pair_pose_error(searched, item, PoseOptions())) if "R" in item else float("nan")
+                scores.setdefault(group, {}).setdefault(name, []).append((aepe, pose))
+    print("group setting aepe auc@5 auc@10 auc@20")
+    for group, by_setting in scores.items():
+        for name, values in by_setting.items():
             aepe, pose = np.array(values).T
-            aucs = pose_auc(list(pose), (5, 10, 20))
-            print(level, name, f"{aepe.mean():.2f}", *(f"{100 * a:.1f}" for a in aucs.values()), flush=True)
+            aucs = pose_auc(list(pose), (5, 10, 20)).values() if args.dataset == "scenes" else ()
+            print(group, name, f"{aepe.mean():.2f}", *(f"{100 * a:.1f}" for a in aucs), flush=True)
     return 0
 
 

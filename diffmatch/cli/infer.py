@@ -140,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--layer-search", action="store_true",
         help="let each pixel take a plane that the model's global cost sees where that plane matches it clearly "
-        "better: better on 3D scenes with parallax and wide baselines, worse on strongly corrupted "
-        "images (README, 'Layer search'; off by default)",
+        "better and the window's texture pins it down: better on 3D scenes with parallax and wide "
+        "baselines, about even on strongly corrupted images (README, 'Layer search'; off by default)",
     )
     parser.add_argument(
         "--rotations", type=_rotations, default=None, metavar="ANGLES",

@@ -22,9 +22,10 @@ LAYER = torch.tensor([[0.95, 0.0, -30.0], [0.0, 0.95, 12.0], [0.0, 0.0, 1.0]], d
 
 
 def _texture(seed: int = 0) -> torch.Tensor:
-    """A smooth random texture (1, 3, 2H, 2W): census bits that survive a little resampling."""
-    noise = torch.rand(1, 3, SIZE[0] // 4, SIZE[1] // 4, generator=torch.Generator().manual_seed(seed))
-    return torch.nn.functional.interpolate(noise, scale_factor=8, mode="bicubic", align_corners=False).clamp(0, 1)
+    """A smooth random texture (1, 3, 2H, 2W): census bits that survive a little resampling, and that
+    a shift of half the layer search's window (4 px at this size) changes."""
+    noise = torch.rand(1, 3, SIZE[0] // 2, SIZE[1] // 2, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.interpolate(noise, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 def _scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,6 +121,29 @@ def test_a_wrongly_matched_layer_is_taken_from_its_plane_and_the_rest_is_left_al
     assert search_layers(bare, source, target, raw_flow, None, LayerSearchConfig(below=1.0))[1].any()
 
 
+def test_a_plane_is_not_taken_where_the_window_does_not_pin_it_down():
+    # A source that repeats every 4 px: any match moved by a multiple of 4 px looks as good, as in a
+    # washed-out or noisy window. The layer's plane still beats the matcher's flow there (by chance,
+    # as far as the cost can tell), but moved by half a window (4 px here) it costs no more.
+    tile = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    source = tile.repeat(1, 1, SIZE[0] // 4, SIZE[1] // 4)
+    mask = torch.zeros(1, 1, *SIZE, dtype=torch.bool)
+    mask[..., 30:70, 40:90] = True
+    background = homography_to_flow(BACKGROUND, SIZE).float()
+    truth = torch.where(mask, homography_to_flow(LAYER, SIZE).float(), background)
+    target, _ = warp(source, truth)
+    result = MatchResult.from_samples(background[:, None])
+
+    def raw_flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return truth if b is target else _backward()
+
+    assert LayerSearchConfig().pixels(SIZE)[3] == 9
+    loose = LayerSearchConfig(distinct=0.0)
+    assert search_layers(result, source, target, raw_flow, None, loose)[1][mask].float().mean() > 0.5
+    _, taken = search_layers(result, source, target, raw_flow, None, LayerSearchConfig())
+    assert taken.float().mean() < 0.01
+
+
 def test_layer_search_config_checks():
     with pytest.raises(ValueError, match="ratio"):
         LayerSearchConfig(ratio=0.0)
@@ -127,6 +151,8 @@ def test_layer_search_config_checks():
         LayerSearchConfig(window=2.0)
     with pytest.raises(ValueError, match="min_support"):
         LayerSearchConfig(min_support=3)
+    with pytest.raises(ValueError, match="distinct"):
+        LayerSearchConfig(distinct=1.0)
     assert LayerSearchConfig().pixels((384, 512)) == (4, 8.0, 8.0, 33)
 
 
