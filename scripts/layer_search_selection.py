@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     def raw_flow(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return matcher.match_raw(source, target).flow
 
+    has_pose = args.dataset == "scenes"
     scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for subset in subsets:
         for index in range(len(subset.dataset)):
@@ -81,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             for name, config in SETTINGS.items():
                 searched = result if config is None else search_layers(result, source, target, raw_flow, matcher.refiner, config)[0]
                 aepe = float((searched.flow[0] - item["flow"]).norm(dim=0)[item["mask"].bool()].mean())
-                pose = max(pair_pose_error(searched, item, PoseOptions())) if "R" in item else float("nan")
+                pose = max(pair_pose_error(searched, item, PoseOptions())) if has_pose else float("nan")
                 scores.setdefault(group, {}).setdefault(name, []).append((aepe, pose))
     print("group setting aepe auc@5 auc@10 auc@20")
     for group, by_setting in scores.items():
         for name, values in by_setting.items():
             aepe, pose = np.array(values).T
-            aucs = pose_auc(list(pose), (5, 10, 20)).values() if args.dataset == "scenes" else ()
+            aucs = pose_auc(list(pose), (5, 10, 20)).values() if has_pose else ()
             print(group, name, f"{aepe.mean():.2f}", *(f"{100 * a:.1f}" for a in aucs), flush=True)
     return 0
 

@@ -28,10 +28,10 @@ def _texture(seed: int = 0) -> torch.Tensor:
     return torch.nn.functional.interpolate(noise, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
-def _scene() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _scene(source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(source, target, truth, layer mask)``: the target shows the background, with a layer in its
-    middle third; each part is the source seen through its own homography."""
-    source = _texture()
+    middle third; each part is the source (default :func:`_texture`) seen through its own homography."""
+    source = _texture() if source is None else source
     mask = torch.zeros(1, 1, *SIZE, dtype=torch.bool)
     mask[..., 30:70, 40:90] = True
     truth = torch.where(mask, homography_to_flow(LAYER, SIZE).float(), homography_to_flow(BACKGROUND, SIZE).float())
@@ -126,13 +126,8 @@ def test_a_plane_is_not_taken_where_the_window_does_not_pin_it_down():
     # washed-out or noisy window. The layer's plane still beats the matcher's flow there (by chance,
     # as far as the cost can tell), but moved by half a window (4 px here) it costs no more.
     tile = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(3))
-    source = tile.repeat(1, 1, SIZE[0] // 4, SIZE[1] // 4)
-    mask = torch.zeros(1, 1, *SIZE, dtype=torch.bool)
-    mask[..., 30:70, 40:90] = True
-    background = homography_to_flow(BACKGROUND, SIZE).float()
-    truth = torch.where(mask, homography_to_flow(LAYER, SIZE).float(), background)
-    target, _ = warp(source, truth)
-    result = MatchResult.from_samples(background[:, None])
+    source, target, truth, mask = _scene(tile.repeat(1, 1, SIZE[0] // 4, SIZE[1] // 4))
+    result = MatchResult.from_samples(homography_to_flow(BACKGROUND, SIZE).float()[:, None])
 
     def raw_flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return truth if b is target else _backward()
