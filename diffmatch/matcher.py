@@ -17,13 +17,12 @@ import torch
 
 from diffmatch.assets import BUNDLED_CHECKPOINT
 from diffmatch.confidence import Calibrator, calibrator_from_dict
-from diffmatch.confidence.cues import match_with_cues
+from diffmatch.confidence.cues import match_with_cues, search_cues
 from diffmatch.errors import InputError, MissingCalibrationError
 from diffmatch.geometry import estimation as matches
 from diffmatch.geometry import warp
 from diffmatch.geometry.estimation import GeometryEstimate
 from diffmatch.inputs import ImageInput, resolve_device, shrink_images, to_image_batch
-from diffmatch.models.cost_volume import argmax_flow, soft_argmax_flow
 from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.diffusion import Generators
 from diffmatch.models.precision import Precision, check_precision, native_bf16, precision_dtype
@@ -136,8 +135,10 @@ class DiffMatcher:
             it matches clearly better (:mod:`diffmatch.refinement.layer_search`; layers that move
             apart on wide baselines): ``True`` (its default rule, every pair), a
             :class:`~diffmatch.refinement.layer_search.LayerSearchConfig`, or ``False`` (the
-            default: it gains on 3D scenes with parallax and holds under strong corruption, but
-            it is not yet calibrated, README "Layer search").
+            default; README "Layer search" has what it gains and loses). The pixels it takes get
+            their confidence from the calibration's part for them
+            (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`); a
+            calibration without one leaves them the confidence of the match they replaced.
         precision: the dtype of the model's networks (feature extractor and U-Net): ``"32"``
             (float32), ``"bf16"`` (bfloat16, CUDA or CPU) or ``"16"`` (float16, CUDA only); their
             weights are cast once, in place. The cost volume, ``F_init``, the DDIM update, the flows
@@ -383,12 +384,7 @@ class DiffMatcher:
             )
         if layers is not None:
             result = concatenate_results(
-                [
-                    search_layers(
-                        result.select(i), src[i : i + 1], tgt[i : i + 1], self._raw_flow, refiner, layers
-                    )[0]
-                    for i in range(src.shape[0])
-                ]
+                [self._search(result.select(i), src[i : i + 1], tgt[i : i + 1], refiner, layers, tau) for i in range(src.shape[0])]
             )
         scale = (full_src.shape[-2] / src.shape[-2], full_src.shape[-1] / src.shape[-1])
         result = result.resized(tuple(full_tgt.shape[-2:]), scale)
@@ -422,6 +418,25 @@ class DiffMatcher:
         result.confidence_tau = tau
         return result
 
+    def _search(
+        self,
+        result: MatchResult,
+        src: torch.Tensor,
+        tgt: torch.Tensor,
+        refiner: VariationalRefiner | None,
+        config: LayerSearchConfig,
+        tau: float | None,
+    ) -> MatchResult:
+        """The layer search of one pair; taken pixels get the confidence of the calibration's part for
+        them (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`) when it has one."""
+        model = self._model_for(src, tgt)
+        searched, taken, costs = search_layers(result, src, tgt, model.global_flow, refiner, config)
+        part = None if self.calibrator is None else self.calibrator.layer_search
+        if tau is not None and part is not None and costs:
+            own = part.predict(search_cues(searched, costs), tau)
+            searched.confidence = torch.where(taken, own, searched.confidence)
+        return searched
+
     @torch.no_grad()
     def match_raw(
         self,
@@ -441,20 +456,8 @@ class DiffMatcher:
         if mode not in ("hard", "soft"):
             raise InputError(f"mode must be 'hard' or 'soft', got {mode!r}")
         src, tgt = self._pair(source, target)
-        result = MatchResult.from_samples(self._raw_flow(src, tgt, mode).unsqueeze(1))
+        result = MatchResult.from_samples(self._model_for(src, tgt).global_flow(src, tgt, mode).unsqueeze(1))
         return (self.refiner or VariationalRefiner()).refine_result(src, tgt, result) if refine else result
-
-    def _raw_flow(self, src: torch.Tensor, tgt: torch.Tensor, mode: Literal["hard", "soft"] = "hard") -> torch.Tensor:
-        """``(B, 2, Ht, Wt)`` ``F_init`` of checked image batches: the arg-max of the global cost (px)."""
-        model = self._model_for(src, tgt)
-        c = model.config.cost_size
-        feats = model.extract(src, tgt)
-        corr = model.correlation(model.cost_maps(feats[0]), model.cost_maps(feats[1]))
-        if mode == "hard":
-            flow = argmax_flow(corr, (c, c), (c, c))
-        else:
-            flow = soft_argmax_flow(corr, (c, c), (c, c), model.config.temperature)
-        return model.from_cost_grid(flow / c, tuple(tgt.shape[-2:]), tuple(src.shape[-2:])).float()
 
     # ---------------------------------------------------------------------------------- helpers
     @staticmethod

@@ -18,8 +18,10 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import numpy as np
 
 from diffmatch.assets import fetched_photos
 from diffmatch.cli.common import (
@@ -31,8 +33,9 @@ from diffmatch.cli.common import (
     program,
     remove_empty_folders,
 )
-from diffmatch.confidence import CUES, fit_calibrator
+from diffmatch.confidence import CUES, Calibrator, fit_calibrator
 from diffmatch.confidence.fitting import (
+    CueSamples,
     calibration_pairs,
     check_error_spread,
     collect_cues,
@@ -41,10 +44,12 @@ from diffmatch.confidence.fitting import (
 )
 from diffmatch.errors import InputError
 from diffmatch.inputs import resolve_device
-from diffmatch.refinement import VariationalRefiner
+from diffmatch.refinement import LayerSearchConfig, VariationalRefiner
 from diffmatch.threads import configure_threads
 
 __all__ = ["build_parser", "main"]
+
+_MIN_SEARCH_PAIRS = 4  # pairs with taken pixels a layer-search part is fitted from, at least
 
 
 
@@ -69,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cues", default="auto", help=f"'auto' (chosen by measurement) or a comma list of {','.join(CUES)}")
     parser.add_argument("--seed", type=int, default=1, help="seed of the pairs, sampling and pixel draws (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--no-layer-search", action="store_true",
+        help="fit no part for the pixels the layer search takes (default: run the search on every pair and fit one, "
+        "so that DiffMatcher(layer_search=True) gives them their own confidence)",
+    )
     parser.add_argument(
         "--no-refine", action="store_true",
         help="calibrate the model's flow without the sub-pixel refinement (default: refined, as DiffMatcher matches)",
@@ -117,6 +127,44 @@ def _check_arguments(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple
     return taus, fixed
 
 
+def _print_table(table: list[dict], chosen: tuple[str, ...], taus: tuple[float, ...]) -> None:
+    print(f"{'cues':<45} {'held-out NLL':>12}  " + "  ".join(f"ECE@{t:g}" for t in taus))
+    for row in table:
+        mark = " *" if tuple(row["cues"]) == chosen else ""
+        ece = "  ".join(f"{row['ece'][f'{t:g}']:.4f}" for t in taus)
+        print(f"{'+'.join(row['cues']):<45} {row['nll']:>12.4f}  {ece}{mark}")
+
+
+def _layer_search_part(
+    taken: CueSamples,
+    taus: tuple[float, ...],
+    default_tau: float,
+    search: LayerSearchConfig | None,
+    refined: bool,
+    command: list[str],
+) -> Calibrator | None:
+    """The calibration of the pixels the layer search took, its cues chosen as the main one's; ``None``
+    (said in one line) when too few were taken, or all of them on one side of a τ."""
+    pairs = len(np.unique(taken.pair))
+    labels = [taken.errors < tau for tau in taus]
+    if pairs < _MIN_SEARCH_PAIRS or any(label.all() or not label.any() for label in labels):
+        print(f"no layer-search part: the search took pixels in {pairs} pairs (need {_MIN_SEARCH_PAIRS}), "
+              "or they all lie on one side of a τ; taken pixels will keep the confidence of the match they replace")
+        return None
+    print("layer-search part (pixels the search took):")
+    chosen, table = select_cues(taken, taus)
+    _print_table(table, chosen, taus)
+    columns = [taken.names.index(c) for c in chosen]
+    info = {
+        "pairs": pairs,
+        "pixels": int(taken.errors.size),
+        "search": asdict(search) if search else None,
+        "selection": table,
+        "command": command,
+    }
+    return fit_calibrator(taken.cues[:, columns], taken.errors, chosen, taus, default_tau, info, refined)
+
+
 @one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Fit and write; returns the exit status (0 ok, 1 the fit failed, 2 bad input, 130 interrupted).
@@ -144,24 +192,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"matching {len(items)} pairs from {photos} ...", file=sys.stderr)
     refiner = None if args.no_refine else VariationalRefiner()
-    cues, errors, pair = collect_cues(
-        model, items, args.samples, args.steps, args.pixels, args.seed, device, True, refiner, args.reverse_samples
+    search = None if args.no_layer_search else LayerSearchConfig()
+    matched, taken = collect_cues(
+        model, items, args.samples, args.steps, args.pixels, args.seed, device, True, refiner, args.reverse_samples, search
     )
     match_seconds = time.perf_counter() - start
     try:
-        check_error_spread(errors, taus)
-        chosen, table = select_cues(cues, errors, pair, taus)
+        check_error_spread(matched.errors, taus)
+        chosen, table = select_cues(matched, taus)
     except ValueError as err:
         print_error(err)
         return EXIT_FAILED
     if fixed is not None:
         chosen = fixed
-    print(f"{'cues':<45} {'held-out NLL':>12}  " + "  ".join(f"ECE@{t:g}" for t in taus))
-    for row in table:
-        mark = " *" if tuple(row["cues"]) == chosen else ""
-        ece = "  ".join(f"{row['ece'][f'{t:g}']:.4f}" for t in taus)
-        print(f"{'+'.join(row['cues']):<45} {row['nll']:>12.4f}  {ece}{mark}")
-    columns = [CUES.index(c) for c in chosen]
+    _print_table(table, chosen, taus)
+    errors = matched.errors
     info = {
         "photos": photos.name if photos.resolve() == default_photos.resolve() else str(photos),
         "pairs": len(items),
@@ -178,11 +223,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "match_seconds": match_seconds,
         "command": ["python", "-m", "diffmatch.calibrate", *(sys.argv[1:] if argv is None else argv)],
     }
+    columns = [CUES.index(c) for c in chosen]
     calibrator = fit_calibrator(
-        cues[:, columns], errors, chosen, taus, args.default_tau, info, refiner is not None, args.reverse_samples
+        matched.cues[:, columns], errors, chosen, taus, args.default_tau, info, refiner is not None, args.reverse_samples
     )
+    if taken is not None:
+        part = _layer_search_part(taken, taus, args.default_tau, search, refiner is not None, info["command"])
+        calibrator = replace(calibrator, layer_search=part)
     out = write_calibrated(args.checkpoint, args.out, calibrator.to_dict())
     print(f"cues: {', '.join(chosen)}; {errors.size} pixels of {len(items)} pairs; matching took {match_seconds:.0f} s")
+    part = calibrator.layer_search
+    if part is not None:
+        print(f"layer-search part: cues {', '.join(part.cues)}; {part.info['pixels']} taken pixels of {part.info['pairs']} pairs")
     print(f"wrote {out}")
     return 0
 

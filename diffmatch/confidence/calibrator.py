@@ -15,6 +15,15 @@ the truth. The cues (:data:`CUES`, all on the target grid, ``(B, 1, H, W)`` each
   window of about a 64th of the image's larger side), less noisy than one pixel's: three hypotheses
   give a rough variance, and errors come in patches.
 
+Pixels the layer search (:mod:`diffmatch.refinement.layer_search`) takes from a plane are no longer the
+model's match, and their cues above describe the match they replaced. A calibration may carry a second
+:class:`Calibrator` for them (:attr:`Calibrator.layer_search`), which reads ``variance``,
+``init_distance`` (recomputed for the new flow) and what decided the take (:data:`SEARCH_CUES`):
+
+* ``census_cost``: the plane's windowed census cost, a share of census bits in ``[0, 1]``;
+* ``census_margin``: the matcher's own flow's cost minus the plane's;
+* ``distinctness``: how much the plane's flow moved by half a window costs more.
+
 For each ``τ`` it stores a logistic model on standardised, log-compressed cues, followed by an
 isotonic (monotone, piecewise-linear) map from the logistic score to the observed frequency. Both
 are plain lists of floats (:meth:`Calibrator.to_dict`), so they live inside exported weights and load
@@ -34,6 +43,7 @@ __all__ = [
     "CUES",
     "DEFAULT_TAUS",
     "REVERSE_CUES",
+    "SEARCH_CUES",
     "Calibrator",
     "calibrator_from_dict",
     "cue_stack",
@@ -43,6 +53,9 @@ __all__ = [
 ]
 
 CUES: tuple[str, ...] = ("variance", "init_distance", "cost_peak", "fb_error", "local_variance", "local_fb_error")
+# What decided a layer-search take (diffmatch.refinement.layer_search.search_layers), read by a
+# calibration's part for taken pixels.
+SEARCH_CUES: tuple[str, ...] = ("census_cost", "census_margin", "distinctness")
 DEFAULT_TAUS: tuple[float, ...] = (1.0, 3.0, 5.0)
 # Cues measured in pixels (or px²) are log-compressed before the logistic model: errors span 0–100 px.
 _LOG_CUES = frozenset({"variance", "init_distance", "fb_error", "local_variance", "local_fb_error"})
@@ -149,7 +162,7 @@ class Calibrator:
     """A fitted map from cues to ``P(EPE < τ)``; plain numbers only, see :meth:`to_dict`.
 
     Attributes:
-        cues: names of the cues it reads, in order (a subset of :data:`CUES`).
+        cues: names of the cues it reads, in order (a subset of :data:`CUES`, and of :data:`SEARCH_CUES` for a layer-search part).
         taus: thresholds ``τ`` in px of the target image it was fitted for.
         default_tau: the ``τ`` of ``MatchResult.confidence`` unless another is asked for.
         mean, std: per-cue standardisation of the transformed cues.
@@ -162,6 +175,11 @@ class Calibrator:
         reverse_samples: hypotheses of the reverse pass behind the ``fb_error`` cue (its mean flow is
             checked against the forward one); ``None``: as many as the forward pass, as calibrations
             from before this setting existed were fitted.
+        layer_search: the calibration of the pixels the layer search takes
+            (:func:`~diffmatch.refinement.layer_search.search_layers`), fitted on those pixels alone,
+            for the same :attr:`taus`, from ``variance``, ``init_distance`` and :data:`SEARCH_CUES`;
+            ``None``: taken pixels keep the confidence of the match they replaced (calibrations from
+            before it existed, or fitted with ``diffmatch calibrate --no-layer-search``).
     """
 
     cues: tuple[str, ...]
@@ -175,6 +193,7 @@ class Calibrator:
     info: dict[str, Any] = field(default_factory=dict)
     refined: bool = False
     reverse_samples: int | None = None
+    layer_search: Calibrator | None = None
 
     def __post_init__(self) -> None:
         count = self.reverse_samples
@@ -182,9 +201,9 @@ class Calibrator:
             raise ValueError(f"reverse_samples must be None or an integer >= 1, got {count!r}")
         self.cues = tuple(str(c) for c in self.cues)
         self.taus = tuple(float(t) for t in self.taus)
-        unknown = [c for c in self.cues if c not in CUES]
+        unknown = [c for c in self.cues if c not in CUES + SEARCH_CUES]
         if not self.cues or unknown:
-            raise ValueError(f"cues must be a non-empty subset of {CUES}, got {self.cues}")
+            raise ValueError(f"cues must be a non-empty subset of {CUES + SEARCH_CUES}, got {self.cues}")
         if not self.taus or float(self.default_tau) not in self.taus:
             raise ValueError(f"default_tau {self.default_tau} must be one of taus {self.taus}")
         k, n = len(self.cues), len(self.taus)
@@ -198,6 +217,9 @@ class Calibrator:
             if len(xs) != len(ys) or not xs or np.any(np.diff(xs) <= 0) or np.any(np.diff(ys) < 0):
                 raise ValueError("isotonic knots must be non-empty, with increasing x and non-decreasing y")
         self.default_tau = float(self.default_tau)
+        part = self.layer_search
+        if part is not None and (part.taus != self.taus or part.layer_search is not None):
+            raise ValueError(f"the layer-search part must be fitted for taus {self.taus} and have no part itself")
 
     @property
     def needs_reverse(self) -> bool:
@@ -260,6 +282,7 @@ class Calibrator:
             "info": dict(self.info),
             "refined": bool(self.refined),
             "reverse_samples": self.reverse_samples,
+            "layer_search": None if self.layer_search is None else self.layer_search.to_dict(),
         }
 
 
@@ -271,6 +294,7 @@ def calibrator_from_dict(data: dict[str, Any]) -> Calibrator:
     """
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise ValueError("not a diffmatch calibration (missing format tag)")
+    part = data.get("layer_search")
     try:
         return Calibrator(
             cues=tuple(data["cues"]),
@@ -284,6 +308,7 @@ def calibrator_from_dict(data: dict[str, Any]) -> Calibrator:
             info=dict(data.get("info", {})),
             refined=bool(data.get("refined", False)),
             reverse_samples=data.get("reverse_samples"),
+            layer_search=None if part is None else calibrator_from_dict(part),
         )
     except KeyError as err:
         raise ValueError(f"calibration lacks {err}") from None
@@ -304,7 +329,7 @@ def fit_calibrator(
     Args:
         cues: ``(N, K)`` raw cues of the pixels, columns in the order of ``names``.
         errors: ``(N,)`` EPE in px of the same pixels.
-        names: cue names (subset of :data:`CUES`).
+        names: cue names (subset of :data:`CUES` and :data:`SEARCH_CUES`).
         taus: thresholds in px; one logistic + isotonic map each.
         default_tau: the ``τ`` :attr:`MatchResult.confidence` uses by default.
         info: free-form description stored with it.

@@ -31,7 +31,7 @@ from diffmatch.models.diffusion import Generators
 from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
 
-__all__ = ["local_mean", "local_window", "match_with_cues"]
+__all__ = ["local_mean", "local_window", "match_with_cues", "search_cues"]
 
 
 def local_window(height: int, width: int) -> int:
@@ -117,6 +117,23 @@ def match_with_cues(
         if local is None or "local_fb_error" in local:
             cues["local_fb_error"] = local_mean(cues["fb_error"])
     return result, cues
+
+
+def search_cues(result: MatchResult, costs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The cues of a layer-searched result, for :attr:`Calibrator.layer_search
+    <diffmatch.confidence.Calibrator.layer_search>`.
+
+    Args:
+        result: the result :func:`~diffmatch.refinement.layer_search.search_layers` returned (its
+            flow on the target grid, px, ``(B, 2, Ht, Wt)``, and ``init_flow``).
+        costs: what decided the take, as it returned them (``census_cost``, ``census_margin``,
+            ``distinctness``, each ``(B, 1, Ht, Wt)``).
+
+    Returns:
+        ``costs`` plus ``variance`` (px²) and ``init_distance`` (px, measured from the new flow).
+    """
+    init = result.init_flow if result.init_flow is not None else result.flow
+    return {**costs, "variance": result.uncertainty, "init_distance": flow_magnitude(result.flow - init, keepdim=True)}
 
 
 def _cost_peak(model: DiffMatch, cond: Condition, size_t: tuple[int, int]) -> torch.Tensor:

@@ -23,6 +23,13 @@ the τ) on the other half, and back; the best subset wins, where a smaller one w
 one without the reverse pass) is preferred. The chosen calibration is refitted on all pairs
 (:func:`~diffmatch.confidence.fit_calibrator`) and written into a copy of the checkpoint
 (:func:`write_calibrated`, atomically).
+
+Each pair's result is also run through the layer search
+(:func:`~diffmatch.refinement.layer_search.search_layers`, unless ``--no-layer-search``), and the
+pixels it takes, with their new error, get a calibration of their own (its cues chosen the same way
+from :data:`SEARCH_FIT_CUES`): :attr:`Calibrator.layer_search
+<diffmatch.confidence.Calibrator.layer_search>`. The cues of the main calibration describe the match a
+taken pixel no longer has.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import itertools
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +46,30 @@ import numpy as np
 import torch
 
 from diffmatch.assets import fetched_photos, fetched_photos_hint
-from diffmatch.confidence import CUES, DEFAULT_TAUS, REVERSE_CUES, fit_calibrator, logistic_loss
-from diffmatch.confidence.cues import match_with_cues
+from diffmatch.confidence import CUES, DEFAULT_TAUS, REVERSE_CUES, SEARCH_CUES, fit_calibrator, logistic_loss
+from diffmatch.confidence.cues import match_with_cues, search_cues
 from diffmatch.confidence.metrics import expected_calibration_error
 from diffmatch.errors import InputError
 from diffmatch.metrics import end_point_error
+from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.weights import rewrite_weights_file
-from diffmatch.refinement import VariationalRefiner
+from diffmatch.refinement import LayerSearchConfig, VariationalRefiner, search_layers
 
-__all__ = ["calibration_pairs", "check_error_spread", "collect_cues", "select_cues", "write_calibrated"]
+__all__ = [
+    "SEARCH_FIT_CUES",
+    "CueSamples",
+    "calibration_pairs",
+    "check_error_spread",
+    "collect_cues",
+    "select_cues",
+    "write_calibrated",
+]
 
 
 
 _TOLERANCE = 0.002  # nats: a smaller cue set this close to the best is preferred
+# The cues a calibration's part for layer-search takes may read (Calibrator.layer_search).
+SEARCH_FIT_CUES: tuple[str, ...] = ("variance", "init_distance", *SEARCH_CUES)
 
 
 _SEVERITIES = (5, 3)
@@ -141,8 +160,32 @@ def _level_sets(
     return draw
 
 
+@dataclass
+class CueSamples:
+    """Pixels with their cues and true error, as :func:`collect_cues` gathers them.
+
+    Attributes:
+        names: the cue of each column.
+        cues: ``(P, len(names))`` raw cues.
+        errors: ``(P,)`` EPE in px.
+        pair: ``(P,)`` the index of each pixel's pair (the folds of :func:`select_cues`).
+    """
+
+    names: tuple[str, ...]
+    cues: np.ndarray
+    errors: np.ndarray
+    pair: np.ndarray
+
+    @classmethod
+    def gather(cls, names: Sequence[str], rows: list[np.ndarray], errors: list[np.ndarray], pair: list[np.ndarray]) -> CueSamples:
+        """One sample from per-pair pieces (an empty one when there are none)."""
+        if not rows:
+            return cls(tuple(names), np.zeros((0, len(names))), np.zeros(0), np.zeros(0, dtype=np.int64))
+        return cls(tuple(names), np.concatenate(rows), np.concatenate(errors), np.concatenate(pair))
+
+
 def collect_cues(
-    model: torch.nn.Module,
+    model: DiffMatch,
     items: Sequence[dict[str, Any]],
     num_samples: int = 3,
     num_steps: int | None = None,
@@ -152,69 +195,98 @@ def collect_cues(
     progress: bool = False,
     refiner: VariationalRefiner | None = None,
     reverse_samples: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    layer_search: LayerSearchConfig | None = None,
+) -> tuple[CueSamples, CueSamples | None]:
     """All cues and the true EPE of up to ``pixels`` random valid pixels of each pair.
 
     ``refiner``: refine the flows first, as :class:`~diffmatch.matcher.DiffMatcher` does by default.
     ``reverse_samples``: the reverse pass's hypotheses (``None``: ``num_samples``).
+    ``layer_search``: also run the layer search on each pair's result
+    (:func:`~diffmatch.refinement.layer_search.search_layers`, ``refiner`` refining what it takes), and
+    gather the pixels it takes, with their :data:`SEARCH_FIT_CUES` and their new error.
 
     Returns:
-        ``(cues, errors, pair)``: ``(P, len(CUES))`` in the order of :data:`CUES`, ``(P,)`` EPE in
-        px, ``(P,)`` the index of each pixel's pair.
+        ``(matched, taken)``: the pixels of the matches, with :data:`~diffmatch.confidence.CUES`; and,
+        with ``layer_search``, up to ``pixels`` of the pixels taken per pair (else ``None``).
     """
     rows, errs, ids = [], [], []
+    taken_rows, taken_errs, taken_ids = [], [], []
     rng = np.random.default_rng(seed)
     for i, item in enumerate(items):
         start = time.perf_counter()
         gen = torch.Generator(device=device).manual_seed(seed * 100003 + i)
         src, tgt = item["source"][None].to(device), item["target"][None].to(device)
+        truth = item["flow"][None].to(device)
         result, cues = match_with_cues(
             model, src, tgt, num_samples, num_steps, generator=gen, reverse=True, refiner=refiner,
             reverse_samples=reverse_samples,
         )
-        epe = end_point_error(result.flow, item["flow"][None].to(device))[0].cpu()
-        valid = item["mask"].bool() & torch.isfinite(epe)
-        where = np.flatnonzero(valid.numpy().ravel())
-        if where.size > pixels:
-            where = np.sort(rng.choice(where, pixels, replace=False))
-        stack = torch.cat([cues[name][0] for name in CUES]).flatten(1).cpu().numpy().T
-        rows.append(stack[where])
+        valid = item["mask"].bool()
+        epe = end_point_error(result.flow, truth)[0].cpu()
+        where = _draw(valid & torch.isfinite(epe), pixels, rng)
+        rows.append(_rows(cues, CUES, where))
         errs.append(epe.numpy().ravel()[where])
         ids.append(np.full(where.size, i))
+        note = ""
+        if layer_search is not None:
+            searched, taken, costs = search_layers(result, src, tgt, model.global_flow, refiner, layer_search)
+            epe = end_point_error(searched.flow, truth)[0].cpu()
+            where = _draw(valid & taken[0, 0].cpu() & torch.isfinite(epe), pixels, rng)
+            if where.size:
+                taken_rows.append(_rows(search_cues(searched, costs), SEARCH_FIT_CUES, where))
+                taken_errs.append(epe.numpy().ravel()[where])
+                taken_ids.append(np.full(where.size, i))
+            note = f", {float(taken.float().mean()):.1%} taken by the layer search"
         if progress:
             print(f"  pair {i + 1}/{len(items)} {item.get('kind', 'synthetic')} {item['name']} {item['corruption']}: "
-                  f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
-    return np.concatenate(rows), np.concatenate(errs), np.concatenate(ids)
+                  f"{time.perf_counter() - start:.1f} s{note}", file=sys.stderr)
+    matched = CueSamples.gather(CUES, rows, errs, ids)
+    searched_pixels = None if layer_search is None else CueSamples.gather(SEARCH_FIT_CUES, taken_rows, taken_errs, taken_ids)
+    return matched, searched_pixels
+
+
+def _draw(valid: torch.Tensor, pixels: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted flat indices of up to ``pixels`` random pixels of the ``(H, W)`` mask ``valid``."""
+    where = np.flatnonzero(valid.numpy().ravel())
+    return np.sort(rng.choice(where, pixels, replace=False)) if where.size > pixels else where
+
+
+def _rows(cues: dict[str, torch.Tensor], names: Sequence[str], where: np.ndarray) -> np.ndarray:
+    """``(len(where), len(names))``: the named ``(1, 1, H, W)`` cue maps at flat pixel indices ``where``."""
+    return torch.cat([cues[name][0] for name in names]).flatten(1).cpu().numpy().T[where]
 
 
 def select_cues(
-    cues: np.ndarray, errors: np.ndarray, pair: np.ndarray, taus: Sequence[float] = DEFAULT_TAUS
+    samples: CueSamples, taus: Sequence[float] = DEFAULT_TAUS
 ) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
     """Pick the cue subset with the lowest held-out log loss (2 folds of pairs), preferring small ones.
+
+    Every subset of ``samples.names`` is tried.
 
     Returns:
         ``(chosen, table)``: the chosen cue names, and one row per subset with ``cues``, ``nll``
         (held-out log loss summed over ``taus``) and ``ece`` (held-out ECE per τ).
     """
-    fold = (np.unique(pair, return_inverse=True)[1] // 2) % 2
+    cues, errors, names = samples.cues, samples.errors, samples.names
+    fold = (np.unique(samples.pair, return_inverse=True)[1] // 2) % 2
     table = []
-    for r in range(1, len(CUES) + 1):
-        for subset in itertools.combinations(range(len(CUES)), r):
-            names = tuple(CUES[k] for k in subset)
+    for r in range(1, len(names) + 1):
+        for subset in itertools.combinations(range(len(names)), r):
+            chosen = tuple(names[k] for k in subset)
             nll, probs = 0.0, {tau: np.zeros(errors.size) for tau in taus}
             for f in (0, 1):
                 train, test = fold != f, fold == f
-                cal = fit_calibrator(cues[train][:, subset], errors[train], names, taus, taus[len(taus) // 2])
+                cal = fit_calibrator(cues[train][:, subset], errors[train], chosen, taus, taus[len(taus) // 2])
                 for tau in taus:
                     probs[tau][test] = cal.predict_numpy(cues[test][:, subset], tau)
             for tau in taus:
                 nll += logistic_loss(probs[tau], errors < tau)
             ece = {f"{tau:g}": expected_calibration_error(probs[tau], errors < tau) for tau in taus}
-            table.append({"cues": list(names), "nll": nll, "ece": ece})
+            table.append({"cues": list(chosen), "nll": nll, "ece": ece})
     best = min(row["nll"] for row in table)
     close = [row for row in table if row["nll"] <= best + _TOLERANCE]
-    chosen = min(close, key=lambda row: (bool(REVERSE_CUES & set(row["cues"])), len(row["cues"]), row["nll"]))
-    return tuple(chosen["cues"]), sorted(table, key=lambda row: row["nll"])
+    pick = min(close, key=lambda row: (bool(REVERSE_CUES & set(row["cues"])), len(row["cues"]), row["nll"]))
+    return tuple(pick["cues"]), sorted(table, key=lambda row: row["nll"])
 
 
 def write_calibrated(checkpoint: str | Path, out: str | Path, calibration: dict[str, Any]) -> Path:

@@ -24,7 +24,7 @@ a displacement across the whole image is about 1. Public outputs are in pixels o
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -210,12 +210,35 @@ class DiffMatch(nn.Module):
             costs = [global_correlation(s.float(), t.float()) for s, t in zip(source_maps, target_maps)]
             return costs[0] if len(costs) == 1 else torch.stack(costs).mean(0)
 
-    def initial_flow(self, correlation: torch.Tensor) -> torch.Tensor:
-        """``F_init`` in cost-grid pixels from the global cost, ``(B, 2, c, c)``."""
+    def initial_flow(self, correlation: torch.Tensor, mode: Literal["hard", "soft"] | None = None) -> torch.Tensor:
+        """``F_init`` in cost-grid pixels from the global cost, ``(B, 2, c, c)``: its arg-max
+        (``"hard"``) or soft-argmax (``"soft"``); ``None``: as ``config.init_flow`` says."""
         c = self.config.cost_size
-        if self.config.init_flow == "hard":
+        if (mode or self.config.init_flow) == "hard":
             return argmax_flow(correlation, (c, c), (c, c))
         return soft_argmax_flow(correlation, (c, c), (c, c), self.config.temperature)
+
+    @torch.no_grad()
+    def global_flow(
+        self, source: torch.Tensor, target: torch.Tensor, mode: Literal["hard", "soft"] = "hard"
+    ) -> torch.Tensor:
+        """The match of the global cost alone, no learning: its arg-max (``"hard"``) or soft-argmax.
+
+        The paper's "raw correlation" baseline, and the matches the layer search fits its planes to.
+
+        Args:
+            source: ``(B, 3, Hs, Ws)`` RGB in ``[0, 1]``.
+            target: ``(B, 3, Ht, Wt)``.
+            mode: ``"hard"`` or ``"soft"`` (at the model's temperature), whatever ``config.init_flow`` is.
+
+        Returns:
+            ``(B, 2, Ht, Wt)`` float32 flow on the target grid, ``target(x) ≈ source(x + flow(x))``,
+            px, channel 0 = x.
+        """
+        feats = self.extract(source, target)
+        flow = self.initial_flow(self.correlation(self.cost_maps(feats[0]), self.cost_maps(feats[1])), mode)
+        size_t, size_s = tuple(target.shape[-2:]), tuple(source.shape[-2:])
+        return self.from_cost_grid(flow / self.config.cost_size, size_t, size_s).float()
 
     def condition(self, source: torch.Tensor, target: torch.Tensor) -> Condition:
         """Compute ``F_init`` and the local cost for a batch of image pairs.

@@ -18,9 +18,12 @@ holds the right matches there. The layer search reads them and offers them back:
    window does not. The refinement then brings the flow there to sub-pixel precision.
 
 Elsewhere the result is left exactly as it was. Where a candidate is taken, every hypothesis moves by
-the same amount, so the pixel keeps the variance and the calibrated confidence of the match it
-replaced, which no longer describe it: on the whole the confidence becomes under-confident, and a
-confident match replaced wrongly stays confident.
+the same amount, so the pixel keeps the variance of the match it replaced. Its confidence is no
+longer the replaced match's either: :func:`search_layers` returns what decided the take (the census
+cost, its margin over the matcher's own flow, and the distinctness), and a calibration that has a
+part for taken pixels (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`,
+fitted by ``diffmatch calibrate``) gives them their own; :class:`~diffmatch.matcher.DiffMatcher`
+does this. With a calibration that lacks it, taken pixels keep the replaced match's confidence.
 
 It is an option of :class:`~diffmatch.matcher.DiffMatcher` (``layer_search=True``), off by default.
 The census cost is blind where an image is strongly corrupted (fog, frost, snow, noise); without the
@@ -212,7 +215,7 @@ def search_layers(
     raw_flow: RawFlow,
     refine: Refine | None = None,
     config: LayerSearchConfig | None = None,
-) -> tuple[MatchResult, torch.Tensor]:
+) -> tuple[MatchResult, torch.Tensor, dict[str, torch.Tensor]]:
     """``result`` with the pixels a layer homography matches clearly better taken from it.
 
     Args:
@@ -220,25 +223,30 @@ def search_layers(
         source: ``(1, 3, Hs, Ws)`` RGB in ``[0, 1]``.
         target: ``(1, 3, Ht, Wt)``.
         raw_flow: ``raw_flow(a, b)`` gives the model's ``F_init`` of ``b`` into ``a``, ``(1, 2, Hb, Wb)``
-            (e.g. the hard argmax of :meth:`DiffMatcher.match_raw`).
+            (e.g. :meth:`DiffMatch.global_flow <diffmatch.models.diffmatch.DiffMatch.global_flow>`).
         refine: ``refine(source, target, flow)`` brings a ``(1, 2, Ht, Wt)`` flow to sub-pixel
             precision where candidates were taken (``None``: no refinement).
         config: when and how (``None``: :class:`LayerSearchConfig` defaults).
 
     Returns:
-        ``(result, taken)``: the new result (the same object when nothing changed) and the
-        ``(1, 1, Ht, Wt)`` bool mask of the pixels taken from a candidate.
+        ``(result, taken, costs)``: the new result (the same object when nothing changed), the
+        ``(1, 1, Ht, Wt)`` bool mask of the pixels taken from a candidate, and, when some pixel was
+        taken, what decided it at every pixel, each ``(1, 1, Ht, Wt)``: ``census_cost`` (the best
+        flow's windowed cost, before the refinement), ``census_margin`` (the matcher's own flow's
+        cost minus it) and ``distinctness`` (:attr:`LayerSearchConfig.distinct`'s measure); empty
+        when nothing was taken. A calibration reads them to give taken pixels their own confidence
+        (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`).
     """
     config = config if config is not None else LayerSearchConfig()
     if result.flow.shape[0] != 1:
         raise ValueError(f"search_layers matches one pair at a time, got a batch of {result.flow.shape[0]}")
     nothing = torch.zeros_like(result.flow[:, :1], dtype=torch.bool)
     if config.below < 1.0 and (result.confidence is None or float(result.confidence.mean()) >= config.below):
-        return result, nothing
+        return result, nothing, {}
     size = tuple(target.shape[-2:])
     homographies = layer_homographies(raw_flow(source, target)[0], raw_flow(target, source)[0], config)
     if not homographies:
-        return result, nothing
+        return result, nothing, {}
     _, _, _, window = config.pixels(size)
     source_census, target_census = census_transform(source), census_transform(target)
     own = matching_cost(source_census, target_census, result.flow, window)
@@ -250,14 +258,18 @@ def search_layers(
         best_cost = torch.where(better, cost, best_cost)
         best_flow = torch.where(better, candidate, best_flow)
     taken = best_cost < config.ratio * own
-    if config.distinct > 0 and bool(taken.any()):
-        taken &= _distinctness(source_census, target_census, best_flow, best_cost, window) > config.distinct
     if not bool(taken.any()):
-        return result, nothing
+        return result, nothing, {}
+    distinctness = _distinctness(source_census, target_census, best_flow, best_cost, window)
+    if config.distinct > 0:
+        taken &= distinctness > config.distinct
+    if not bool(taken.any()):
+        return result, nothing, {}
     flow = torch.where(taken, best_flow, result.flow)
     if refine is not None:
         flow = torch.where(taken, refine(source, target, flow), flow)
     shift = torch.where(taken, flow - result.flow, torch.zeros_like(flow))
     searched = MatchResult.from_samples(result.samples + shift[:, None], init_flow=result.init_flow)
     searched.confidence, searched.confidence_tau = result.confidence, result.confidence_tau
-    return searched, taken
+    costs = {"census_cost": best_cost, "census_margin": own - best_cost, "distinctness": distinctness}
+    return searched, taken, costs

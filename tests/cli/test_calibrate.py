@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from diffmatch.cli.calibrate import _layer_search_part
 from diffmatch.cli.calibrate import main as calibrate_main
+from diffmatch.confidence.fitting import SEARCH_FIT_CUES, CueSamples
 from diffmatch.data import bundled_photos
+from diffmatch.refinement import LayerSearchConfig
 
 PHOTOS = bundled_photos("train")
 
@@ -72,3 +76,29 @@ def test_a_model_that_is_wrong_everywhere_is_one_line(tmp_path, checkpoint, caps
     err = [x for x in _err_lines(capsys) if not x.startswith(("matching ", "  pair "))]
     assert len(err) == 1 and "cannot calibrate at τ = 0.01 px: none of the 200 pixels is within it" in err[0], err
     assert not out.exists()
+
+
+def _taken(pairs: int, seed: int = 0) -> CueSamples:
+    """Made-up pixels the layer search took: the error grows with the census cost."""
+    rng = np.random.default_rng(seed)
+    n = 200 * pairs
+    cues = np.stack([rng.gamma(1.0, 4.0, n), rng.gamma(1.0, 3.0, n), rng.uniform(0, 0.5, n), rng.uniform(0, 0.3, n), rng.uniform(0, 0.4, n)], 1)
+    errors = 20 * cues[:, 2] + rng.gamma(1.0, 1.0, n)
+    return CueSamples(SEARCH_FIT_CUES, cues, errors, np.repeat(np.arange(pairs), 200))
+
+
+def test_the_layer_search_part_is_fitted_from_taken_pixels_or_skipped_in_one_line(capsys):
+    part = _layer_search_part(_taken(8), (1.0, 3.0, 5.0), 3.0, LayerSearchConfig(), True, ["calibrate"])
+    assert part is not None and part.taus == (1.0, 3.0, 5.0) and part.refined
+    assert "census_cost" in part.cues and set(part.cues) <= set(SEARCH_FIT_CUES)
+    assert part.info["pairs"] == 8 and part.info["command"] == ["calibrate"]
+    # The confidence falls with the census cost, the cue the error was made from.
+    probe = np.tile(np.median(_taken(8).cues, 0), (5, 1))
+    probe[:, 2] = np.linspace(0.0, 0.5, 5)
+    columns = [SEARCH_FIT_CUES.index(c) for c in part.cues]
+    probs = part.predict_numpy(probe[:, columns])
+    assert np.all(np.diff(probs) <= 0) and probs[0] > 0.9 and probs[-1] < 0.1
+    capsys.readouterr()
+    assert _layer_search_part(_taken(2), (1.0, 3.0, 5.0), 3.0, LayerSearchConfig(), True, []) is None
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("no layer-search part: the search took pixels in 2 pairs (need 4)")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from diffmatch.confidence.fitting import calibration_pairs
+from diffmatch.confidence import CUES, SEARCH_CUES
+from diffmatch.confidence.cues import search_cues
+from diffmatch.confidence.fitting import SEARCH_FIT_CUES, calibration_pairs, collect_cues
 from diffmatch.data import bundled_photos
 from diffmatch.errors import InputError
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.refinement import LayerSearchConfig
+from diffmatch.result import MatchResult
+from tests.helpers import tiny_config
 
 PHOTOS = bundled_photos("train")
 
@@ -29,3 +36,36 @@ def test_calibration_pairs_mix_scenes_and_synthetic_levels():
 def test_calibration_pairs_refuse_a_share_outside_zero_one():
     with pytest.raises(InputError, match="--scenes is a share"):
         calibration_pairs(PHOTOS, 4, 64, scenes=1.5)
+
+
+def test_collect_cues_gathers_the_pixels_the_layer_search_takes_with_their_new_error(monkeypatch):
+    import diffmatch.confidence.fitting as fitting
+
+    items = calibration_pairs(PHOTOS, 2, 64, corrupted=0.0, seed=1)
+    torch.manual_seed(0)
+    model = DiffMatch(tiny_config()).eval()
+    seen = {}
+
+    def search(result, source, target, raw_flow, refine, config):
+        # Take the top half from a flow 0.5 px off the truth, with made-up costs.
+        truth = next(item["flow"][None] for item in items if torch.equal(item["target"][None], target))
+        taken = torch.zeros_like(result.flow[:, :1], dtype=torch.bool)
+        taken[..., :32, :] = True
+        shift = torch.where(taken, truth + 0.5 - result.flow, torch.zeros_like(result.flow))
+        searched = MatchResult.from_samples(result.samples + shift[:, None], init_flow=result.init_flow)
+        costs = {name: torch.rand_like(result.flow[:, :1]) for name in SEARCH_CUES}
+        seen[len(seen)] = search_cues(searched, costs)
+        return searched, taken, costs
+
+    monkeypatch.setattr(fitting, "search_layers", search)
+    matched, taken = collect_cues(model, items, 2, 1, pixels=100, layer_search=LayerSearchConfig())
+    assert matched.names == CUES and matched.cues.shape == (200, len(CUES))
+    assert taken.names == SEARCH_FIT_CUES == ("variance", "init_distance", *SEARCH_CUES)
+    assert taken.cues.shape == (200, 5) and sorted(set(taken.pair.tolist())) == [0, 1]
+    assert np.allclose(taken.errors, np.sqrt(0.5), atol=1e-4)  # the searched flow's error, not the match's
+    for i in (0, 1):  # the rows are the search cues at taken pixels
+        maps = torch.cat([seen[i][name][0] for name in SEARCH_FIT_CUES]).flatten(1).T.numpy()
+        top = maps[: 32 * 64]
+        rows = taken.cues[taken.pair == i]
+        assert all(np.isclose(top, row).all(1).any() for row in rows[:10])
+    assert collect_cues(model, items, 2, 1, pixels=100)[1] is None  # no search asked for

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 
+from diffmatch.confidence import Calibrator, calibrator_from_dict, fit_calibrator
+from diffmatch.confidence.cues import search_cues
+from diffmatch.confidence.fitting import SEARCH_FIT_CUES
 from diffmatch.geometry import homography_to_flow, warp
+from diffmatch.matcher import DiffMatcher
+from diffmatch.models.diffmatch import DiffMatch
+from diffmatch.models.weights import save_weights
 from diffmatch.refinement.layer_search import (
     LayerSearchConfig,
     census_transform,
@@ -14,6 +23,7 @@ from diffmatch.refinement.layer_search import (
     search_layers,
 )
 from diffmatch.result import MatchResult
+from tests.helpers import synthetic_cues, tiny_config
 
 SIZE = (96, 128)
 # Target pixels -> source pixels: the background and a layer that moved far from it (parallax).
@@ -96,7 +106,7 @@ def test_a_wrongly_matched_layer_is_taken_from_its_plane_and_the_rest_is_left_al
         return truth if b is target else _backward()
 
     config = LayerSearchConfig(below=0.5)
-    searched, taken = search_layers(result, source, target, raw_flow, None, config)
+    searched, taken, costs = search_layers(result, source, target, raw_flow, None, config)
     error = (searched.flow - truth).norm(dim=1)
     inner = torch.zeros_like(mask)
     inner[..., 36:64, 46:84] = True  # the layer away from its outline (the cost window straddles it)
@@ -107,14 +117,20 @@ def test_a_wrongly_matched_layer_is_taken_from_its_plane_and_the_rest_is_left_al
     # Every hypothesis moved by the same amount: the spread (variance) and the confidence stay.
     torch.testing.assert_close(searched.uncertainty, result.uncertainty)
     assert searched.confidence is result.confidence and searched.confidence_tau == 3.0
+    # What decided the take comes back for the confidence: taken pixels beat the matcher's own cost
+    # by the ratio and are pinned down by the window.
+    assert sorted(costs) == ["census_cost", "census_margin", "distinctness"]
+    assert all(cost.shape == (1, 1, *SIZE) for cost in costs.values())
+    assert (costs["census_margin"][taken] > 0.05 * costs["census_cost"][taken]).all()
+    assert (costs["distinctness"][taken] > config.distinct).all()
     # A refinement runs on the taken pixels only.
-    refined, _ = search_layers(result, source, target, raw_flow, lambda s, t, f: f + 0.25, config)
+    refined, _, _ = search_layers(result, source, target, raw_flow, lambda s, t, f: f + 0.25, config)
     torch.testing.assert_close(refined.flow, torch.where(taken, searched.flow + 0.25, searched.flow))
     # A confident result is not searched.
     confident = MatchResult.from_samples(result.samples)
     confident.confidence = torch.full((1, 1, *SIZE), 0.9)
-    same, nothing = search_layers(confident, source, target, raw_flow, None, config)
-    assert same is confident and not nothing.any()
+    same, nothing, none = search_layers(confident, source, target, raw_flow, None, config)
+    assert same is confident and not nothing.any() and none == {}
     # A result without confidence is only searched when the rule says "always".
     bare = MatchResult.from_samples(result.samples)
     assert search_layers(bare, source, target, raw_flow, None, config)[0] is bare
@@ -135,7 +151,7 @@ def test_a_plane_is_not_taken_where_the_window_does_not_pin_it_down():
     assert LayerSearchConfig().pixels(SIZE)[3] == 9
     loose = LayerSearchConfig(distinct=0.0)
     assert search_layers(result, source, target, raw_flow, None, loose)[1][mask].float().mean() > 0.5
-    _, taken = search_layers(result, source, target, raw_flow, None, LayerSearchConfig())
+    _, taken, _ = search_layers(result, source, target, raw_flow, None, LayerSearchConfig())
     assert taken.float().mean() < 0.01
 
 
@@ -179,3 +195,47 @@ def test_select_gives_one_pair_of_a_batch_as_a_batch_of_one():
             assert torch.equal(getattr(one, name)[0], getattr(result, name)[index]), name
     with pytest.raises(IndexError, match="out of range"):
         result.select(3)
+
+
+def _search_part(taus: tuple[float, ...] = (1.0, 3.0, 5.0)) -> Calibrator:
+    """A layer-search part fitted on made-up taken pixels whose error grows with the census cost and
+    falls with the distinctness."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    cues = np.stack([rng.gamma(1.0, 4.0, n), rng.gamma(1.0, 3.0, n), rng.uniform(0, 0.5, n), rng.uniform(0, 0.3, n), rng.uniform(0, 0.4, n)], 1)
+    errors = 20 * cues[:, 2] + 10 * (0.4 - cues[:, 4]) + rng.gamma(1.0, 1.0, n)
+    return fit_calibrator(cues, errors, SEARCH_FIT_CUES, taus)
+
+
+def test_the_matcher_gives_taken_pixels_the_confidence_of_the_calibrations_layer_search_part(tmp_path, monkeypatch):
+    source, target, truth, _ = _scene()
+
+    def global_flow(self, a: torch.Tensor, b: torch.Tensor, mode: str = "hard") -> torch.Tensor:
+        return truth if torch.equal(b, target) else _backward()
+
+    monkeypatch.setattr(DiffMatch, "global_flow", global_flow)
+    torch.manual_seed(0)
+    model = DiffMatch(tiny_config()).eval()
+    data, errors = synthetic_cues(2000)
+    main = fit_calibrator(data, errors)
+    part = _search_part()
+    with_part = replace(main, layer_search=part)
+    assert calibrator_from_dict(with_part.to_dict()) == with_part  # it travels inside the calibration
+    with pytest.raises(ValueError, match="layer-search part"):
+        replace(main, layer_search=_search_part((1.0, 3.0)))
+
+    def match(calibration: Calibrator, layer_search: bool) -> MatchResult:
+        weights = save_weights(model, tmp_path / "model.pt", calibration=calibration.to_dict())
+        matcher = DiffMatcher.from_checkpoint(weights, device="cpu", refine=False, two_pass=False)
+        return matcher.match(source, target, num_samples=2, num_steps=1, generator=torch.Generator().manual_seed(1), layer_search=layer_search)
+
+    plain = match(with_part, False)
+    searched, taken, costs = search_layers(plain, source, target, lambda a, b: global_flow(None, a, b), None)
+    assert 0.2 < taken.float().mean() < 0.99  # the random model's flow loses to the planes, mostly
+    expected = torch.where(taken, part.predict(search_cues(searched, costs)), plain.confidence)
+    result = match(with_part, True)
+    torch.testing.assert_close(result.flow, searched.flow)
+    torch.testing.assert_close(result.confidence, expected)
+    assert not torch.allclose(result.confidence[taken], plain.confidence[taken])
+    # A calibration without the part: taken pixels keep the confidence of the match they replaced.
+    torch.testing.assert_close(match(main, True).confidence, plain.confidence)
