@@ -133,9 +133,9 @@ class DiffMatcher:
             ``False`` (one pass).
         layer_search: offer each pixel the planes the model's global cost sees, and take one where
             it matches clearly better (:mod:`diffmatch.refinement.layer_search`; layers that move
-            apart on wide baselines): ``True`` (its default rule, every pair), a
-            :class:`~diffmatch.refinement.layer_search.LayerSearchConfig`, or ``False`` (the
-            default; README "Layer search" has what it gains and loses). The pixels it takes get
+            apart on wide baselines): ``True`` (the default: its default rule, every pair), a
+            :class:`~diffmatch.refinement.layer_search.LayerSearchConfig`, or ``False`` (none; README
+            "Layer search" has what it gains and loses). The pixels it takes get
             their confidence from the calibration's part for them
             (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`); a
             calibration without one leaves them the confidence of the match they replaced.
@@ -159,7 +159,7 @@ class DiffMatcher:
         two_pass: bool | TwoPassConfig = True,
         precision: Precision = "32",
         compile: bool = False,
-        layer_search: bool | LayerSearchConfig = False,
+        layer_search: bool | LayerSearchConfig = True,
     ) -> None:
         self.device = resolve_device(device)
         self.precision = check_precision(precision, self.device)
@@ -204,7 +204,7 @@ class DiffMatcher:
         two_pass: bool | TwoPassConfig = True,
         precision: Precision = "32",
         compile: bool = False,
-        layer_search: bool | LayerSearchConfig = False,
+        layer_search: bool | LayerSearchConfig = True,
     ) -> DiffMatcher:
         """Load a Lightning ``.ckpt`` or an exported weights file (``None``: the bundled checkpoint).
 

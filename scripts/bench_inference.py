@@ -13,11 +13,11 @@ Rows, per device and precision:
 * the default model (``--checkpoint``, default the bundled one) on a 512² pair (the bundled sample
   pair, resized) with 1 and 3 hypotheses, as ``DiffMatcher.match`` runs it by default: refined, with
   the calibrated confidence (whose cues include a reverse pass), two-pass matching on (a small-motion
-  pair like this one never runs the second pass); and the same unrefined (no confidence, so no
-  reverse pass);
+  pair like this one never runs the second pass), the layer search on; the same without the layer
+  search; and the model's own flow, unrefined (no confidence, so no reverse pass, and no search);
 * the paper-size model: ``configs/paper.yaml``'s ``model.model`` built with random VGG-16 weights
   (``DiffMatch(..., pretrained_features=False)``: no ImageNet file is needed, and the weights do
-  not change the time), 1, 2 and 3 samples × 5 DDIM steps, unrefined, against the paper's
+  not change the time), 1, 2 and 3 samples × 5 DDIM steps, unrefined, no layer search, against the paper's
   112 / 123 / 140 ms on its GPU (``--skip-paper`` leaves it out: minutes on a CPU);
 * the VGG-16 floor: a plain ``torchvision.models.vgg16().features`` pass over both images, the
   least any VGG-based matcher at 512² costs; every row's time is also given as a multiple of it;
@@ -103,7 +103,7 @@ def _paper_model():
 
 def measure(
     kind: str, checkpoint: str | None, samples: int, repeats: int, device: str = "cpu", precision: str = "32",
-    image_size: str | None = None, refine: bool = True, compile: bool = False,
+    image_size: str | None = None, refine: bool = True, compile: bool = False, layer_search: bool = True,
 ) -> dict:
     """One measurement in this process: ``vgg``, ``dis``, ``model``, ``paper``, ``refine-opencv`` or
     ``refine-torch``."""
@@ -137,11 +137,13 @@ def measure(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the slow-bf16-CPU warning: the row shows it
             if kind == "paper":
-                matcher = DiffMatcher(_paper_model(), device=device, refine=refine, precision=own, compile=compile)
+                matcher = DiffMatcher(_paper_model(), device=device, refine=refine, precision=own, compile=compile,
+                                      layer_search=layer_search)
             else:
                 size = None if image_size is None else parse_image_size(image_size)
                 matcher = DiffMatcher.from_checkpoint(
-                    checkpoint, device=device, image_size=size, refine=refine, precision=own, compile=compile
+                    checkpoint, device=device, image_size=size, refine=refine, precision=own, compile=compile,
+                    layer_search=layer_search,
                 )
         gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
         steps = 5 if kind == "paper" else None  # None: the checkpoint's own sampling steps
@@ -156,11 +158,13 @@ def measure(
 
 
 def _run(kind: str, samples: int, repeats: int, device: str, precision: str, args: argparse.Namespace,
-         refine: bool = True, checkpoint: str | None = None, compile: bool = False) -> dict:
+         refine: bool = True, checkpoint: str | None = None, compile: bool = False, layer_search: bool = True) -> dict:
     cmd = [sys.executable, __file__, "--one", kind, "--samples", str(samples), "--repeats", str(repeats),
            "--device", device, "--precision", precision]
     if not refine:
         cmd.append("--no-refine")
+    if not layer_search:
+        cmd.append("--no-layer-search")
     if compile:
         cmd.append("--compile")
     if args.image_size is not None and kind == "model":
@@ -219,12 +223,15 @@ def _rows(args: argparse.Namespace, device: str) -> list[tuple[str, dict]]:
             continue
         for compiled in compiles:
             tag = f"{precision}{', compiled' if compiled else ''}"
-            for refine in (True, False):
-                what = "refined, with confidence" if refine else "unrefined"
+            # The default (refined, the confidence, the layer search), without the search, and the
+            # model's own flow (unrefined: no confidence, no search).
+            for refine, layers, what in ((True, True, "refined, with confidence, layer search"),
+                                         (True, False, "refined, with confidence, no layer search"),
+                                         (False, False, "unrefined")):
                 for n in (1, 3):
                     rows.append((f"{name}{size}, {n} hyp., {what} [{tag}]",
                                  dict(kind="model", samples=n, refine=refine, checkpoint=args.checkpoint,
-                                      precision=precision, compile=compiled)))
+                                      precision=precision, compile=compiled, layer_search=layers)))
             if args.compare:
                 for n in (1, 3):
                     rows.append((f"{Path(args.compare).name}, {n} hyp., refined [{tag}]",
@@ -233,7 +240,8 @@ def _rows(args: argparse.Namespace, device: str) -> list[tuple[str, dict]]:
             if not args.skip_paper and precision in args.paper_precision:
                 for n in (1, 2, 3):
                     rows.append((f"paper config, {n} sample(s) x 5 steps, unrefined (paper: {PAPER_MS[n]} ms) [{tag}]",
-                                 dict(kind="paper", samples=n, refine=False, precision=precision, compile=compiled)))
+                                 dict(kind="paper", samples=n, refine=False, precision=precision, compile=compiled,
+                                      layer_search=False)))
     return rows
 
 
@@ -255,13 +263,14 @@ def main() -> None:
     parser.add_argument("--pair-list", type=int, default=0, metavar="N",
                         help="also time `diffmatch match --pairs` on N pairs, 1 and 2 processes (default 0: not)")
     parser.add_argument("--no-refine", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-layer-search", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", choices=("vgg", "model", "paper", "dis", "refine-opencv", "refine-torch"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.checkpoint, args.samples, args.repeats, args.device, args.precision,
-                                 args.image_size, not args.no_refine, args.compile)))
+                                 args.image_size, not args.no_refine, args.compile, not args.no_layer_search)))
         return
     for option in ("precision", "paper_precision"):
         text = getattr(args, option) if getattr(args, option) is not None else args.precision

@@ -59,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="pairs per level (default: all of the benchmark's)")
     parser.add_argument("--corruptions", default="none", help="synthetic: ImageNet-C types at severity 5, 'all' or a comma list (default none)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (each pair's noise: pair_seed)")
+    parser.add_argument("--settings", default="all", help=f"'all' or a comma list of {', '.join(SETTINGS)} (default all)")
     args = parser.parse_args(argv)
+    chosen = list(SETTINGS) if args.settings == "all" else [name.strip() for name in args.settings.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in SETTINGS]
+    if unknown or not chosen:
+        print(f"error: --settings: unknown {unknown or 'nothing'}; choose from {', '.join(SETTINGS)}", file=sys.stderr)
+        return 2
     try:
         matcher = DiffMatcher.from_checkpoint(args.checkpoint)
         subsets = build_subsets(args.dataset, args.root, parse_corruptions(args.corruptions), 5, args.limit)
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             source, target = item["source"][None], item["target"][None]
             generator = torch.Generator().manual_seed(pair_seed(args.seed, source, target))
             result = matcher.match(source, target, generator=generator, layer_search=False)
-            for name, config in SETTINGS.items():
+            for name in chosen:
+                config = SETTINGS[name]
                 searched = result if config is None else search_layers(result, source, target, raw_flow, matcher.refiner, config)[0]
                 aepe = float((searched.flow[0] - item["flow"]).norm(dim=0)[item["mask"].bool()].mean())
                 pose = max(pair_pose_error(searched, item, PoseOptions())) if has_pose else float("nan")

@@ -73,8 +73,8 @@ def main() -> int:
     for source, target in record["pairs"]:
         # One pass: the fixture pins the single-pass path (two-pass matching has its own tests).
         gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-        result = matcher.match(source, target, num_samples=3, generator=gen(), two_pass=False)
-        raw = matcher.match(source, target, num_samples=3, generator=gen(), refine=False, two_pass=False)
+        result = matcher.match(source, target, num_samples=3, generator=gen(), two_pass=False, layer_search=False)
+        raw = matcher.match(source, target, num_samples=3, generator=gen(), refine=False, two_pass=False, layer_search=False)
         _, cues = match_with_cues(matcher.model, source, target, 3, None, 0.0, torch.Generator().manual_seed(0))
         cues.pop("variance")  # the refined samples' variance, which the samples give
         record["default"].append({

@@ -78,9 +78,11 @@ def test_api_batch_and_seed(checkpoint, photo):
 def test_refinement_is_the_default_for_every_hypothesis_and_can_be_switched_off(tmp_path, checkpoint, images):
     from diffmatch.inputs import to_image_batch
     from diffmatch.io import load_image, read_flow
-    from diffmatch.refinement import VariationalRefiner
+    from diffmatch.refinement import LayerSearchConfig, VariationalRefiner
 
-    matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu")  # not calibrated: refined
+    assert DiffMatcher.from_checkpoint(checkpoint, device="cpu").layer_search == LayerSearchConfig()  # the default
+    # Without the layer search, which moves some refined pixels onto planes (tests/refinement/test_layer_search.py).
+    matcher = DiffMatcher.from_checkpoint(checkpoint, device="cpu", layer_search=False)  # not calibrated: refined
     assert matcher.refiner == VariationalRefiner()
     gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
     raw = matcher.match(images[0], images[1], num_samples=2, generator=gen(), refine=False)
@@ -89,7 +91,7 @@ def test_refinement_is_the_default_for_every_hypothesis_and_can_be_switched_off(
     torch.testing.assert_close(refined.samples, VariationalRefiner()(src, tgt, raw.samples))
     torch.testing.assert_close(refined.flow, refined.samples.mean(1))
     assert torch.equal(refined.init_flow, raw.init_flow) and not torch.allclose(refined.flow, raw.flow)
-    off = DiffMatcher.from_checkpoint(checkpoint, device="cpu", refine=False)
+    off = DiffMatcher.from_checkpoint(checkpoint, device="cpu", refine=False, layer_search=False)
     assert off.refiner is None
     assert torch.equal(off.match(images[0], images[1], num_samples=2, generator=gen()).flow, raw.flow)
     assert torch.equal(off.match(images[0], images[1], num_samples=2, generator=gen(), refine=True).flow, refined.flow)
@@ -97,7 +99,7 @@ def test_refinement_is_the_default_for_every_hypothesis_and_can_be_switched_off(
         DiffMatcher.from_checkpoint(checkpoint, device="cpu", refine="yes")
 
     base = ["--source", str(images[0]), "--target", str(images[1]), "--checkpoint", str(checkpoint), "--samples", "2",
-            "--seed", "2", "--no-viz"]
+            "--seed", "2", "--no-viz", "--no-layer-search"]
     assert infer_main([*base, "--out", str(tmp_path / "r")]) == 0
     assert infer_main([*base, "--out", str(tmp_path / "u"), "--no-refine"]) == 0
     for folder, result in (("r", refined), ("u", raw)):
@@ -106,7 +108,7 @@ def test_refinement_is_the_default_for_every_hypothesis_and_can_be_switched_off(
     # Two-pass matching is the default; --one-pass reaches the matcher as two_pass=False.
     assert matcher.two_pass == TwoPassConfig()
     assert infer_main([*base, "--out", str(tmp_path / "o"), "--one-pass"]) == 0
-    one = DiffMatcher.from_checkpoint(checkpoint, device="cpu", two_pass=False)
+    one = DiffMatcher.from_checkpoint(checkpoint, device="cpu", two_pass=False, layer_search=False)
     assert one.two_pass is None
     expected = one.match(images[0], images[1], num_samples=2, generator=gen())
     written = read_flow(next((tmp_path / "o").glob("*.flo")))

@@ -3,7 +3,7 @@
 ``tests/fixtures/pipeline_reference.pt`` (``scripts/make_pipeline_reference.py``) holds, for two small
 pairs, the then bundled default's (today the default's stage 1, ``diffmatch_xfeat.pt``) refined samples,
 calibrated confidence, unrefined samples and confidence
-cues (3 hypotheses, seed 0, one pass: the fixture predates two-pass matching as the default, which
+cues (3 hypotheses, seed 0, one pass and no layer search: the fixture predates two-pass matching and the layer search as defaults, which
 has its own tests in ``test_two_pass.py``), and a tiny random cascade's samples and cues. Flow on the target grid,
 ``target(x) ≈ source(x + flow(x))``, px. Tolerances: float32 round-off, which differs between
 machines (CPU instruction sets, library versions): on an AVX-512/AMX machine the model's flow moved
@@ -50,12 +50,12 @@ def matcher() -> DiffMatcher:
 def test_stage1_match_is_unchanged(matcher, index):
     source, target = REFERENCE["pairs"][index]
     expected = REFERENCE["default"][index]
-    result = matcher.match(source, target, num_samples=3, generator=torch.Generator().manual_seed(0), two_pass=False)
+    result = matcher.match(source, target, num_samples=3, generator=torch.Generator().manual_seed(0), two_pass=False, layer_search=False)
     _close(result.samples, expected["samples"], FLOW_ATOL)
     _close(result.init_flow, expected["init_flow"], INIT_ATOL)
     _close(result.confidence, expected["confidence"], CONFIDENCE_ATOL)
     raw = matcher.match(
-        source, target, num_samples=3, generator=torch.Generator().manual_seed(0), refine=False, two_pass=False
+        source, target, num_samples=3, generator=torch.Generator().manual_seed(0), refine=False, two_pass=False, layer_search=False
     )
     _close(raw.samples, expected["raw_samples"], FLOW_ATOL)
     _, cues = match_with_cues(matcher.model, source, target, 3, None, 0.0, torch.Generator().manual_seed(0))

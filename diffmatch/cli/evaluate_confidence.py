@@ -59,10 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "where the view changes a lot, one match per calibrated τ since the passes are chosen by the confidence "
         "at that τ)",
     )
-    parser.add_argument(
-        "--layer-search", action="store_true",
-        help="match with the layer search, an option of DiffMatcher (README, 'Layer search'; default: without)",
+    layers = parser.add_mutually_exclusive_group()
+    layers.add_argument(
+        "--no-layer-search", action="store_true",
+        help="match without the layer search (default: with it, as DiffMatcher matches; README, 'Layer search')",
     )
+    layers.add_argument("--layer-search", action="store_true", help="the default, with the layer search (kept for old scripts)")
     return parser
 
 
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
     try:
         subsets = build_subsets(args.dataset, args.root, corruptions, args.severity, args.limit, args.seed)
-        matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device, layer_search=args.layer_search)
+        matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device, layer_search=not args.no_layer_search)
         if matcher.calibrator is None:
             raise InputError(
                 f"{args.checkpoint or 'the bundled checkpoint'} has no confidence calibration "

@@ -137,12 +137,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "the first pass's homography is matched again; README, 'Two-pass matching')",
     )
     passes.add_argument("--two-pass", action="store_true", help="the default, two-pass matching (kept for old scripts)")
-    parser.add_argument(
-        "--layer-search", action="store_true",
-        help="let each pixel take a plane that the model's global cost sees where that plane matches it clearly "
-        "better and the window's texture pins it down: better on 3D scenes with parallax and wide "
-        "baselines, about even on strongly corrupted images (README, 'Layer search'; off by default)",
+    layers = parser.add_mutually_exclusive_group()
+    layers.add_argument(
+        "--no-layer-search", action="store_true",
+        help="leave out the layer search (default: each pixel takes a plane that the model's global cost sees "
+        "where that plane matches it clearly better and the window's texture pins it down: better on 3D "
+        "scenes with parallax and wide baselines, about even on strongly corrupted images, about 0.7 s more per "
+        "512² pair on 2 CPU cores; README, 'Layer search')",
     )
+    layers.add_argument("--layer-search", action="store_true", help="the default, the layer search (kept for old scripts)")
     parser.add_argument(
         "--rotations", type=_rotations, default=None, metavar="ANGLES",
         help="in-plane rotations in degrees (comma list, e.g. 45,-45,90,-90,180; 'none' for none) tried where "
@@ -378,7 +381,7 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
             refine=False if args.no_refine else None,
             two_pass=two_pass,
             precision=args.precision,
-            layer_search=args.layer_search,
+            layer_search=not args.no_layer_search,
         )
         reason = matcher.confidence_unavailable()
         if args.min_confidence is not None and reason is not None:
@@ -404,7 +407,8 @@ def _build_matcher(args: argparse.Namespace, device: str | torch.device | None =
         raise InputError(f"--image-size applies to --matcher diffmatch, not {args.matcher}")
     flags = [flag for flag, given in (("--no-refine", args.no_refine), ("--one-pass", args.one_pass),
                                       ("--two-pass", args.two_pass), ("--rotations", args.rotations is not None),
-                                      ("--layer-search", args.layer_search)) if given]
+                                      ("--layer-search", args.layer_search),
+                                      ("--no-layer-search", args.no_layer_search)) if given]
     if flags:
         flag = flags[0]
         raise InputError(f"{flag} applies to --matcher diffmatch, not {args.matcher}")

@@ -2,12 +2,15 @@
 
 * ``checkpoint``: DiffMatch, :meth:`DiffMatcher.match` with ``num_samples``/``num_steps`` as
   :class:`~diffmatch.matcher.DiffMatcher` runs it by default: its hypotheses refined at full
-  resolution, in two passes where the view changes a lot (:mod:`diffmatch.two_pass`);
+  resolution, in two passes where the view changes a lot (:mod:`diffmatch.two_pass`), followed by
+  the layer search (:mod:`diffmatch.refinement.layer_search`);
 * ``checkpoint-one-pass``: the same in one pass (the default until two-pass matching became it);
-* ``checkpoint-layer-search``: the same as ``checkpoint`` followed by the layer search
-  (:mod:`diffmatch.refinement.layer_search`, ``layer_search=True``);
+* ``checkpoint-no-layer-search``: the same as ``checkpoint`` without the layer search
+  (``layer_search=False``, the default until the search became it);
+* ``checkpoint-layer-search``: the same as ``checkpoint``, named for the tables that compare it with
+  ``checkpoint-no-layer-search``;
 * ``checkpoint-two-pass``: the same as ``checkpoint``, named for the tables that compare the two;
-* ``checkpoint-unrefined``: the model's flow as it is: one pass, no sub-pixel refinement;
+* ``checkpoint-unrefined``: the model's flow as it is: one pass, no sub-pixel refinement, no layer search;
 * ``checkpoint-torch-solver``: the same as ``checkpoint`` with the refinement's PyTorch solver
   (``VariationalRefiner(backend="torch")``, the one CUDA matches use) wherever it runs, to compare
   the two solvers on a benchmark;
@@ -57,6 +60,7 @@ MATCHER_METHODS: tuple[str, ...] = (
     "checkpoint-two-pass",
     "checkpoint-one-pass",
     "checkpoint-layer-search",
+    "checkpoint-no-layer-search",
     "checkpoint-torch-solver",
     "raw-corr",
     "raw-corr-soft",
@@ -241,7 +245,7 @@ def build_methods(names: Sequence[str], options: MethodOptions) -> list[Method]:
         if name.startswith("checkpoint"):
             refine = False if name == "checkpoint-unrefined" else None
             passes = {"checkpoint-two-pass": True, "checkpoint-one-pass": False, "checkpoint-unrefined": False}.get(name)
-            layers = True if name == "checkpoint-layer-search" else None
+            layers = {"checkpoint-layer-search": True, "checkpoint-no-layer-search": False, "checkpoint-unrefined": False}.get(name)
             runner = _with_torch_solver(matcher) if name == "checkpoint-torch-solver" else matcher
             methods.append(
                 CheckpointMethod(

@@ -203,15 +203,16 @@ def test_cli_checkpoint_and_raw_corr_with_a_stand_in_matcher(tmp_path, capsys, m
 def test_checkpoint_methods_pass_their_switches_to_the_matcher(photo, monkeypatch):
     stand_in = StandInMatcher()
     monkeypatch.setattr(methods_module, "_load_diffmatcher", lambda options: stand_in)
-    names = ["checkpoint", "checkpoint-layer-search", "checkpoint-one-pass", "checkpoint-unrefined"]
+    names = ["checkpoint", "checkpoint-layer-search", "checkpoint-no-layer-search", "checkpoint-one-pass", "checkpoint-unrefined"]
     source, target, _ = shifted_pair(photo, 2, -1)
     for method in build_methods(names, MethodOptions()):
         method(source, target)
     assert stand_in.calls == [
         {"refine": None, "two_pass": None, "layer_search": None},
         {"refine": None, "two_pass": None, "layer_search": True},
+        {"refine": None, "two_pass": None, "layer_search": False},
         {"refine": None, "two_pass": False, "layer_search": None},
-        {"refine": False, "two_pass": False, "layer_search": None},
+        {"refine": False, "two_pass": False, "layer_search": False},  # the model's flow as it is
     ]
 
 
@@ -468,6 +469,8 @@ def test_evaluate_confidence_layer_search_runs_in_every_match(tmp_path, monkeypa
     search = matcher_module.search_layers
     monkeypatch.setattr(matcher_module, "search_layers", lambda *a: calls.append(1) or search(*a))
     argv = ["--checkpoint", str(checkpoint), "--limit", "1", "--samples", "2", "--steps", "1", "--one-pass"]
-    assert confidence_main([*argv, "--out", str(tmp_path / "plain")]) == 0 and not calls
-    assert confidence_main([*argv, "--layer-search", "--out", str(tmp_path / "searched")]) == 0
+    assert confidence_main([*argv, "--no-layer-search", "--out", str(tmp_path / "plain")]) == 0 and not calls
+    assert confidence_main([*argv, "--out", str(tmp_path / "searched")]) == 0  # the default: searched
     assert len(calls) == 3 * 3  # three pairs (one per level), one match per calibrated τ
+    assert confidence_main([*argv, "--layer-search", "--out", str(tmp_path / "again")]) == 0  # old scripts
+    assert len(calls) == 2 * 3 * 3

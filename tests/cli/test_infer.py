@@ -220,10 +220,16 @@ def test_layer_search_reaches_the_matcher_and_is_refused_elsewhere(tmp_path, che
 
     monkeypatch.setattr(DiffMatcher, "from_checkpoint", classmethod(recording))
     assert infer_main(_args(images, tmp_path / "a", checkpoint, "--no-viz")) == 0
-    assert infer_main(_args(images, tmp_path / "b", checkpoint, "--no-viz", "--layer-search")) == 0
-    assert built[0] is None and built[1] is not None
+    assert infer_main(_args(images, tmp_path / "b", checkpoint, "--no-viz", "--no-layer-search")) == 0
+    assert infer_main(_args(images, tmp_path / "c", checkpoint, "--no-viz", "--layer-search")) == 0  # old scripts
+    assert built[0] is not None and built[1] is None and built[2] == built[0]  # searched by default
     capsys.readouterr()
-    code = infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(tmp_path / "c"),
-                       "--matcher", "dino", "--layer-search"])
+    for flag in ("--layer-search", "--no-layer-search"):
+        code = infer_main(["--source", str(images[0]), "--target", str(images[1]), "--out", str(tmp_path / "d"),
+                           "--matcher", "dino", flag])
+        err = capsys.readouterr().err
+        assert code == 2 and _error_lines(err) == [f"error: {flag} applies to --matcher diffmatch, not dino"]
+    with pytest.raises(SystemExit) as exit_:
+        infer_main(_args(images, tmp_path / "e", checkpoint, "--layer-search", "--no-layer-search"))
     err = capsys.readouterr().err
-    assert code == 2 and _error_lines(err) == ["error: --layer-search applies to --matcher diffmatch, not dino"]
+    assert exit_.value.code == 2 and "not allowed with argument" in err and len(_error_lines(err)) == 1

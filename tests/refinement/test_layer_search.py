@@ -17,6 +17,7 @@ from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.weights import save_weights
 from diffmatch.refinement.layer_search import (
     LayerSearchConfig,
+    aligned_cost,
     census_transform,
     layer_homographies,
     matching_cost,
@@ -63,12 +64,32 @@ def test_census_is_blind_to_brightness_and_contrast():
 def test_matching_cost_is_low_for_the_true_flow_and_a_toss_outside():
     source, target, truth, _ = _scene()
     cs, ct = census_transform(source), census_transform(target)
-    right = matching_cost(cs, ct, truth, 9)
-    wrong = matching_cost(cs, ct, truth + 7.0, 9)
     inner = (slice(None), slice(None), slice(10, -10), slice(10, -10))
-    assert right[inner].mean() < 0.1 < wrong[inner].mean()
-    far = matching_cost(cs, ct, truth + 10_000.0, 1)
-    assert torch.allclose(far, torch.full_like(far, 0.5))
+    for cost in (lambda f, w: matching_cost(cs, ct, f, w), lambda f, w: aligned_cost(source, ct, f, w)):
+        right, wrong = cost(truth, 9), cost(truth + 7.0, 9)
+        assert right[inner].mean() < 0.1 < wrong[inner].mean()
+        far = cost(truth + 10_000.0, 1)
+        assert torch.allclose(far, torch.full_like(far, 0.5))
+
+
+def test_the_aligned_cost_follows_the_flows_rotation():
+    # The target is the source turned by 55°. The aligned cost takes the census after the source is
+    # warped onto the target's grid, so the right flow costs little though every neighbour moved to
+    # another direction; the census taken in the source's frame and then warped scores it near a
+    # coin toss, which is why the search lets the aligned cost veto a plane.
+    from diffmatch.two_pass import rotation_homography
+
+    source = _texture()[..., : SIZE[1], : SIZE[1]]
+    size = (SIZE[1], SIZE[1])
+    truth = homography_to_flow(rotation_homography(55.0, size, size), size).float()
+    target, valid = warp(source, truth)
+    ct = census_transform(target)
+    # Pixels whose window lies inside the source: the valid region shrunk by a window.
+    inner = torch.nn.functional.max_pool2d((~valid).float()[:, None], 9, stride=1, padding=4)[:, 0] == 0
+    right = aligned_cost(source, ct, truth, 9)[:, 0][inner].mean()
+    shifted = aligned_cost(source, ct, truth + 4.0, 9)[:, 0][inner].mean()
+    in_source_frame = matching_cost(census_transform(source), ct, truth, 9)[:, 0][inner].mean()
+    assert right < 0.15 < shifted and in_source_frame > 0.25, (right, shifted, in_source_frame)
 
 
 def _backward() -> torch.Tensor:
