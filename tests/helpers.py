@@ -70,3 +70,14 @@ def synthetic_cues(n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray
         + 0.15 * local_fb_error + rng.gamma(1.0, 1.0, n) * (1.5 - cost_peak)
     )
     return np.stack((variance, init_distance, cost_peak, fb_error, local_variance, local_fb_error), 1), errors
+
+
+def synthetic_search_cues(n: int, seed: int = 0, distinctness_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Made-up pixels the layer search took, cues in the order of SEARCH_FIT_CUES: the error grows with
+    the census cost (and, with ``distinctness_weight``, falls with the distinctness)."""
+    rng = np.random.default_rng(seed)
+    cues = np.stack(
+        [rng.gamma(1.0, 4.0, n), rng.gamma(1.0, 3.0, n), rng.uniform(0, 0.5, n), rng.uniform(0, 0.3, n), rng.uniform(0, 0.4, n)], 1
+    )
+    errors = 20 * cues[:, 2] + distinctness_weight * (0.4 - cues[:, 4]) + rng.gamma(1.0, 1.0, n)
+    return cues, errors

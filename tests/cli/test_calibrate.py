@@ -10,6 +10,7 @@ from diffmatch.cli.calibrate import main as calibrate_main
 from diffmatch.confidence.fitting import SEARCH_FIT_CUES, CueSamples
 from diffmatch.data import bundled_photos
 from diffmatch.refinement import LayerSearchConfig
+from tests.helpers import synthetic_search_cues
 
 PHOTOS = bundled_photos("train")
 
@@ -80,10 +81,7 @@ def test_a_model_that_is_wrong_everywhere_is_one_line(tmp_path, checkpoint, caps
 
 def _taken(pairs: int, seed: int = 0) -> CueSamples:
     """Made-up pixels the layer search took: the error grows with the census cost."""
-    rng = np.random.default_rng(seed)
-    n = 200 * pairs
-    cues = np.stack([rng.gamma(1.0, 4.0, n), rng.gamma(1.0, 3.0, n), rng.uniform(0, 0.5, n), rng.uniform(0, 0.3, n), rng.uniform(0, 0.4, n)], 1)
-    errors = 20 * cues[:, 2] + rng.gamma(1.0, 1.0, n)
+    cues, errors = synthetic_search_cues(200 * pairs, seed)
     return CueSamples(SEARCH_FIT_CUES, cues, errors, np.repeat(np.arange(pairs), 200))
 
 

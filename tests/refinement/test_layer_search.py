@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,7 +23,7 @@ from diffmatch.refinement.layer_search import (
     search_layers,
 )
 from diffmatch.result import MatchResult
-from tests.helpers import synthetic_cues, tiny_config
+from tests.helpers import synthetic_cues, synthetic_search_cues, tiny_config
 
 SIZE = (96, 128)
 # Target pixels -> source pixels: the background and a layer that moved far from it (parallax).
@@ -221,10 +220,7 @@ def test_select_gives_one_pair_of_a_batch_as_a_batch_of_one():
 def _search_part(taus: tuple[float, ...] = (1.0, 3.0, 5.0)) -> Calibrator:
     """A layer-search part fitted on made-up taken pixels whose error grows with the census cost and
     falls with the distinctness."""
-    rng = np.random.default_rng(0)
-    n = 3000
-    cues = np.stack([rng.gamma(1.0, 4.0, n), rng.gamma(1.0, 3.0, n), rng.uniform(0, 0.5, n), rng.uniform(0, 0.3, n), rng.uniform(0, 0.4, n)], 1)
-    errors = 20 * cues[:, 2] + 10 * (0.4 - cues[:, 4]) + rng.gamma(1.0, 1.0, n)
+    cues, errors = synthetic_search_cues(3000, distinctness_weight=10.0)
     return fit_calibrator(cues, errors, SEARCH_FIT_CUES, taus)
 
 
