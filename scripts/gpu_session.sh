@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
 # One prepared call for a session that draws a GPU (the `device` tool: one H200, 15 minutes of device
-# time in all, at most 10 minutes per command). It runs, in this order, and writes under $OUT:
-#   1. the inference benchmark on CUDA (scripts/bench_inference.py: the default at 512² with 1 and 3
-#      hypotheses at float32 and bf16, the paper-size model against the paper's 112/123/140 ms, the
-#      refinement alone by each solver)                                -> bench.md, bench.json
-#   2. the scene fine-tuning recipe of issue #27 (the phase-6 recipe of checkpoints/README.md, at
-#      batch 16 with many loader workers) for TRAIN_SECONDS, from INIT  -> train.log, metrics.csv
-#   3. its float16 export                                              -> finetuned.pt (about 15 MB)
-#   4. a quick held-out check of the export: the scenes and the synthetic benchmark, 10 pairs per
-#      level, unrefined and refined (the refinement runs on the GPU)  -> eval.md
+# time in all, at most 10 minutes per command). It retrains the default model on 3D scenes (issue #27)
+# and times inference on the GPU, writing under $OUT (8 files at most come back):
+#   1. stage 1 fine-tuned from the bundled stage 1 on synthetic warps and rendered 3D scenes, for
+#      STAGE1_SECONDS, the learning rate decayed along a half cosine over that wall-clock time
+#      (--model.lr_decay_seconds: the step rate of CPU-fed loaders is not known ahead)
+#                                                   -> stage1.pt (float16, ~15 MB), metrics_stage1.csv
+#   2. stage 2 (the flow upsampler) fine-tuned from the bundled stage 2, now on top of the new
+#      stage 1 and conditioned on its predictions, for STAGE2_SECONDS
+#                                                   -> stage2.pt (a stage-2 file referring to
+#                                                      stage1.pt, ~14 MB), metrics_stage2.csv
+#   3. the inference benchmark on CUDA with what time is left before BUDGET (the default at 512²
+#      at float32 and bf16, the paper-size model against the paper's 112 / 123 / 140 ms)
+#                                                   -> bench.md, bench.json
+#   and the tails of the training logs (train.log) and a timed log of the call (session.md).
+# The held-out evaluation and the calibration run afterwards on the CPU, from these files
+# (checkpoints/README.md has the commands).
 #
 # Prepare here, in the repository root (the device has no network; these packages are missing there):
-#   echo /.whl/ >> .git/info/exclude && bash scripts/gpu_session.sh --wheels
+#   mkdir -p .git/info && echo /.whl/ >> .git/info/exclude && bash scripts/gpu_session.sh --wheels
 #   diffmatch fetch-photos                       # data/photos/extra, the training photos it carries
-# Run, with the device tool:
+# Run, with the device tool (the tree, the wheels and the photos travel: about 66 of its 67 MB):
 #   run(command="bash scripts/gpu_session.sh", carry=[".whl", "data/photos/extra"], timeout_s=600)
-# then commit what is worth keeping from its files (the numbers to the README, the weights as the
-# next phase's start). Settings, as environment variables: TRAIN_SECONDS (default 330), INIT (default
-# the bundled model), BENCH=0 / EVAL=0 to skip a part, DRY=1 for a smoke test on a CPU (a few steps,
-# one pair per level, no benchmark: about 5 minutes on 2 cores; checked so before it was committed).
+# Settings, as environment variables: STAGE1_SECONDS (default 290), STAGE2_SECONDS (default 120),
+# BUDGET (seconds from the start by which the call ends, default 560), BENCH=0 to skip the benchmark,
+# DRY=1 for a smoke test on a CPU (a few steps of each stage, no benchmark; minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,59 +39,88 @@ if [[ "${1:-}" == "--wheels" ]]; then
 fi
 
 OUT="${OUT:-outputs/gpu_session}"
-TRAIN_SECONDS="${TRAIN_SECONDS:-330}"
-INIT="${INIT:-diffmatch/assets/diffmatch_xfeat.pt}"
+STAGE1_SECONDS="${STAGE1_SECONDS:-290}"
+STAGE2_SECONDS="${STAGE2_SECONDS:-120}"
+BUDGET="${BUDGET:-560}"
 DRY="${DRY:-0}"
+STAGE1_INIT=diffmatch/assets/diffmatch_xfeat.pt
+STAGE2_INIT=diffmatch/assets/diffmatch_xfeat_stage2.pt
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" > /dev/null; then
+if [[ "$DRY" != 1 ]] && compgen -G ".whl/*.whl" > /dev/null; then  # DRY: this machine has them
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl
     export PYTHONPATH="$WORK/site:$PWD"
 else
     export PYTHONPATH="$PWD"
 fi
 started=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - started )) s] $*" | tee -a "$OUT/eval.md" >&2; }
-: > "$OUT/eval.md"
+stamp() { echo "[$(( $(date +%s) - started )) s] $*" | tee -a "$OUT/session.md" >&2; }
+: > "$OUT/session.md"
+: > "$OUT/train.log"
 
 if [[ "$DRY" == 1 ]]; then
-    device=cpu; batch=2; workers=1; limit=1; steps="--trainer.max_steps 3 --trainer.limit_val_batches 1 --data.val_batch_size 1"
+    device=cpu; batch=2; workers=1; limits="--trainer.max_steps 3 --trainer.limit_val_batches 1 --data.val_batch_size 1"
     BENCH=0
 else
-    device=cuda; batch=16; workers=$(( $(nproc) - 2 )); limit=10; steps="--trainer.max_steps 100000"
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/eval.md" || true
+    device=cuda; batch=16; workers=$(( $(nproc) - 2 )); limits="--trainer.max_steps 100000 --trainer.limit_val_batches 2"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/session.md" || true
+    python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$OUT/session.md"
 fi
+hms() { printf '00:00:%02d:%02d' $(($1 / 60)) $(($1 % 60)); }
+# The recipe shared by both stages: half the warps shrunk towards the identity, sensor noise on half
+# the images, scenes with an independently moving layer in a fifth of them (checkpoints/README.md).
+recipe=(--data.train.warp.small_motion_probability 0.5
+    --data.train.photometric '{noise_probability: 0.5, noise_sigma: [0.02, 0.4]}'
+    --data.train.scenes '{moving_probability: 0.2, supersample: 1}'
+    --model.ema_warmup true --trainer.val_check_interval 300 --trainer.accelerator "$device"
+    --data.batch_size "$batch" --data.num_workers "$workers")
 
-if [[ "${BENCH:-1}" == 1 ]]; then
-    stamp "benchmark"
-    python3 scripts/bench_inference.py --device cuda --precision 32,bf16 --paper-precision 32 --repeats 10 \
-        --json "$OUT/bench.json" > "$OUT/bench.md" 2>&1 || stamp "benchmark failed (see bench.md)"
-fi
+# train NAME SECONDS ARGS...: one Lightning run into $WORK/NAME; its log's tail and metrics go to $OUT.
+train() {
+    local name=$1 seconds=$2; shift 2
+    stamp "$name: training for $seconds s"
+    # shellcheck disable=SC2086
+    if ! python3 train.py fit "$@" "${recipe[@]}" --model.lr_decay_seconds "$seconds" \
+        --trainer.max_time "$(hms "$seconds")" $limits --trainer.default_root_dir "$WORK/$name" > "$WORK/$name.log" 2>&1; then
+        { echo "== $name (failed)"; tail -60 "$WORK/$name.log"; } >> "$OUT/train.log"
+        stamp "$name: training failed (see train.log)"
+        exit 1
+    fi
+    { echo "== $name"; grep -v "^Epoch\|it/s\]" "$WORK/$name.log" | tail -40 || true; } >> "$OUT/train.log"
+    cp "$WORK/$name/lightning_logs/version_0/metrics.csv" "$OUT/metrics_$name.csv" 2>/dev/null || true
+    stamp "$name: $(tail -1 "$OUT/metrics_$name.csv" 2>/dev/null | cut -c1-120)"
+}
 
-stamp "fine-tuning from $INIT for ${TRAIN_SECONDS} s"
-# shellcheck disable=SC2086
-python3 train.py fit --config configs/default_xfeat.yaml --model.init_from "$INIT" \
-    --model.lr 8.0e-5 --model.lr_decay_steps 1500 --model.ema_warmup true --data.train.seed 8 \
-    --data.train.warp.small_motion_probability 0.5 \
-    --data.train.photometric '{noise_probability: 0.5, noise_sigma: [0.02, 0.4]}' \
-    --data.train.scene_share 0.5 --data.train.scenes '{moving_probability: 0.2, supersample: 1}' \
-    --trainer.accelerator "$device" --trainer.max_time "$(printf '00:00:%02d:%02d' $((TRAIN_SECONDS / 60)) $((TRAIN_SECONDS % 60)))" $steps \
-    --data.batch_size "$batch" --data.num_workers "$workers" \
-    --trainer.default_root_dir "$WORK/run" > "$WORK/train.log" 2>&1 || { tail -40 "$WORK/train.log" > "$OUT/train.log"; stamp "training failed (see train.log)"; exit 1; }
-tail -c 200000 "$WORK/train.log" > "$OUT/train.log"
-run_dir="$WORK/run/lightning_logs/version_0"
-cp "$run_dir/metrics.csv" "$OUT/metrics.csv" 2>/dev/null || true  # logged every 25 steps
-python3 -m diffmatch.export "$run_dir/checkpoints/last.ckpt" "$OUT/finetuned.pt" --half
-stamp "exported $OUT/finetuned.pt"
+train stage1 "$STAGE1_SECONDS" --config configs/default_xfeat.yaml --model.init_from "$STAGE1_INIT" \
+    --model.lr 6.0e-5 --data.train.seed 11 --data.train.scene_share 0.5
+python3 -m diffmatch.export "$WORK/stage1/lightning_logs/version_0/checkpoints/last.ckpt" "$OUT/stage1.pt" --half
+stamp "exported stage1.pt"
 
-if [[ "${EVAL:-1}" == 1 ]]; then
-    for dataset in scenes synthetic; do
-        stamp "evaluating on $dataset (--limit $limit)"
-        python3 -m diffmatch.evaluate --dataset "$dataset" --methods checkpoint,checkpoint-unrefined \
-            --checkpoint "$OUT/finetuned.pt" --limit "$limit" --device "$device" --out "$WORK/eval-$dataset" \
-            >> "$OUT/eval.md" 2>&1 || stamp "evaluation on $dataset failed"
-    done
+# Stage 2 starts from the bundled one, joined with the new stage 1 (a whole cascade file: loading a
+# stage-1 file into a cascade would restart the upsampler from stage 1's denoiser).
+python3 - "$STAGE2_INIT" "$OUT/stage1.pt" "$WORK/cascade_init.pt" <<'EOF'
+import sys
+
+from diffmatch.models.weights import load_checkpoint, save_weights
+
+cascade, stage1 = load_checkpoint(sys.argv[1]), load_checkpoint(sys.argv[2])
+state = cascade.state_dict()
+state.update(stage1.state_dict())  # every tensor but the upsampler's
+cascade.load_state_dict(state)
+save_weights(cascade, sys.argv[3])
+EOF
+train stage2 "$STAGE2_SECONDS" --config configs/upsampler_xfeat.yaml --model.init_from "$WORK/cascade_init.pt" \
+    --model.lr 5.0e-5 --model.val_steps 1 --data.train.seed 12 --data.train.scene_share 0.4
+python3 -m diffmatch.export "$WORK/stage2/lightning_logs/version_0/checkpoints/last.ckpt" "$OUT/stage2.pt" --half \
+    --stage1 "$OUT/stage1.pt"
+stamp "exported stage2.pt"
+
+left=$(( BUDGET - ($(date +%s) - started) ))
+if [[ "${BENCH:-1}" == 1 && $left -gt 30 ]]; then
+    stamp "benchmark, at most $left s"
+    timeout "$left" python3 scripts/bench_inference.py --device cuda --precision 32,bf16 --paper-precision 32 \
+        --repeats 10 --json "$OUT/bench.json" > "$OUT/bench.md" 2>&1 || stamp "benchmark stopped or failed (see bench.md)"
 fi
 stamp "done"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,11 @@ class DiffMatchModule(L.LightningModule):
         lr_decay_steps: decay the learning rate to zero over this many optimiser steps along a
             half cosine, stepped every step (``None``: constant, the paper's setting). Counted from
             the start of this run, so a fine-tuning run started with ``init_from`` decays over its own steps.
+        lr_decay_seconds: decay along the same half cosine over this many seconds of wall-clock
+            training instead, measured from the first training step of this run (or of a resumed
+            run). For time-boxed runs whose step rate is not known ahead (a GPU lease, a SLURM slot
+            fed by CPU data loaders): pair it with ``--trainer.max_time`` of the same length so that
+            the run ends where the rate reaches zero. Exclusive with ``lr_decay_steps``.
         ema_decay: keep an exponential moving average of the denoiser with this decay (``None``: off).
             Validation and exported weights then use the average.
         ema_warmup: ramp the average's decay up as ``min(ema_decay, (1 + n) / (10 + n))`` after
@@ -138,6 +144,7 @@ class DiffMatchModule(L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         lr_decay_steps: int | None = None,
+        lr_decay_seconds: float | None = None,
         ema_decay: float | None = None,
         ema_warmup: bool = False,
         val_samples: int = 1,
@@ -149,7 +156,10 @@ class DiffMatchModule(L.LightningModule):
         super().__init__()
         config = config_from_dict(model if model is not None else DiffMatchConfig())
         stage2 = None if upsampler is None else upsampler_config_from_dict(upsampler)
+        if lr_decay_steps is not None and lr_decay_seconds is not None:
+            raise ValueError("give lr_decay_steps or lr_decay_seconds, not both")
         self.save_hyperparameters(ignore=["model", "upsampler"])
+        self._decay_started: float | None = None  # monotonic time of this run's first step
         self.hparams["model"] = config.to_dict()  # plain data, so checkpoints load with weights_only
         self.hparams["upsampler"] = None if stage2 is None else stage2.to_dict()
         # Backbone weights that init_from restores need not (and may not be able to) be loaded first.
@@ -175,13 +185,29 @@ class DiffMatchModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         steps = self.hparams.get("lr_decay_steps")
-        if steps is None:
+        seconds = self.hparams.get("lr_decay_seconds")
+        if steps is None and seconds is None:
             return optimizer
-        if steps < 1:
+        if steps is not None and steps < 1:
             raise ValueError(f"lr_decay_steps must be >= 1 or None, got {steps}")
-        cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"lr_decay_seconds must be > 0 or None, got {seconds}")
+        if steps is not None:
+            cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
+        else:
+            cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * self._elapsed_share(seconds)))  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _elapsed_share(self, seconds: float) -> float:
+        """The share of ``seconds`` that has passed since this run's first step (0 before it), at most 1."""
+        if self._decay_started is None:
+            return 0.0
+        return min((time.monotonic() - self._decay_started) / seconds, 1.0)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._decay_started is None:
+            self._decay_started = time.monotonic()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.model.loss(batch["source"], batch["target"], batch["flow"], batch.get("mask"))

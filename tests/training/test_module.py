@@ -191,6 +191,32 @@ def test_lr_decays_along_a_half_cosine_per_step():
     assert isinstance(DiffMatchModule(model=tiny_config(), lr=1e-3).configure_optimizers(), torch.optim.AdamW)
 
 
+def test_lr_decays_along_a_half_cosine_over_wall_clock_seconds(monkeypatch):
+    from helpers import tiny_config
+
+    import diffmatch.training.module as module_file
+
+    now = [100.0]
+    monkeypatch.setattr(module_file.time, "monotonic", lambda: now[0])
+    module = DiffMatchModule(model=tiny_config(), lr=1e-3, lr_decay_seconds=60)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    seen = [optimizer.param_groups[0]["lr"]]
+    module.on_train_batch_start(None, 0)  # the clock starts at the first step, not at construction
+    for t in (115.0, 130.0, 160.0, 500.0):
+        now[0] = t
+        module.on_train_batch_start(None, 1)  # later steps do not restart it
+        optimizer.step()
+        scheduler.step()
+        seen.append(optimizer.param_groups[0]["lr"])
+    expected = [1e-3, 1e-3 * (1 + 2**-0.5) / 2, 5e-4, 0.0, 0.0]
+    assert seen == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="not both"):
+        DiffMatchModule(model=tiny_config(), lr_decay_steps=4, lr_decay_seconds=60)
+    with pytest.raises(ValueError, match="lr_decay_seconds must be > 0"):
+        DiffMatchModule(model=tiny_config(), lr_decay_seconds=0).configure_optimizers()
+
+
 # ------------------------------------------------------------------- train.py's one line (#29 item 5)
 def _train_errors(capfd) -> list[str]:
     """stderr lines a user reads, Lightning's "Seed set to 0" notice aside."""
