@@ -1,7 +1,8 @@
 """``DiffMatcher.match`` returns what it returned before the package was restructured (issue #28).
 
 ``tests/fixtures/pipeline_reference.pt`` (``scripts/make_pipeline_reference.py``) holds, for two small
-pairs, the then bundled default's (today the default's stage 1, ``diffmatch_xfeat.pt``) refined samples,
+pairs, the default's stage 1's (``diffmatch_xfeat.pt``; recorded for the default of issue #28's time and
+again when stage 1's weights were fine-tuned on 3D scenes, issue #27) refined samples,
 calibrated confidence, unrefined samples and confidence
 cues (3 hypotheses, seed 0, one pass and no layer search: the fixture predates two-pass matching and the layer search as defaults, which
 has its own tests in ``test_two_pass.py``), and a tiny random cascade's samples and cues. Flow on the target grid,

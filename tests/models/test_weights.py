@@ -5,7 +5,8 @@
 ``diffmatch/assets/diffmatch_xfeat_stage2.pt`` (``"diffmatch_xfeat_stage2"``), and of its stage 1
 ``diffmatch_xfeat.pt`` (``"diffmatch_xfeat"``) on a fixed 56×48 pair, 2 hypotheses, the
 checkpoints' own step count, seed 0, each recorded when it was bundled (the cascade's again when
-its stage 2 began to run once on the stage-1 mean, ``refine="once"``).
+its stage 2 began to run once on the stage-1 mean, ``refine="once"``; both again when they were
+fine-tuned on 3D scenes on a GPU, issue #27).
 """
 
 from __future__ import annotations
