@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from diffmatch.errors import InputError
 from diffmatch.io import atomic_open, atomic_write_bytes
 from diffmatch.models.config import (
     DiffMatchConfig,
@@ -157,7 +158,11 @@ class DiffMatchModule(L.LightningModule):
         config = config_from_dict(model if model is not None else DiffMatchConfig())
         stage2 = None if upsampler is None else upsampler_config_from_dict(upsampler)
         if lr_decay_steps is not None and lr_decay_seconds is not None:
-            raise ValueError("give lr_decay_steps or lr_decay_seconds, not both")
+            raise InputError("give lr_decay_steps or lr_decay_seconds, not both")
+        if lr_decay_steps is not None and lr_decay_steps < 1:
+            raise InputError(f"lr_decay_steps must be >= 1 or None, got {lr_decay_steps}")
+        if lr_decay_seconds is not None and not lr_decay_seconds > 0:
+            raise InputError(f"lr_decay_seconds must be > 0 or None, got {lr_decay_seconds}")
         self.save_hyperparameters(ignore=["model", "upsampler"])
         self._decay_started: float | None = None  # monotonic time of this run's first step
         self.hparams["model"] = config.to_dict()  # plain data, so checkpoints load with weights_only
@@ -188,10 +193,6 @@ class DiffMatchModule(L.LightningModule):
         seconds = self.hparams.get("lr_decay_seconds")
         if steps is None and seconds is None:
             return optimizer
-        if steps is not None and steps < 1:
-            raise ValueError(f"lr_decay_steps must be >= 1 or None, got {steps}")
-        if seconds is not None and not seconds > 0:
-            raise ValueError(f"lr_decay_seconds must be > 0 or None, got {seconds}")
         if steps is not None:
             cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
         else:

@@ -214,7 +214,7 @@ def test_lr_decays_along_a_half_cosine_over_wall_clock_seconds(monkeypatch):
     with pytest.raises(ValueError, match="not both"):
         DiffMatchModule(model=tiny_config(), lr_decay_steps=4, lr_decay_seconds=60)
     with pytest.raises(ValueError, match="lr_decay_seconds must be > 0"):
-        DiffMatchModule(model=tiny_config(), lr_decay_seconds=0).configure_optimizers()
+        DiffMatchModule(model=tiny_config(), lr_decay_seconds=0)
 
 
 # ------------------------------------------------------------------- train.py's one line (#29 item 5)
