@@ -194,9 +194,10 @@ class DiffMatchModule(L.LightningModule):
         if steps is None and seconds is None:
             return optimizer
         if steps is not None:
-            cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))  # noqa: E731
+            share = lambda step: min(step, steps) / steps  # noqa: E731
         else:
-            cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * self._elapsed_share(seconds)))  # noqa: E731
+            share = lambda step: self._elapsed_share(seconds)  # noqa: E731
+        cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * share(step)))  # noqa: E731
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
