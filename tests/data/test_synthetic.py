@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -152,6 +154,32 @@ def test_photometric_noise_has_the_drawn_strength_and_is_seeded() -> None:
     assert torch.equal(photometric_augment(flat, off, torch.Generator().manual_seed(0)), flat)
     for bad in ({"noise_probability": 1.5}, {"noise_sigma": (0.2, 0.1)}, {"noise_sigma": (0.0, 0.1)}):
         with pytest.raises(ValueError, match="noise"):
+            PhotometricConfig(**bad)
+
+
+def test_photometric_haze_lowers_contrast_towards_the_airlight_and_is_seeded() -> None:
+    stripes = torch.zeros(3, 64, 64)
+    stripes[:, :, ::2] = 1.0
+    only_haze = PhotometricConfig(
+        jitter_probability=0.0, grayscale_probability=0.0, blur_probability=0.0,
+        haze_probability=1.0, haze_density=(1.0, 2.0), haze_airlight=(0.7, 0.9),
+    )
+    for seed in range(3):
+        out = photometric_augment(stripes, only_haze, torch.Generator().manual_seed(seed))
+        assert torch.equal(out, photometric_augment(stripes, only_haze, torch.Generator().manual_seed(seed)))
+        contrast = out[:, :, ::2] - out[:, :, 1::2]  # 1 everywhere before; the transmission t after
+        assert float(contrast.min()) >= math.exp(-2.0) - 1e-5 and float(contrast.max()) <= 1.0 + 1e-5
+        assert float(contrast.max() - contrast.min()) > 0.2  # uneven: densest where the field peaks
+        assert float(out[:, :, 1::2].mean()) > 0.1  # dark pixels lifted towards the airlight
+    # Off: the stream of every other augmentation is untouched.
+    default, hazeless = PhotometricConfig(noise_probability=0.5), PhotometricConfig(noise_probability=0.5, haze_probability=0.0)
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(
+        photometric_augment(image, default, torch.Generator().manual_seed(1)),
+        photometric_augment(image, hazeless, torch.Generator().manual_seed(1)),
+    )
+    for bad in ({"haze_probability": -0.1}, {"haze_density": (2.0, 1.0)}, {"haze_airlight": (0.5, 1.2)}):
+        with pytest.raises(ValueError, match="haze"):
             PhotometricConfig(**bad)
 
 
