@@ -120,20 +120,24 @@ def calibration_pairs(
     seen = {"synthetic": 0, "scenes": 0}
     items = []
     every = 0 if corrupted <= 0 else max(1, round(1 / corrupted))
+    k = 0  # corrupted pairs so far: the corruptions and severities in turn
     for i in range(num_pairs):
         kind = "scenes" if is_scene[i] else "synthetic"
-        item = draw[kind](seen[kind])
+        j = seen[kind]
+        item = draw[kind](j)
         seen[kind] += 1
         item["kind"] = kind
         item["corruption"] = "clean"
-        if every and i % every == every - 1:
-            k = i // every
+        # Every `every`-th pair *of its kind*: both kinds get their share, at every level in turn (a
+        # count over all pairs fell on the scene pairs alone whenever the two shares lined up).
+        if every and j % every == every - 1:
             name, severity = CORRUPTIONS[k % len(CORRUPTIONS)], _SEVERITIES[k % len(_SEVERITIES)]
-            for j, key in enumerate(("source", "target")):
+            for side, key in enumerate(("source", "target")):
                 image = (item[key].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-                image = corrupt(image, name, severity, seed * 1000 + 2 * i + j)
+                image = corrupt(image, name, severity, seed * 1000 + 2 * i + side)
                 item[key] = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255.0
             item["corruption"] = f"{name}-{severity}"
+            k += 1
         items.append(item)
     return items
 

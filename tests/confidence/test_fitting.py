@@ -23,7 +23,8 @@ def test_calibration_pairs_mix_scenes_and_synthetic_levels():
     items = calibration_pairs(PHOTOS, 6, 64, corrupted=0.5, seed=1, scenes=1 / 3, scene_size=(48, 64))
     assert [item["kind"] for item in items] == ["synthetic", "synthetic", "scenes"] * 2
     assert [item["name"].split("/")[0] for item in items if item["kind"] == "scenes"] == ["stereo", "medium"]
-    assert [item["corruption"] != "clean" for item in items] == [False, True] * 3
+    # Every second pair of each kind is corrupted.
+    assert [item["corruption"] != "clean" for item in items] == [False, True, False, False, True, True]
     for item in items:
         size = (48, 64) if item["kind"] == "scenes" else (64, 64)
         assert item["source"].shape == item["target"].shape == (3, *size)
@@ -31,6 +32,17 @@ def test_calibration_pairs_mix_scenes_and_synthetic_levels():
         assert torch.isfinite(item["flow"][:, item["mask"].bool()]).all()
     plain = calibration_pairs(PHOTOS, 3, 64, corrupted=0.0, seed=1)
     assert [item["kind"] for item in plain] == ["synthetic"] * 3
+
+
+def test_calibration_pairs_corrupt_both_kinds_at_every_level_when_the_shares_line_up():
+    # A quarter scenes and a quarter corrupted: once, the corruptions fell on the scene pairs alone.
+    items = calibration_pairs(PHOTOS, 24, 32, corrupted=0.25, seed=1, scenes=0.25, scene_size=(32, 48))
+    corrupted = [(item["kind"], item["name"].split("/")[0]) for item in items if item["corruption"] != "clean"]
+    assert len(corrupted) == 5  # pairs 3, 7, 11 and 15 of the 18 warps, pair 3 of the 6 scenes
+    assert {level for kind, level in corrupted if kind == "synthetic"} == {"easy", "medium", "hard"}
+    assert sum(kind == "scenes" for kind, _ in corrupted) == 1
+    assert any(item["kind"] == "scenes" and item["corruption"] == "clean" for item in items)
+    assert len({item["corruption"] for item in items if item["corruption"] != "clean"}) == 5  # corruptions in turn
 
 
 def test_calibration_pairs_refuse_a_share_outside_zero_one():
