@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's ablations at small scale (README, "Ablations"): the full model and every variant (a base
+# The paper's ablations at small scale (docs/results.md, "Ablations"): the full model and every variant (a base
 # config with one change, configs/ablations/*.yaml) are trained for the same 200 steps from the same
 # seed on 2 CPU cores (12-25 min each, depending on what else runs), then scored by the evaluation
 # tool on the held-out synthetic benchmark, clean and with all 15 ImageNet-C corruptions at severity 5.

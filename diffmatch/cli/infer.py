@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--precision", default="32", choices=("32", "bf16", "16"),
         help="dtype of DiffMatch's networks: 32 (default), bf16 (CUDA, or a CPU with native bfloat16) or 16 "
-        "(CUDA only); the cost volume and flows stay float32 (README, 'Speed and memory')",
+        "(CUDA only); the cost volume and flows stay float32 (docs/results.md, 'Speed and memory')",
     )
     parser.add_argument(
         "--overwrite", action="store_true",
