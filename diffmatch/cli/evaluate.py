@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pose-threshold", type=float, default=0.5, help="pose benchmarks: inlier threshold in pixels (default 0.5)"
     )
+    parser.add_argument(
+        "--pose-trials", type=int, default=5,
+        help="pose benchmarks: estimates from independent draws of matches, the best supported kept (default 5; 1: one estimate)",
+    )
     parser.add_argument("--sd-model", help="Stable Diffusion folder or Hub id for dift/fused")
     parser.add_argument("--dino-model", help="DINOv2 folder or Hub id for dino/fused")
     return parser
@@ -139,7 +143,10 @@ def _settings(
         "seed": args.seed,
         "device": str(device),
         "precision": args.precision,
-        "pose": {"matches": args.pose_matches, "estimator": args.pose_estimator, "threshold_px": args.pose_threshold},
+        "pose": {
+            "matches": args.pose_matches, "estimator": args.pose_estimator, "threshold_px": args.pose_threshold,
+            "trials": args.pose_trials,
+        },
         "sparsification_intervals": SPARSIFICATION_INTERVALS,
         "versions": {
             "python": platform.python_version(),
@@ -168,9 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     corruptions = parse_corruptions(args.corruptions)
     device = resolve_device(args.device)
     check_precision(args.precision, device)
-    if args.pose_matches < 5 or args.pose_threshold <= 0:
+    if args.pose_matches < 5 or args.pose_threshold <= 0 or args.pose_trials < 1:
         raise InputError(
-            f"--pose-matches must be >= 5 and --pose-threshold > 0, got {args.pose_matches} and {args.pose_threshold}"
+            f"--pose-matches must be >= 5, --pose-threshold > 0 and --pose-trials >= 1, got {args.pose_matches}, "
+            f"{args.pose_threshold} and {args.pose_trials}"
         )
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
@@ -190,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sd_model=args.sd_model,
             dino_model=args.dino_model,
         )
-        pose = PoseOptions(args.pose_matches, args.pose_estimator, args.pose_threshold, args.seed)
+        pose = PoseOptions(args.pose_matches, args.pose_estimator, args.pose_threshold, args.seed, args.pose_trials)
         methods = build_methods(names, options)
     except BaseException:
         remove_empty_folders(created)

@@ -17,6 +17,7 @@ its own matches to the estimators, most confident first, instead of a sample of 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -300,6 +301,7 @@ def estimate_relative_pose(
     generator: torch.Generator | None = None,
     confidence: float = 0.99999,
     max_iters: int = 10000,
+    trials: int = 1,
 ) -> RelativePose:
     """Relative pose (target camera → source camera) from matches, through OpenCV's essential matrix.
 
@@ -325,6 +327,12 @@ def estimate_relative_pose(
         generator: RNG of ``mode="sample"``.
         confidence: the estimator's confidence level.
         max_iters: the estimator's iteration cap.
+        trials: estimate this many times, each from its own draw of ``num`` matches, and keep the
+            pose whose essential matrix agrees (Sampson distance within ``threshold``) with the most
+            matches of one set spread over the whole target (:func:`sample_matches`'s
+            ``"spread"``). Dense matches of a scene dominated by one plane let a single RANSAC run
+            settle on one of the essential matrices that only that plane supports (70–90° off);
+            a wrong one explains the other layers poorly, so the spread set tells them apart.
 
     Returns:
         :class:`RelativePose` with ``X_source = rotation @ X_target + translation · s`` for an unknown
@@ -343,14 +351,51 @@ def estimate_relative_pose(
     k_target = _check_intrinsics("K_target", K_target)
     if threshold <= 0:
         raise ValueError(f"threshold must be > 0 px, got {threshold}")
-    tgt, src, _ = sample_matches(result, num, generator, None, index, source_size, mode, min_confidence)
-    if len(tgt) < 5:
-        raise ValueError(f"a relative pose needs at least 5 matches, got {len(tgt)}")
-    norm_t = cv2.undistortPoints(tgt.reshape(-1, 1, 2).astype(np.float64), k_target, None).reshape(-1, 2)
-    norm_s = cv2.undistortPoints(src.reshape(-1, 1, 2).astype(np.float64), k_source, None).reshape(-1, 2)
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be an integer >= 1, got {trials!r}")
     focal = float(np.mean([k_source[0, 0], k_source[1, 1], k_target[0, 0], k_target[1, 1]]))
+
+    def normalised(points: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return cv2.undistortPoints(points.reshape(-1, 1, 2).astype(np.float64), k, None).reshape(-1, 2)
+
+    def estimate() -> RelativePose:
+        tgt, src, _ = sample_matches(result, num, generator, None, index, source_size, mode, min_confidence)
+        if len(tgt) < 5:
+            raise ValueError(f"a relative pose needs at least 5 matches, got {len(tgt)}")
+        return _essential_pose(tgt, src, normalised(tgt, k_target), normalised(src, k_source), method, threshold / focal, confidence, max_iters)
+
+    if trials == 1:
+        return estimate()
+    poses = []
+    for _ in range(trials):
+        with contextlib.suppress(ValueError):
+            poses.append(estimate())
+    if not poses:
+        return estimate()  # raises the reason
+    tgt, src, _ = sample_matches(result, num, None, None, index, source_size, "spread", min_confidence)
+    norm_t, norm_s = normalised(tgt, k_target), normalised(src, k_source)
+    support = [int((_sampson(pose.essential, norm_t, norm_s) < (threshold / focal) ** 2).sum()) for pose in poses]
+    return poses[int(np.argmax(support))]
+
+
+def _sampson(essential: np.ndarray, norm_t: np.ndarray, norm_s: np.ndarray) -> np.ndarray:
+    """Squared Sampson distances of normalised matches to ``norm_sᵀ E norm_t = 0``."""
+    t = np.c_[norm_t, np.ones(len(norm_t))]
+    s = np.c_[norm_s, np.ones(len(norm_s))]
+    et, es = t @ essential.T, s @ essential
+    residual = np.sum(s * et, 1) ** 2
+    return residual / np.maximum(et[:, 0] ** 2 + et[:, 1] ** 2 + es[:, 0] ** 2 + es[:, 1] ** 2, 1e-30)
+
+
+def _essential_pose(
+    tgt: np.ndarray, src: np.ndarray, norm_t: np.ndarray, norm_s: np.ndarray, method: str, threshold: float,
+    confidence: float, max_iters: int,
+) -> RelativePose:
+    """One essential matrix and its pose from matches (pixels and normalised); ``threshold`` normalised."""
+    import cv2
+
     essential, mask = cv2.findEssentialMat(
-        norm_t, norm_s, np.eye(3), _cv_method(method), confidence, threshold / focal, maxIters=max_iters
+        norm_t, norm_s, np.eye(3), _cv_method(method), confidence, threshold, maxIters=max_iters
     )
     if essential is None or essential.shape[0] < 3 or mask is None:
         raise ValueError(f"{method} found no essential matrix from {len(tgt)} matches")

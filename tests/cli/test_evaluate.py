@@ -291,6 +291,7 @@ def test_cli_failed_pairs_give_nonzero_exit_but_full_outputs(tmp_path, capsys, m
         (["--dataset", "synthetic", "--methods", "dis", "--samples", "x"], "--samples"),
         (["--dataset", "scenes", "--methods", "dis", "--pose-matches", "2"], "--pose-matches must be >= 5"),
         (["--dataset", "scenes", "--methods", "dis", "--pose-threshold", "0"], "--pose-threshold > 0"),
+        (["--dataset", "scenes", "--methods", "dis", "--pose-trials", "0"], "--pose-trials >= 1"),
         (
             ["--dataset", "synthetic", "--methods", "checkpoint", "--checkpoint", "/nonexistent.pt"],
             "checkpoint not found",

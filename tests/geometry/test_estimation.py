@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -170,3 +171,42 @@ def test_estimate_relative_pose_from_sparse_matches_and_its_errors():
         estimate_relative_pose(result, k_s, k_t, min_confidence=0.9999)
     with pytest.raises(ValueError, match="K_source"):
         estimate_relative_pose(result, np.zeros((3, 3)), k_t)
+
+
+def _two_plane_flow(h: int = 120, w: int = 160):
+    """An exact dense flow of a scene of two fronto-parallel planes, with its cameras."""
+    k = np.array([[150.0, 0, w / 2], [0, 150.0, h / 2], [0, 0, 1]])
+    rotation, _ = cv2.Rodrigues(np.array([0.02, -0.1, 0.01]))
+    translation = np.array([0.6, 0.05, 0.1])
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    depth = np.where(xs < w * 0.6, 4.0, 9.0)
+    rays = np.stack([xs, ys, np.ones_like(xs)], -1) @ np.linalg.inv(k).T
+    points = rays * depth[..., None] @ rotation.T + translation
+    projected = points @ k.T
+    flow = projected[..., :2] / projected[..., 2:] - np.stack([xs, ys], -1)
+    result = MatchResult.from_samples(torch.from_numpy(flow).permute(2, 0, 1).float()[None, None])
+    return result, k, rotation, translation
+
+
+def test_relative_pose_trials_keep_the_best_supported_pose_and_are_seeded():
+    from diffmatch.geometry.estimation import _sampson, estimate_relative_pose
+    from diffmatch.metrics import pose_error
+
+    result, k, rotation, translation = _two_plane_flow()
+    size = tuple(result.flow.shape[-2:])
+    poses = [
+        estimate_relative_pose(result, k, k, num=800, trials=4, source_size=size, generator=torch.Generator().manual_seed(3))
+        for _ in range(2)
+    ]
+    assert np.allclose(poses[0].essential, poses[1].essential)  # same generator, same pose
+    assert max(pose_error(poses[0].rotation, poses[0].translation, rotation, translation)) < 3.0
+    # The kept pose is supported: its essential matrix fits the exact matches (Sampson ~ 0), while
+    # a wrong one (the true rotation with a translation turned by 90°) does not.
+    norm = lambda p: cv2.undistortPoints(p.reshape(-1, 1, 2).astype(np.float64), k, None).reshape(-1, 2)  # noqa: E731
+    tgt, src = norm(poses[0].target_xy), norm(poses[0].source_xy)
+    assert np.median(_sampson(poses[0].essential, tgt, src)) < (0.1 / 150) ** 2
+    skew = lambda v: np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])  # noqa: E731
+    wrong = skew(np.cross(translation, [0, 0, 1.0])) @ rotation
+    assert np.median(_sampson(wrong, tgt, src)) > (5 / 150) ** 2
+    with pytest.raises(ValueError, match="trials"):
+        estimate_relative_pose(result, k, k, trials=0)
