@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import kornia
 import torch
 
+from diffmatch.errors import InputError
+
 __all__ = ["PhotometricConfig", "photometric_augment"]
 
 
@@ -62,21 +64,21 @@ class PhotometricConfig:
         for name in names:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+                raise InputError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= self.contrast < 1.0 or not 0.0 <= self.saturation < 1.0:
-            raise ValueError(
+            raise InputError(
                 f"contrast and saturation must be in [0, 1), got {self.contrast}, {self.saturation}"
             )
         if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+            raise InputError(f"hue must be in [0, 0.5], got {self.hue}")
         if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"blur_sigma must be an increasing positive range, got {self.blur_sigma}")
+            raise InputError(f"blur_sigma must be an increasing positive range, got {self.blur_sigma}")
         if len(self.noise_sigma) != 2 or not 0.0 < self.noise_sigma[0] <= self.noise_sigma[1]:
-            raise ValueError(f"noise_sigma must be an increasing positive range, got {self.noise_sigma}")
+            raise InputError(f"noise_sigma must be an increasing positive range, got {self.noise_sigma}")
         if len(self.haze_density) != 2 or not 0.0 < self.haze_density[0] <= self.haze_density[1]:
-            raise ValueError(f"haze_density must be an increasing positive range, got {self.haze_density}")
+            raise InputError(f"haze_density must be an increasing positive range, got {self.haze_density}")
         if len(self.haze_airlight) != 2 or not 0.0 <= self.haze_airlight[0] <= self.haze_airlight[1] <= 1.0:
-            raise ValueError(f"haze_airlight must be an increasing range in [0, 1], got {self.haze_airlight}")
+            raise InputError(f"haze_airlight must be an increasing range in [0, 1], got {self.haze_airlight}")
 
 
 def _haze(image: torch.Tensor, config: PhotometricConfig, generator: torch.Generator) -> torch.Tensor:

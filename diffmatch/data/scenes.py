@@ -123,26 +123,26 @@ class SceneConfig:
 
     def __post_init__(self) -> None:
         if not self.motions or any(m not in MOTIONS for m in self.motions):
-            raise ValueError(f"motions must be a non-empty list of {', '.join(MOTIONS)}, got {self.motions}")
+            raise InputError(f"motions must be a non-empty list of {', '.join(MOTIONS)}, got {self.motions}")
         if not self.outlines or any(o not in OUTLINES for o in self.outlines):
-            raise ValueError(f"outlines must be a non-empty list of {', '.join(OUTLINES)}, got {self.outlines}")
+            raise InputError(f"outlines must be a non-empty list of {', '.join(OUTLINES)}, got {self.outlines}")
         if len(self.layers) != 2 or not 0 <= self.layers[0] <= self.layers[1]:
-            raise ValueError(f"layers must be a range (lo, hi) with 0 <= lo <= hi, got {self.layers}")
+            raise InputError(f"layers must be a range (lo, hi) with 0 <= lo <= hi, got {self.layers}")
         for name in (
             "fov", "zoom", "background_depth", "layer_depth", "layer_width", "stereo_baseline",
             "forward_translation", "sideways_translation", "wide_rotation", "inplane_rotation",
         ):
             _check_range(name, getattr(self, name))
         if not (1.0 <= self.fov[0] and self.fov[1] < 170.0):
-            raise ValueError(f"fov must lie in [1, 170) degrees, got {self.fov}")
+            raise InputError(f"fov must lie in [1, 170) degrees, got {self.fov}")
         if self.zoom[0] <= 0 or self.background_depth[0] <= 0 or self.layer_depth[0] <= 0:
-            raise ValueError("zoom, background_depth and layer_depth must be positive")
+            raise InputError("zoom, background_depth and layer_depth must be positive")
         if self.layer_depth[1] >= 1.0:
-            raise ValueError(f"layer_depth must stay in front of the background (< 1), got {self.layer_depth}")
+            raise InputError(f"layer_depth must stay in front of the background (< 1), got {self.layer_depth}")
         if not 0.0 <= self.moving_probability <= 1.0:
-            raise ValueError(f"moving_probability must be in [0, 1], got {self.moving_probability}")
+            raise InputError(f"moving_probability must be in [0, 1], got {self.moving_probability}")
         if self.supersample < 1:
-            raise ValueError(f"supersample must be >= 1, got {self.supersample}")
+            raise InputError(f"supersample must be >= 1, got {self.supersample}")
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:

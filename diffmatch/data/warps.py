@@ -20,6 +20,7 @@ from typing import Literal
 import kornia
 import torch
 
+from diffmatch.errors import InputError
 from diffmatch.geometry import coords_grid, pixel_to_normalized
 
 __all__ = [
@@ -120,7 +121,7 @@ class WarpConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in _PRESETS:
-            raise ValueError(f"preset must be one of {WARP_PRESETS}, got {self.preset!r}")
+            raise InputError(f"preset must be one of {WARP_PRESETS}, got {self.preset!r}")
         defaults = _PRESETS[self.preset]
         # The preset's type weights belong to its types: a config naming its own types without
         # weights draws them uniformly.
@@ -131,33 +132,33 @@ class WarpConfig:
                 object.__setattr__(self, name, value)
         object.__setattr__(self, "types", tuple(self.types))
         if not self.types or any(kind not in WARP_TYPES for kind in self.types):
-            raise ValueError(f"types must be a non-empty subset of {WARP_TYPES}, got {self.types}")
+            raise InputError(f"types must be a non-empty subset of {WARP_TYPES}, got {self.types}")
         if self.weights is not None:
             object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
             if len(self.weights) != len(self.types) or min(self.weights) < 0 or sum(self.weights) <= 0:
-                raise ValueError(
+                raise InputError(
                     f"weights must be {len(self.types)} non-negative numbers, got {self.weights}"
                 )
         if not 0.0 <= self.scale < 1.0:
-            raise ValueError(f"scale must be in [0, 1), got {self.scale}")
+            raise InputError(f"scale must be in [0, 1), got {self.scale}")
         if self.tps_grid < 2:
-            raise ValueError(f"tps_grid must be >= 2, got {self.tps_grid}")
+            raise InputError(f"tps_grid must be >= 2, got {self.tps_grid}")
         if self.tps_distribution not in ("uniform", "normal"):
-            raise ValueError(f"tps_distribution must be 'uniform' or 'normal', got {self.tps_distribution!r}")
+            raise InputError(f"tps_distribution must be 'uniform' or 'normal', got {self.tps_distribution!r}")
         if not 0.0 <= self.elastic_probability <= 1.0:
-            raise ValueError(f"elastic_probability must be in [0, 1], got {self.elastic_probability}")
+            raise InputError(f"elastic_probability must be in [0, 1], got {self.elastic_probability}")
         if not 0.0 <= self.small_motion_probability <= 1.0:
-            raise ValueError(f"small_motion_probability must be in [0, 1], got {self.small_motion_probability}")
+            raise InputError(f"small_motion_probability must be in [0, 1], got {self.small_motion_probability}")
         object.__setattr__(self, "small_motion_range", tuple(float(v) for v in self.small_motion_range))
         if len(self.small_motion_range) != 2 or not 0.0 <= self.small_motion_range[0] <= self.small_motion_range[1] <= 1.0:
-            raise ValueError(f"small_motion_range must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.small_motion_range}")
+            raise InputError(f"small_motion_range must be (lo, hi) with 0 <= lo <= hi <= 1, got {self.small_motion_range}")
         if self.preset == "glunet" and (
             "afftps" in self.types
             or self.elastic_probability > 0
             or self.small_motion_probability > 0
             or self.tps_grid != 3
         ):
-            raise ValueError(
+            raise InputError(
                 "preset 'glunet' supports types homography/affine/tps, tps_grid 3 and no elastic or small-motion "
                 f"warps, got types={self.types}, tps_grid={self.tps_grid}, "
                 f"elastic_probability={self.elastic_probability}, "

@@ -230,6 +230,9 @@ def _train_errors(capfd) -> list[str]:
         (["--ckpt_path", "TRUNCATED"], "truncated or damaged checkpoint (not a complete PyTorch file)"),
         (["--ckpt_path", "MISSING"], "checkpoint not found"),
         (["--trainer.max_steps", "abc"], 'error: Parser key "trainer.max_steps": Expected a'),
+        # The data's ranges, checked when the config is built (once a traceback of jsonargparse's).
+        (["--data.train.photometric", "{haze_probability: 2}"], "error: haze_probability must be in [0, 1], got 2.0"),
+        (["--data.train.warp.small_motion_probability", "3"], "error: small_motion_probability must be in [0, 1], got 3.0"),
     ],
 )
 def test_bad_training_arguments_are_one_line(tmp_path, capfd, extra, message):
