@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", type=int, default=64, help="validation pairs (default 64; each kind's levels in turn)")
     parser.add_argument("--size", type=int, default=240, help="square side in px of the synthetic pairs (default 240, as the benchmark)")
     parser.add_argument("--scenes", type=float, default=0.25, help="share of pairs that are rendered 3D scenes at 384x512, as the scenes benchmark, 0..1 (default 0.25)")
-    parser.add_argument("--corrupted", type=float, default=0.25, help="share of pairs with an ImageNet-C corruption, 0..1 (default 0.25; 0.5 left clean pairs under-confident, README)")
+    parser.add_argument("--corrupted", type=float, default=0.25, help="share of pairs with an ImageNet-C corruption, 0..1 (default 0.25; 0.5 left clean pairs under-confident, docs/confidence.md)")
     parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
     parser.add_argument("--reverse-samples", type=int, default=1, help="hypotheses of the reverse pass behind the fb_error cue (default 1: only its mean flow is read)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's own, its sampling_steps or else T)")

@@ -14,8 +14,8 @@ taken, and so is the reverse pass's flow, so the cues describe the refined resul
 :func:`local_mean` gives ``local_variance`` and ``local_fb_error``: the variance of three
 hypotheses is a rough estimate at any one pixel, and wrong matches come in patches, so its mean over
 a small window ranks the errors of an image better than the pixel's own on clean and corrupted
-pairs, and about as well on 3D scenes (AUSE-EPE on photos the calibration never saw, README
-"Confidence and geometry from matches").
+pairs, and about as well on 3D scenes (AUSE-EPE on photos the calibration never saw, docs/confidence.md,
+"Local cues").
 """
 
 from __future__ import annotations

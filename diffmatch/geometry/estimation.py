@@ -200,7 +200,7 @@ def estimate_homography(
         result: a :class:`MatchResult` (calibrated ``confidence`` used when present).
         num: matches given to the estimator (see :func:`sample_matches`).
         mode: ``"spread"`` (the most confident of each grid cell; the best of the three on the
-            synthetic benchmark, README), ``"top_k"`` (the most confident) or ``"sample"`` (drawn
+            synthetic benchmark, docs/confidence.md), ``"top_k"`` (the most confident) or ``"sample"`` (drawn
             by confidence).
         method: ``"magsac"`` (``cv2.USAC_MAGSAC``) or ``"ransac"`` (``cv2.RANSAC``).
         threshold: inlier reprojection threshold in source pixels.
