@@ -82,7 +82,7 @@ class PhotometricConfig:
 
 
 def _haze(image: torch.Tensor, config: PhotometricConfig, generator: torch.Generator) -> torch.Tensor:
-    """``(1, 3, H, W)`` image seen through haze (atmospheric scattering over a smooth random field)."""
+    """``(1, 3, H, W)`` image seen through haze (atmospheric scattering over a random fractal field)."""
     u = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
     # A fractal field: octaves of 3, 6, 12 and 24 cells a side, each half the amplitude of the last.
     field = sum(

@@ -17,7 +17,6 @@ its own matches to the estimators, most confident first, instead of a sample of 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -366,13 +365,16 @@ def estimate_relative_pose(
 
     if trials == 1:
         return estimate()
-    poses = []
+    poses, failure = [], None
     for _ in range(trials):
-        with contextlib.suppress(ValueError):
+        try:
             poses.append(estimate())
+        except ValueError as err:
+            failure = err
     if not poses:
-        return estimate()  # raises the reason
-    tgt, src, _ = sample_matches(result, num, None, None, index, source_size, "spread", min_confidence)
+        raise failure
+    # The spread set's ties are ordered by the same generator, so a seeded call stays reproducible.
+    tgt, src, _ = sample_matches(result, num, generator, None, index, source_size, "spread", min_confidence)
     norm_t, norm_s = normalised(tgt, k_target), normalised(src, k_source)
     support = [int((_sampson(pose.essential, norm_t, norm_s) < (threshold / focal) ** 2).sum()) for pose in poses]
     return poses[int(np.argmax(support))]
