@@ -7,10 +7,17 @@ OpenCV threads each, while PyTorch's idle threads kept spinning, and on a machin
 jobs PyTorch's threads wait for each other at every operation. Under load the commands then ran
 3–9× slower than with ``OMP_NUM_THREADS=1``.
 
-The rule here: one budget of threads, :func:`thread_budget`: the CPUs this process may run on (its
-affinity), no more than ``OMP_NUM_THREADS`` when that is set, and no more than the CPUs other
+The rule here: one budget of threads, :func:`thread_budget`: ``OMP_NUM_THREADS`` exactly when that is
+set; otherwise the CPUs this process may run on (its affinity), and no more than the CPUs other
 processes leave idle right now (measured over 0.1 s from ``/proc/stat``; a load average would count
-a command's own previous run for a minute). PyTorch gets the whole budget
+a command's own previous run for a minute).
+
+The thread count also decides the last bits of the model's output (PyTorch's parallel reductions
+sum in another order: about 4e-4 px at 2 threads against 1), and the refinement, two-pass matching
+and the layer search can turn those into different matches on hard pairs (a wide-baseline scene of
+the benchmark: 24.1 px at 2 threads, 20.4 px at 1). A run is exactly reproducible at a fixed count,
+so a measurement pins it with ``OMP_NUM_THREADS`` (which the load then does not lower) and the
+evaluation commands record the count they ran with. PyTorch gets the whole budget
 (:func:`configure_threads`, called by the command lines; library users keep their own setting), and
 the refinement splits it: ``k`` flows side by side, each with ``budget // k`` OpenCV threads
 (:func:`opencv_threads`), so at most ``budget`` threads run at any time.
@@ -75,13 +82,15 @@ def thread_budget(measure_load: bool = True) -> int:
             rounded) to them.
 
     Returns:
-        ``min(available CPUs, OMP_NUM_THREADS if set, available CPUs - busy ones)``, at least 1.
+        ``OMP_NUM_THREADS`` when it is set (an explicit count is kept, so that a measurement
+        reproduces whatever else runs); else ``min(available CPUs, available CPUs - busy ones)``, at
+        least 1.
     """
-    cpus = available_cpus()
-    budget = cpus
     requested = _env_threads()
     if requested is not None:
-        budget = min(budget, requested)
+        return requested
+    cpus = available_cpus()
+    budget = cpus
     if measure_load:
         budget = min(budget, cpus - round(busy_cpus()))
     return max(1, budget)

@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_photos = fetched_photos()
     photos = Path(args.photos) if args.photos is not None else default_photos
     created = check_out_file(args.out)
-    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
+    threads = configure_threads()  # one budget (diffmatch.threads); recorded: it decides the last bits of a match
     try:
         from diffmatch.models.weights import load_checkpoint
 
@@ -218,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": args.steps,
         "pixels": int(errors.size),
         "seed": args.seed,
+        "threads": threads,
         "refinement": None if refiner is None else asdict(refiner),
         "selection": table,
         "match_seconds": match_seconds,

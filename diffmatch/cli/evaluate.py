@@ -183,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
     created = check_out_folder(args.out)
-    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
+    # torch, OpenCV and the refinement within one budget (diffmatch.threads); the count decides the
+    # last bits of every match, so it is recorded (OMP_NUM_THREADS pins it for a reproducible run).
+    threads = configure_threads()
     try:
         subsets = build_subsets(
             args.dataset, args.root, corruptions, args.severity, args.limit, args.seed, args.protocol
@@ -210,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = [r for r in records if r.error is not None]
     summary = {
         **_settings(args, names, corruptions, device),
+        "threads": threads,
         "command": ["python", "-m", "diffmatch.evaluate", *(sys.argv[1:] if argv is None else argv)],
         "seconds_total": time.perf_counter() - start,
         "pck_definition": "pck1/3/5: per dataset, all valid pixels pooled; pck*_per_image: mean of per-image PCK",

@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"{flag} must be >= {least}, got {value}")
     out = Path(args.out)
     created = check_out_folder(out)
-    configure_threads()  # torch, OpenCV and the refinement within one budget (diffmatch.threads)
+    threads = configure_threads()  # one budget (diffmatch.threads); recorded: it decides the last bits of a match
     try:
         subsets = build_subsets(args.dataset, args.root, corruptions, args.severity, args.limit, args.seed)
         matcher = DiffMatcher.from_checkpoint(args.checkpoint, device=args.device, layer_search=not args.no_layer_search)
@@ -110,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cues": list(matcher.calibrator.cues),
         "corruptions": list(corruptions),
         "severity": args.severity if corruptions else None,
+        "threads": threads,
         "seconds_total": time.perf_counter() - start,
         "results": results,
     }

@@ -133,6 +133,7 @@ def test_cli_synthetic_dis_farneback_clean(tmp_path, capsys):
     )
     assert code == 0, stderr
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["threads"] == 1  # conftest pins OMP_NUM_THREADS=1: the count a run's last bits depend on
     for method in ("dis", "farneback"):
         assert list(summary["results"][method]) == ["all", "easy", "medium", "hard"]
         group = summary["results"][method]["all"]
