@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -430,12 +430,18 @@ class DiffMatcher:
         """The layer search of one pair; taken pixels get the confidence of the calibration's part for
         them (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`) when it has one."""
         model = self._model_for(src, tgt)
-        searched, taken, costs = search_layers(result, src, tgt, model.global_flow, refiner, config)
         part = None if self.calibrator is None else self.calibrator.layer_search
-        if tau is not None and part is not None and costs:
-            own = part.predict(search_cues(searched, costs), tau)
-            searched.confidence = torch.where(taken, own, searched.confidence)
-        return searched
+        # Later rounds offer the planes of what the search made confident (LayerSearchConfig.rounds).
+        later = replace(config, max_layers=0)
+        for step in [config] + [later] * (config.rounds - 1 if config.confident_layers else 0):
+            searched, taken, costs = search_layers(result, src, tgt, model.global_flow, refiner, step)
+            if tau is not None and part is not None and costs:
+                own = part.predict(search_cues(searched, costs), tau)
+                searched.confidence = torch.where(taken, own, searched.confidence)
+            if not bool(taken.any()):
+                break
+            result = searched
+        return result
 
     @torch.no_grad()
     def match_raw(

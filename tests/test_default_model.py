@@ -80,7 +80,9 @@ def test_unet_beats_its_own_init_flow_and_the_refinement_beats_the_unet_at_every
 
 
 # Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured with the weights fine-tuned on
-# scenes (checkpoints/README.md) 0.45 / 1.31 / 38.9 px and 0.4 / 0.3 / 1.3 degrees (the previous weights, before
+# scenes (checkpoints/README.md) and the layer search offering the confident matches' planes too (2026-12-04)
+# 0.42 / 1.34 / 37.2 px and 1.0 / 0.3 / 0.7 degrees at 1 thread (before those planes 0.45 / 1.31 / 38.9 px and
+# 0.4 / 0.3 / 1.3 degrees; the previous weights, before
 # the layer search became the default: 0.43 / 1.89 / 39.3 px and 0.5 / 0.8 / 1.3 degrees). The
 # wide level's first pair is one where the model matches a layer wrongly (about 84 px); near-degenerate
 # scene pairs swing by tens of degrees with a tenth of a pixel of flow, hence the loose pose ceilings

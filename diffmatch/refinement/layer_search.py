@@ -8,7 +8,11 @@ holds the right matches there. The layer search reads them and offers them back:
 1. ``F_init`` is taken both ways (the hard argmax of the model's global cost, target → source and
    source → target); the matches of a sparse grid that survive the round trip are kept.
 2. Homographies are fitted to them one after another (MAGSAC++), each to the matches the ones before
-   left unexplained: the planes of the scene, one per layer, as far as the cost sees them.
+   left unexplained: the planes of the scene, one per layer, as far as the cost sees them. With a
+   calibrated confidence, the same is done with the result's own confident matches
+   (:func:`confident_homographies`): the planes the matcher already found somewhere, offered to the
+   pixels of those planes it matched wrongly (on the scenes benchmark's `wide` level they cover most
+   of the wrong pixels of several pairs, where the global cost's planes do not).
 3. Each homography's flow is a candidate at every pixel. Every candidate, and the matcher's own
    flow, is scored by how well it carries the source onto the target: the absolute difference of the
    census transforms (robust to brightness and contrast), averaged over a window.
@@ -50,7 +54,15 @@ import torch.nn.functional as F
 from diffmatch.geometry import coords_grid, homography_to_flow, warp
 from diffmatch.result import MatchResult
 
-__all__ = ["LayerSearchConfig", "aligned_cost", "census_transform", "layer_homographies", "matching_cost", "search_layers"]
+__all__ = [
+    "LayerSearchConfig",
+    "aligned_cost",
+    "census_transform",
+    "confident_homographies",
+    "layer_homographies",
+    "matching_cost",
+    "search_layers",
+]
 
 RawFlow = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Refine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,7 +81,7 @@ class LayerSearchConfig:
             default): every pair, with or without a confidence (a result without one is searched
             only at 1). Searching every pair gained at every level of scenes made from training
             photos, the confident small-baseline pairs included (README, "Layer search").
-        max_layers: homographies fitted at most.
+        max_layers: homographies fitted at most to ``F_init`` (0: none, the confident matches' planes only).
         min_support: matches a homography must explain to become a candidate.
         stride: the grid of ``F_init`` matches (1/128: every 4 px).
         cycle: a match is kept when the round trip through the reverse ``F_init`` comes back within
@@ -78,6 +90,14 @@ class LayerSearchConfig:
         window: side of the window the matching cost is averaged over (1/16: 33 px), odd.
         ratio: a candidate replaces the matcher's flow where its windowed cost is below this share of
             the flow's own.
+        confident_layers: homographies fitted at most to the result's own confident matches
+            (:func:`confident_homographies`; 0: none, the global cost's planes only).
+        confident_above: the calibrated confidence a match needs to be one of those.
+        rounds: how many times :class:`~diffmatch.matcher.DiffMatcher` searches (1, the default: once):
+            after the first search, with every plane, it searches again with the planes of the
+            searched result's confident matches alone (the taken pixels with their own confidence), as
+            long as pixels are taken. A second round gave a better flow on the scenes benchmark and a
+            worse pose (README, "Layer search"). :func:`search_layers` itself searches once.
         distinct: and only where the window pins the candidate down: moving it by half a window in
             each of the four directions must raise its cost by more than this (a share of census
             bits; 0 turns the check off). Fog, frost, snow and noise leave windows that any nearby
@@ -87,6 +107,9 @@ class LayerSearchConfig:
 
     below: float = 1.0
     max_layers: int = 8
+    confident_layers: int = 3
+    confident_above: float = 0.8
+    rounds: int = 1
     min_support: int = 20
     stride: float = 1 / 128
     cycle: float = 1 / 64
@@ -100,8 +123,14 @@ class LayerSearchConfig:
             raise ValueError(f"below must be in [0, 1] and ratio in (0, 1], got {self.below}, {self.ratio}")
         if not 0.0 <= self.distinct < 1.0:
             raise ValueError(f"distinct is a share of census bits in [0, 1), got {self.distinct}")
-        if self.max_layers < 1 or self.min_support < 4:
-            raise ValueError(f"max_layers must be >= 1 and min_support >= 4, got {self.max_layers}, {self.min_support}")
+        if self.confident_layers < 0 or not 0.0 <= self.confident_above < 1.0:
+            raise ValueError(
+                f"confident_layers must be >= 0 and confident_above in [0, 1), got {self.confident_layers}, {self.confident_above}"
+            )
+        if self.max_layers < 0 or self.min_support < 4 or self.rounds < 1:
+            raise ValueError(
+                f"max_layers must be >= 0, min_support >= 4 and rounds >= 1, got {self.max_layers}, {self.min_support}, {self.rounds}"
+            )
         shares = {"stride": self.stride, "cycle": self.cycle, "threshold": self.threshold, "window": self.window}
         bad = [f"{name}={value}" for name, value in shares.items() if not 0.0 < value <= 1.0]
         if bad:
@@ -240,6 +269,47 @@ def layer_homographies(
     return homographies
 
 
+_CONFIDENT_MATCHES = 5000  # confident matches the planes are fitted to at most (an even subsample)
+_CONFIDENT_SUPPORT = 50  # matches a plane of confident matches must explain
+
+
+def confident_homographies(result: MatchResult, config: LayerSearchConfig | None = None) -> list[np.ndarray]:
+    """The planes of the result's own confident matches: homographies fitted one after another (MAGSAC++).
+
+    Args:
+        result: a batch-of-one match (flow ``(1, 2, Ht, Wt)``, ``target(x) ≈ source(x + flow(x))``, px)
+            with a calibrated ``confidence``; without one there are none.
+        config: :attr:`LayerSearchConfig.confident_layers`, :attr:`LayerSearchConfig.confident_above` and
+            the inlier threshold (``None``: :class:`LayerSearchConfig` defaults).
+
+    Returns:
+        Up to ``confident_layers`` ``(3, 3)`` float64 homographies, target pixels → source pixels, each
+        explaining at least 50 of the (at most 5000, an even subsample) matches the ones before left.
+    """
+    config = config if config is not None else LayerSearchConfig()
+    if result.confidence is None or config.confident_layers == 0:
+        return []
+    _, _, threshold, _ = config.pixels(tuple(result.flow.shape[-2:]))
+    grid = coords_grid(1, *result.flow.shape[-2:], result.flow.device, result.flow.dtype)[0]
+    sure = result.confidence[0, 0] > config.confident_above
+    target = grid[:, sure].T.double().cpu().numpy()
+    source = (grid + result.flow[0])[:, sure].T.double().cpu().numpy()
+    step = max(1, len(target) // _CONFIDENT_MATCHES)
+    target, source = target[::step], source[::step]
+    homographies: list[np.ndarray] = []
+    while len(target) >= _CONFIDENT_SUPPORT and len(homographies) < config.confident_layers:
+        matrix, mask = cv2.findHomography(target, source, cv2.USAC_MAGSAC, threshold, maxIters=5000)
+        if matrix is None or mask is None:
+            break
+        explained = mask.ravel().astype(bool)
+        if explained.sum() < _CONFIDENT_SUPPORT:
+            break
+        if np.isfinite(matrix).all():
+            homographies.append(matrix)
+        target, source = target[~explained], source[~explained]
+    return homographies
+
+
 def search_layers(
     result: MatchResult,
     source: torch.Tensor,
@@ -276,7 +346,10 @@ def search_layers(
     if config.below < 1.0 and (result.confidence is None or float(result.confidence.mean()) >= config.below):
         return result, nothing, {}
     size = tuple(target.shape[-2:])
-    homographies = layer_homographies(raw_flow(source, target)[0], raw_flow(target, source)[0], config)
+    homographies = []
+    if config.max_layers > 0:
+        homographies = layer_homographies(raw_flow(source, target)[0], raw_flow(target, source)[0], config)
+    homographies += confident_homographies(result, config)
     if not homographies:
         return result, nothing, {}
     _, _, _, window = config.pixels(size)

@@ -18,6 +18,7 @@ from diffmatch.refinement.layer_search import (
     LayerSearchConfig,
     aligned_cost,
     census_transform,
+    confident_homographies,
     layer_homographies,
     matching_cost,
     search_layers,
@@ -157,6 +158,41 @@ def test_a_wrongly_matched_layer_is_taken_from_its_plane_and_the_rest_is_left_al
     assert search_layers(bare, source, target, raw_flow, None, LayerSearchConfig(below=1.0))[1].any()
 
 
+def test_the_planes_of_confident_matches_fix_a_wrong_patch_the_global_cost_does_not_see():
+    # The target is the background plane alone. The matcher found it on most of the image, with a high
+    # confidence, and missed it (20 px off, unconfident) in a patch; F_init offers no plane at all.
+    source = _texture()
+    truth = homography_to_flow(BACKGROUND, SIZE).float()
+    target, _ = warp(source, truth)
+    patch = torch.zeros(1, 1, *SIZE, dtype=torch.bool)
+    patch[..., 30:70, 40:90] = True
+    wrong = torch.where(patch, truth + 20.0, truth)
+    result = MatchResult.from_samples(wrong[:, None])
+    result.confidence = torch.where(patch, 0.1, 0.95)
+
+    def raw_flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.full((1, 2, *b.shape[-2:]), 50.0)  # never survives the round trip: no planes
+
+    planes = confident_homographies(result)
+    assert len(planes) == 1  # the confident matches are one plane
+    plane = homography_to_flow(torch.from_numpy(planes[0]), SIZE).float()
+    assert float((plane - truth).norm(dim=1).max()) < 0.01
+    searched, taken, _ = search_layers(result, source, target, raw_flow, None, LayerSearchConfig())
+    inner = torch.zeros_like(patch)
+    inner[..., 36:64, 46:84] = True
+    assert float((searched.flow - truth).norm(dim=1)[inner[:, 0]].max()) < 0.01
+    # Without them (or without a confidence to find them by) nothing is taken.
+    assert not search_layers(result, source, target, raw_flow, None, LayerSearchConfig(confident_layers=0))[1].any()
+    bare = MatchResult.from_samples(wrong[:, None])
+    assert confident_homographies(bare) == [] and not search_layers(bare, source, target, raw_flow)[1].any()
+    # Too few confident matches for a plane: none.
+    few = MatchResult.from_samples(wrong[:, None])
+    few.confidence = torch.zeros(1, 1, *SIZE)
+    few.confidence[..., :5, :5] = 1.0
+    assert confident_homographies(few) == []
+    assert taken[patch].float().mean() > 0.5
+
+
 def test_a_plane_is_not_taken_where_the_window_does_not_pin_it_down():
     # A source that repeats every 4 px: any match moved by a multiple of 4 px looks as good, as in a
     # washed-out or noisy window. The layer's plane still beats the matcher's flow there (by chance,
@@ -184,6 +220,12 @@ def test_layer_search_config_checks():
         LayerSearchConfig(min_support=3)
     with pytest.raises(ValueError, match="distinct"):
         LayerSearchConfig(distinct=1.0)
+    with pytest.raises(ValueError, match="confident_layers"):
+        LayerSearchConfig(confident_layers=-1)
+    with pytest.raises(ValueError, match="confident_above"):
+        LayerSearchConfig(confident_above=1.0)
+    with pytest.raises(ValueError, match="rounds"):
+        LayerSearchConfig(rounds=0)
     assert LayerSearchConfig().pixels((384, 512)) == (4, 8.0, 8.0, 33)
 
 
@@ -241,7 +283,7 @@ def test_the_matcher_gives_taken_pixels_the_confidence_of_the_calibrations_layer
     with pytest.raises(ValueError, match="layer-search part"):
         replace(main, layer_search=_search_part((1.0, 3.0)))
 
-    def match(calibration: Calibrator, layer_search: bool) -> MatchResult:
+    def match(calibration: Calibrator, layer_search: bool | LayerSearchConfig) -> MatchResult:
         weights = save_weights(model, tmp_path / "model.pt", calibration=calibration.to_dict())
         matcher = DiffMatcher.from_checkpoint(weights, device="cpu", refine=False, two_pass=False)
         return matcher.match(source, target, num_samples=2, num_steps=1, generator=torch.Generator().manual_seed(1), layer_search=layer_search)
@@ -256,3 +298,11 @@ def test_the_matcher_gives_taken_pixels_the_confidence_of_the_calibrations_layer
     assert not torch.allclose(result.confidence[taken], plain.confidence[taken])
     # A calibration without the part: taken pixels keep the confidence of the match they replaced.
     torch.testing.assert_close(match(main, True).confidence, plain.confidence)
+    # A second round (rounds=2) searches the first round's result, taken pixels confident now, with the
+    # planes of its confident matches alone.
+    once = replace(searched, confidence=expected)
+    again, retaken, recosts = search_layers(once, source, target, lambda a, b: global_flow(None, a, b), None, LayerSearchConfig(max_layers=0))
+    twice = match(with_part, LayerSearchConfig(rounds=2))
+    torch.testing.assert_close(twice.flow, again.flow)
+    if recosts:
+        torch.testing.assert_close(twice.confidence, torch.where(retaken, part.predict(search_cues(again, recosts)), expected))
