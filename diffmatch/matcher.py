@@ -312,7 +312,8 @@ class DiffMatcher:
             eta: DDIM eta (0: deterministic given the initial noise).
             confidence_tau: the ``τ`` in px of ``confidence`` (one the calibration was fitted for;
                 ``None``: its default, normally 3 px). Where a second pass ran, each pixel keeps the
-                pass more confident at this ``τ``, so the flow there can depend on it too.
+                pass more confident at this ``τ``, and the layer search offers the planes of the matches
+                confident at this ``τ``, so the flow can depend on it too.
             refine: refine every hypothesis at full resolution (:attr:`refiner`, or the default
                 :class:`~diffmatch.refinement.VariationalRefiner`); ``None``: as the matcher was built.
             two_pass: a second pass on the source warped by pass 1's homography where the view
