@@ -432,9 +432,9 @@ class DiffMatcher:
         them (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`) when it has one."""
         model = self._model_for(src, tgt)
         part = None if self.calibrator is None else self.calibrator.layer_search
-        # Later rounds offer the planes of what the search made confident (LayerSearchConfig.rounds).
-        later = replace(config, max_layers=0)
-        for step in [config] + [later] * (config.rounds - 1 if config.confident_layers else 0):
+        # Later rounds offer the planes of what the search made confident alone (LayerSearchConfig.rounds).
+        for round_ in range(config.rounds if config.confident_layers else 1):
+            step = config if round_ == 0 else replace(config, max_layers=0)
             searched, taken, costs = search_layers(result, src, tgt, model.global_flow, refiner, step)
             if tau is not None and part is not None and costs:
                 own = part.predict(search_cues(searched, costs), tau)

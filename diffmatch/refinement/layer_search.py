@@ -233,6 +233,25 @@ def _distinctness(
     return torch.stack(shifted).amin(0) - cost
 
 
+def _planes_one_after_another(
+    target: np.ndarray, source: np.ndarray, threshold: float, most: int, support: int
+) -> list[np.ndarray]:
+    """Up to ``most`` homographies (MAGSAC++, ``threshold`` source px), each fitted to the ``(K, 2)`` matches
+    ``target`` → ``source`` the ones before left unexplained and explaining at least ``support`` of them."""
+    homographies: list[np.ndarray] = []
+    while len(target) >= support and len(homographies) < most:
+        matrix, mask = cv2.findHomography(target, source, cv2.USAC_MAGSAC, threshold, maxIters=5000)
+        if matrix is None or mask is None:
+            break
+        explained = mask.ravel().astype(bool)
+        if explained.sum() < support:
+            break
+        if np.isfinite(matrix).all():
+            homographies.append(matrix)
+        target, source = target[~explained], source[~explained]
+    return homographies
+
+
 def layer_homographies(
     forward: torch.Tensor, backward: torch.Tensor, config: LayerSearchConfig | None = None
 ) -> list[np.ndarray]:
@@ -255,18 +274,7 @@ def layer_homographies(
     keep = (inside[0] & (error < cycle))[::stride, ::stride]
     target = grid[:, ::stride, ::stride][:, keep].T.double().cpu().numpy()
     source = landing[:, ::stride, ::stride][:, keep].T.double().cpu().numpy()
-    homographies: list[np.ndarray] = []
-    while len(target) >= config.min_support and len(homographies) < config.max_layers:
-        matrix, mask = cv2.findHomography(target, source, cv2.USAC_MAGSAC, threshold, maxIters=5000)
-        if matrix is None or mask is None:
-            break
-        explained = mask.ravel().astype(bool)
-        if explained.sum() < config.min_support:
-            break
-        if np.isfinite(matrix).all():
-            homographies.append(matrix)
-        target, source = target[~explained], source[~explained]
-    return homographies
+    return _planes_one_after_another(target, source, threshold, config.max_layers, config.min_support)
 
 
 _CONFIDENT_MATCHES = 5000  # confident matches the planes are fitted to at most (an even subsample)
@@ -296,18 +304,7 @@ def confident_homographies(result: MatchResult, config: LayerSearchConfig | None
     source = (grid + result.flow[0])[:, sure].T.double().cpu().numpy()
     step = max(1, len(target) // _CONFIDENT_MATCHES)
     target, source = target[::step], source[::step]
-    homographies: list[np.ndarray] = []
-    while len(target) >= _CONFIDENT_SUPPORT and len(homographies) < config.confident_layers:
-        matrix, mask = cv2.findHomography(target, source, cv2.USAC_MAGSAC, threshold, maxIters=5000)
-        if matrix is None or mask is None:
-            break
-        explained = mask.ravel().astype(bool)
-        if explained.sum() < _CONFIDENT_SUPPORT:
-            break
-        if np.isfinite(matrix).all():
-            homographies.append(matrix)
-        target, source = target[~explained], source[~explained]
-    return homographies
+    return _planes_one_after_another(target, source, threshold, config.confident_layers, _CONFIDENT_SUPPORT)
 
 
 def search_layers(
