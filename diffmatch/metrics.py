@@ -302,6 +302,8 @@ class PairMetrics:
         rotation_error, translation_error: the relative pose's errors in degrees
             (:func:`pose_error`; ``inf`` when no pose could be estimated); ``None`` when the pair has
             no ground-truth pose.
+        pose_repeats: the pose errors (the larger of the two) of every repeated estimate of the
+            pair's pose, the first being :attr:`pose_error`'s; empty when it was estimated once.
     """
 
     num_pixels: int
@@ -311,6 +313,7 @@ class PairMetrics:
     sparsification: Sparsification | None = field(default=None, repr=False)
     rotation_error: float | None = None
     translation_error: float | None = None
+    pose_repeats: tuple[float, ...] = ()
 
     @property
     def pose_error(self) -> float | None:
@@ -364,7 +367,10 @@ def summarize(pairs: Sequence[PairMetrics]) -> dict[str, object]:
         averaged), else ``None``; ``sparsification``: the per-image normalised curves averaged
         (``fractions``, ``oracle_epe/pck1/pck5`` and, with uncertainty, ``epe/pck1/pck5``);
         ``pose_auc5/10/20`` (:func:`pose_auc` of the pairs with a ground-truth pose, ``None``
-        without) and ``num_poses``.
+        without; with repeated estimates, of all of them pooled), ``num_poses`` (pairs) and, when
+        every such pair was estimated the same number ``R > 1`` of times, ``pose_repeats`` (``R``)
+        and ``pose_auc5/10/20_std`` (the standard deviation of the ``R`` runs' AUCs, each from
+        the ``r``-th estimate of every pair: how much one run's AUC moves with RANSAC's draws).
     """
     pixels = sum(p.num_pixels for p in pairs)
     out: dict[str, object] = {
@@ -377,11 +383,18 @@ def summarize(pairs: Sequence[PairMetrics]) -> dict[str, object]:
     for t in PCK_THRESHOLDS:
         out[f"pck{t}_per_image"] = _mean([p.pck(t) for p in pairs])
     out["seconds_per_pair"] = _mean([p.seconds for p in pairs])
-    poses = [p.pose_error for p in pairs if p.pose_error is not None]
-    aucs = pose_auc(poses) if poses else {}
+    posed = [p for p in pairs if p.pose_error is not None]
+    runs = [p.pose_repeats or (p.pose_error,) for p in posed]
+    aucs = pose_auc([e for errors in runs for e in errors]) if posed else {}
     for t in POSE_AUC_THRESHOLDS:
         out[f"pose_auc{t}"] = aucs.get(t)
-    out["num_poses"] = len(poses)
+    out["num_poses"] = len(posed)
+    repeats = {len(errors) for errors in runs}
+    if len(repeats) == 1 and (count := repeats.pop()) > 1:
+        per_run = [pose_auc([errors[r] for errors in runs]) for r in range(count)]
+        out["pose_repeats"] = count
+        for t in POSE_AUC_THRESHOLDS:
+            out[f"pose_auc{t}_std"] = float(np.std([auc[t] for auc in per_run]))
     curves = [p.sparsification for p in pairs if p.sparsification is not None]
     with_uncertainty = bool(curves) and all(c.ause for c in curves)
     out["ause_epe"] = float(np.mean([c.ause["epe"] for c in curves])) if with_uncertainty else None

@@ -186,3 +186,19 @@ def test_summarize_reports_pose_auc_only_with_poses():
     summary = summarize(posed)
     assert summary["num_poses"] == 2 and summary["aepe"] is None
     assert summary["pose_auc10"] == pytest.approx(0.5)
+
+
+def test_summarize_pools_repeated_poses_and_gives_the_runs_spread():
+    posed = [pair_metrics(np.zeros(0)) for _ in range(2)]
+    for metrics, runs in zip(posed, [(0.0, 10.0), (0.0, 0.0)]):
+        metrics.rotation_error, metrics.translation_error = runs[0], runs[0]
+        metrics.pose_repeats = runs
+    summary = summarize(posed)
+    # Pooled: errors 0, 10, 0, 0. Run 0 (0, 0) scores 1, run 1 (10, 0) scores 0.5.
+    assert summary["num_poses"] == 2 and summary["pose_repeats"] == 2
+    assert summary["pose_auc10"] == pytest.approx(pose_auc([0.0, 10.0, 0.0, 0.0])[10])
+    assert summary["pose_auc10_std"] == pytest.approx(0.25)
+    # One estimate per pair: no spread to give.
+    for metrics in posed:
+        metrics.pose_repeats = ()
+    assert "pose_repeats" not in summarize(posed) and "pose_auc10_std" not in summarize(posed)

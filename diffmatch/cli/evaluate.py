@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pose-trials", type=int, default=5,
         help="pose benchmarks: estimates from independent draws of matches, the best supported kept (default 5; 1: one estimate)",
     )
+    parser.add_argument(
+        "--pose-repeats", type=int, default=5,
+        help="pose benchmarks: estimate each pair's pose this many times with seeds --seed, --seed + 1, ...; "
+        "the AUC pools them, and summary.json gives its spread across the runs (default 5; 1: once)",
+    )
     parser.add_argument("--sd-model", help="Stable Diffusion folder or Hub id for dift/fused")
     parser.add_argument("--dino-model", help="DINOv2 folder or Hub id for dino/fused")
     return parser
@@ -145,7 +150,7 @@ def _settings(
         "precision": args.precision,
         "pose": {
             "matches": args.pose_matches, "estimator": args.pose_estimator, "threshold_px": args.pose_threshold,
-            "trials": args.pose_trials,
+            "trials": args.pose_trials, "repeats": args.pose_repeats,
         },
         "sparsification_intervals": SPARSIFICATION_INTERVALS,
         "versions": {
@@ -175,10 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     corruptions = parse_corruptions(args.corruptions)
     device = resolve_device(args.device)
     check_precision(args.precision, device)
-    if args.pose_matches < 5 or args.pose_threshold <= 0 or args.pose_trials < 1:
+    if args.pose_matches < 5 or args.pose_threshold <= 0 or args.pose_trials < 1 or args.pose_repeats < 1:
         raise InputError(
-            f"--pose-matches must be >= 5, --pose-threshold > 0 and --pose-trials >= 1, got {args.pose_matches}, "
-            f"{args.pose_threshold} and {args.pose_trials}"
+            f"--pose-matches must be >= 5, --pose-threshold > 0, --pose-trials >= 1 and --pose-repeats >= 1, got "
+            f"{args.pose_matches}, {args.pose_threshold}, {args.pose_trials} and {args.pose_repeats}"
         )
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
@@ -200,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sd_model=args.sd_model,
             dino_model=args.dino_model,
         )
-        pose = PoseOptions(args.pose_matches, args.pose_estimator, args.pose_threshold, args.seed, args.pose_trials)
+        pose = PoseOptions(
+            args.pose_matches, args.pose_estimator, args.pose_threshold, args.seed, args.pose_trials, args.pose_repeats
+        )
         methods = build_methods(names, options)
     except BaseException:
         remove_empty_folders(created)
@@ -225,7 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ause_definition": "DenseMatching compute_aucs per image, averaged; ause_pck is PCK-1",
         "pose_definition": (
             "pose error = max(rotation error, angle between translation directions) in degrees, inf when "
-            "no pose was found; pose_auc5/10/20: LoFTR's error_auc of the pose errors"
+            "no pose was found; pose_auc5/10/20: LoFTR's error_auc of the pose errors, every repeated estimate "
+            "of every pair pooled; pose_auc*_std: standard deviation over the repeats of one run's AUC"
         ),
         "results": results,
         "failures": [

@@ -121,8 +121,9 @@ def write_per_pair_csv(path: str | os.PathLike, records: Sequence[PairRecord]) -
     Columns: ``method``, ``name``, the tags used (``level``, ``rate``, ``pair``, ``corruption``),
     ``num_pixels``, ``aepe``, ``pck1``, ``pck3``, ``pck5`` (per image), ``ause_epe``, ``ause_pck``
     (PCK-1), ``ause_pck5`` (empty without uncertainty), on pose benchmarks ``rotation_error``,
-    ``translation_error`` and ``pose_error`` (degrees; ``inf`` when no pose was found), ``seconds``,
-    ``error``.
+    ``translation_error`` and ``pose_error`` (degrees; ``inf`` when no pose was found; of the first
+    estimate) and, when poses were estimated repeatedly, ``pose_errors`` (every repeat's, ``;``-joined),
+    ``seconds``, ``error``.
     """
     tags = [t for t in TAG_ORDER if any(t in r.tags for r in records)]
     columns = ["method", "name", *tags, "num_pixels", "aepe", *(f"pck{t}" for t in PCK_THRESHOLDS)]
@@ -130,6 +131,9 @@ def write_per_pair_csv(path: str | os.PathLike, records: Sequence[PairRecord]) -
     with_pose = any(r.metrics is not None and r.metrics.pose_error is not None for r in records)
     if with_pose:
         columns += ["rotation_error", "translation_error", "pose_error"]
+    repeated = any(r.metrics is not None and len(r.metrics.pose_repeats) > 1 for r in records)
+    if repeated:
+        columns += ["pose_errors"]
     columns += ["seconds", "error"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -155,6 +159,8 @@ def write_per_pair_csv(path: str | os.PathLike, records: Sequence[PairRecord]) -
                     translation_error=_fmt(metrics.translation_error),
                     pose_error=_fmt(metrics.pose_error),
                 )
+            if repeated:
+                row["pose_errors"] = ";".join(_fmt(e) for e in metrics.pose_repeats)
         writer.writerow(row)
     atomic_write_bytes(path, buffer.getvalue().encode())
 

@@ -206,7 +206,9 @@ def estimate_homography(
         index: which pair of the batch.
         source_size: ``(Hs, Ws)``: drop matches outside the source.
         min_confidence: drop matches below this confidence.
-        generator: RNG of ``mode="sample"``.
+        generator: RNG of ``mode="sample"``, and of the order a sparse matcher's matches are given
+            to the estimator in (OpenCV's RANSAC draws from a fixed seed, so the order decides its
+            draws; without a generator they go most confident first).
         max_iters: the estimator's iteration cap.
 
     Returns:
@@ -323,7 +325,9 @@ def estimate_relative_pose(
         index: which pair of the batch.
         source_size: ``(Hs, Ws)``: drop matches outside the source.
         min_confidence: drop matches below this confidence.
-        generator: RNG of ``mode="sample"``.
+        generator: RNG of ``mode="sample"``, and of the order a sparse matcher's matches are given
+            to the estimator in (OpenCV's RANSAC draws from a fixed seed, so the order decides its
+            draws; without a generator they go most confident first).
         confidence: the estimator's confidence level.
         max_iters: the estimator's iteration cap.
         trials: estimate this many times, each from its own draw of ``num`` matches, and keep the
@@ -359,6 +363,11 @@ def estimate_relative_pose(
 
     def estimate() -> RelativePose:
         tgt, src, _ = sample_matches(result, num, generator, None, index, source_size, mode, min_confidence)
+        if result.matches is not None and generator is not None:
+            # OpenCV's RANSAC draws from a fixed seed: a sparse matcher's matches, given in one order,
+            # would give every trial the same estimate. An order of the generator's makes each its own.
+            order = torch.randperm(len(tgt), generator=generator).numpy()
+            tgt, src = tgt[order], src[order]
         if len(tgt) < 5:
             raise ValueError(f"a relative pose needs at least 5 matches, got {len(tgt)}")
         return _essential_pose(tgt, src, normalised(tgt, k_target), normalised(src, k_source), method, threshold / focal, confidence, max_iters)

@@ -293,6 +293,7 @@ def test_cli_failed_pairs_give_nonzero_exit_but_full_outputs(tmp_path, capsys, m
         (["--dataset", "scenes", "--methods", "dis", "--pose-matches", "2"], "--pose-matches must be >= 5"),
         (["--dataset", "scenes", "--methods", "dis", "--pose-threshold", "0"], "--pose-threshold > 0"),
         (["--dataset", "scenes", "--methods", "dis", "--pose-trials", "0"], "--pose-trials >= 1"),
+        (["--dataset", "scenes", "--methods", "dis", "--pose-repeats", "0"], "--pose-repeats >= 1"),
         (
             ["--dataset", "synthetic", "--methods", "checkpoint", "--checkpoint", "/nonexistent.pt"],
             "checkpoint not found",
@@ -337,8 +338,11 @@ def test_cli_scenes_reports_dense_and_pose_metrics_per_level(tmp_path, capsys):
     for group in summary["results"]["dis"].values():
         assert group["num_poses"] == group["num_pairs"] and group["aepe"] > 0
         assert 0 <= group["pose_auc5"] <= group["pose_auc10"] <= group["pose_auc20"] <= 1
+        assert group["pose_repeats"] == 5 and group["pose_auc10_std"] >= 0
     rows = list(csv.DictReader(open(out / "per_pair.csv")))
     assert len(rows) == 3 and all(float(row["pose_error"]) >= 0 for row in rows)
+    assert all(row["pose_errors"].split(";")[0] == row["pose_error"] for row in rows)
+    assert all(len(row["pose_errors"].split(";")) == 5 for row in rows)
     assert "AUC@10" in stdout and "wide" in stdout
 
 
@@ -386,6 +390,38 @@ def test_runner_scores_poses_of_pairs_without_ground_truth_flow():
     failed = evaluate_pair(matcher, item, torch.device("cpu"))
     assert failed.pose_error == math.inf
     assert summarize([metrics, failed])["pose_auc5"] == pytest.approx(0.5, abs=0.01)
+
+
+def _posed_scene_item(h: int = 96, w: int = 128) -> dict:
+    """A pair of two fronto-parallel planes seen by a moving camera: exact flow, cameras and pose."""
+    k = np.array([[120.0, 0, w / 2], [0, 120.0, h / 2], [0, 0, 1]])
+    angle = 0.1
+    rotation = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    translation = np.array([0.5, 0.05, 0.1])
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    depth = np.where(xs < w * 0.6, 4.0, 9.0)
+    points = np.stack([xs, ys, np.ones_like(xs)], -1) @ np.linalg.inv(k).T * depth[..., None]
+    projected = (points @ rotation.T + translation) @ k.T
+    flow = torch.from_numpy(projected[..., :2] / projected[..., 2:] - np.stack([xs, ys], -1)).permute(2, 0, 1).float()
+    image = torch.zeros(3, h, w)
+    return {"source": image, "target": image, "flow": flow, "mask": torch.ones(h, w, dtype=torch.bool),
+            "K_source": k, "K_target": k, "R": rotation, "t": translation}
+
+
+def test_runner_repeats_the_pose_with_seeds_in_turn():
+    from diffmatch.evaluation.runner import PoseOptions, evaluate_pair, pair_pose_error
+
+    item = _posed_scene_item()
+    method = lambda s, t: MatchResult.from_samples(item["flow"][None, None] + 0.3 * torch.randn(1, 1, 2, *item["flow"].shape[-2:], generator=torch.Generator().manual_seed(5)))  # noqa: E731
+    options = PoseOptions(num_matches=300, trials=1, repeats=3, seed=7)
+    metrics = evaluate_pair(method, item, torch.device("cpu"), options)
+    assert len(metrics.pose_repeats) == 3 and metrics.pose_repeats[0] == metrics.pose_error
+    # Repeat r is the estimate seeded with seed + r; the draws differ, so do the errors.
+    result = method(None, None)
+    assert metrics.pose_repeats[2] == max(pair_pose_error(result, item, PoseOptions(300, seed=9, trials=1, repeats=1)))
+    assert len(set(metrics.pose_repeats)) == 3
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        PoseOptions(repeats=0)
 
 
 # ------------------------------------------------------------------ checked before the work (#29)

@@ -171,6 +171,18 @@ def test_estimate_relative_pose_from_sparse_matches_and_its_errors():
         estimate_relative_pose(result, k_s, k_t, min_confidence=0.9999)
     with pytest.raises(ValueError, match="K_source"):
         estimate_relative_pose(result, np.zeros((3, 3)), k_t)
+    # With a generator, the matches reach RANSAC (whose own seed is fixed) in an order of its draw:
+    # seeds give different orders, hence different RANSAC draws; one seed repeats.
+    given = [
+        estimate_relative_pose(result, k_s, k_t, threshold=1.0, generator=torch.Generator().manual_seed(seed))
+        for seed in (0, 0, 1)
+    ]
+    assert np.array_equal(given[0].target_xy, given[1].target_xy)
+    assert not np.array_equal(given[0].target_xy, given[2].target_xy)
+    most_confident_first = estimate_relative_pose(result, k_s, k_t, threshold=1.0).target_xy
+    assert not np.array_equal(given[0].target_xy, most_confident_first)
+    assert np.array_equal(np.sort(given[0].target_xy, 0), np.sort(most_confident_first, 0))
+    assert all(max(pose_error(p.rotation, p.translation, rotation, translation)) < 0.5 for p in given)
 
 
 def _two_plane_flow(h: int = 120, w: int = 160):
