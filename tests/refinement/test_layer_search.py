@@ -292,7 +292,7 @@ def test_the_matcher_gives_taken_pixels_the_confidence_of_the_calibrations_layer
     searched, taken, costs = search_layers(plain, source, target, lambda a, b: global_flow(None, a, b), None)
     assert 0.2 < taken.float().mean() < 0.99  # the random model's flow loses to the planes, mostly
     expected = torch.where(taken, part.predict(search_cues(searched, costs)), plain.confidence)
-    result = match(with_part, True)
+    result = match(with_part, LayerSearchConfig(rounds=1))
     torch.testing.assert_close(result.flow, searched.flow)
     torch.testing.assert_close(result.confidence, expected)
     assert not torch.allclose(result.confidence[taken], plain.confidence[taken])
@@ -302,7 +302,7 @@ def test_the_matcher_gives_taken_pixels_the_confidence_of_the_calibrations_layer
     # planes of its confident matches alone.
     once = replace(searched, confidence=expected)
     again, retaken, recosts = search_layers(once, source, target, lambda a, b: global_flow(None, a, b), None, LayerSearchConfig(max_layers=0))
-    twice = match(with_part, LayerSearchConfig(rounds=2))
+    twice = match(with_part, True)  # the default: two rounds
     torch.testing.assert_close(twice.flow, again.flow)
     if recosts:
         torch.testing.assert_close(twice.confidence, torch.where(retaken, part.predict(search_cues(again, recosts)), expected))
