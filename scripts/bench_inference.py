@@ -15,6 +15,9 @@ Rows, per device and precision:
   the calibrated confidence (whose cues include a reverse pass), two-pass matching on (a small-motion
   pair like this one never runs the second pass), the layer search on; the same without the layer
   search; and the model's own flow, unrefined (no confidence, so no reverse pass, and no search);
+* the default on a large viewpoint change, on which the second pass runs: the same pair with the
+  target turned 60° (and zoomed 1.2×), 1 and 3 hypotheses, with two passes (the default) and with
+  one (``two_pass=False``);
 * the paper-size model: ``configs/paper.yaml``'s ``model.model`` built with random VGG-16 weights
   (``DiffMatch(..., pretrained_features=False)``: no ImageNet file is needed, and the weights do
   not change the time), 1, 2 and 3 samples × 5 DDIM steps, unrefined, no layer search, against the paper's
@@ -62,21 +65,32 @@ SIZE = 512
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_MS = {1: 112, 2: 123, 3: 140}  # the paper's GPU timings of its model at 512², ms per pair
 PRECISIONS = ("32", "bf16", "16", "autocast-bf16")
+TURN = 60.0  # degrees: the large-viewpoint rows' target turn
 
 
-def _images() -> tuple[torch.Tensor, torch.Tensor]:
+def _images(turned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The bundled sample pair resized to 512², a real pair: on random noise two-pass matching would
-    find a large "motion" and run its second pass, which a real small-motion pair never does."""
+    find a large "motion" and run its second pass, which a real small-motion pair never does.
+    ``turned``: the target turned by :data:`TURN` degrees about its centre (and zoomed by 1.2 so
+    that no corner is empty), a large viewpoint change on which the second pass runs."""
+    import math
+
     import torch.nn.functional as F
 
     from diffmatch.assets import sample_pair
     from diffmatch.inputs import to_image_batch
     from diffmatch.io import load_image
 
-    return tuple(
+    source, target = (
         F.interpolate(to_image_batch(load_image(path)), size=(SIZE, SIZE), mode="bilinear", antialias=True)
         for path in sample_pair()
     )
+    if turned:
+        angle = math.radians(TURN)
+        turn = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0]]) / 1.2
+        grid = F.affine_grid(turn[None], list(target.shape), align_corners=False)
+        target = F.grid_sample(target, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return source, target
 
 
 def _timed(fn, repeats: int, device: str) -> tuple[float, float]:
@@ -104,11 +118,13 @@ def _paper_model():
 def measure(
     kind: str, checkpoint: str | None, samples: int, repeats: int, device: str = "cpu", precision: str = "32",
     image_size: str | None = None, refine: bool = True, compile: bool = False, layer_search: bool = True,
+    turned: bool = False, two_pass: bool = True,
 ) -> dict:
     """One measurement in this process: ``vgg``, ``dis``, ``model``, ``paper``, ``refine-opencv`` or
-    ``refine-torch``."""
+    ``refine-torch``; ``turned``: on the turned pair (:func:`_images`); ``two_pass``: the model's
+    second pass allowed."""
     torch.set_grad_enabled(False)
-    source, target = (x.to(device) for x in _images())
+    source, target = (x.to(device) for x in _images(turned))
     autocast = precision == "autocast-bf16"
     if kind == "dis":
         import cv2
@@ -143,7 +159,7 @@ def measure(
                 size = None if image_size is None else parse_image_size(image_size)
                 matcher = DiffMatcher.from_checkpoint(
                     checkpoint, device=device, image_size=size, refine=refine, precision=own, compile=compile,
-                    layer_search=layer_search,
+                    layer_search=layer_search, two_pass=two_pass,
                 )
         gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
         steps = 5 if kind == "paper" else None  # None: the checkpoint's own sampling steps
@@ -158,11 +174,16 @@ def measure(
 
 
 def _run(kind: str, samples: int, repeats: int, device: str, precision: str, args: argparse.Namespace,
-         refine: bool = True, checkpoint: str | None = None, compile: bool = False, layer_search: bool = True) -> dict:
+         refine: bool = True, checkpoint: str | None = None, compile: bool = False, layer_search: bool = True,
+         turned: bool = False, two_pass: bool = True) -> dict:
     cmd = [sys.executable, __file__, "--one", kind, "--samples", str(samples), "--repeats", str(repeats),
            "--device", device, "--precision", precision]
     if not refine:
         cmd.append("--no-refine")
+    if turned:
+        cmd.append("--turned")
+    if not two_pass:
+        cmd.append("--one-pass")
     if not layer_search:
         cmd.append("--no-layer-search")
     if compile:
@@ -232,6 +253,12 @@ def _rows(args: argparse.Namespace, device: str) -> list[tuple[str, dict]]:
                     rows.append((f"{name}{size}, {n} hyp., {what} [{tag}]",
                                  dict(kind="model", samples=n, refine=refine, checkpoint=args.checkpoint,
                                       precision=precision, compile=compiled, layer_search=layers)))
+            # A large viewpoint change, on which the second pass runs: with it (the default) and without.
+            for passes, what in ((True, "two passes (the default)"), (False, "one pass")):
+                for n in (1, 3):
+                    rows.append((f"{name}{size}, target turned {TURN:.0f}°, {n} hyp., {what} [{tag}]",
+                                 dict(kind="model", samples=n, checkpoint=args.checkpoint, precision=precision,
+                                      compile=compiled, turned=True, two_pass=passes)))
             if args.compare:
                 for n in (1, 3):
                     rows.append((f"{Path(args.compare).name}, {n} hyp., refined [{tag}]",
@@ -264,13 +291,16 @@ def main() -> None:
                         help="also time `diffmatch match --pairs` on N pairs, 1 and 2 processes (default 0: not)")
     parser.add_argument("--no-refine", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-layer-search", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--turned", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--one-pass", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", choices=("vgg", "model", "paper", "dis", "refine-opencv", "refine-torch"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--samples", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.checkpoint, args.samples, args.repeats, args.device, args.precision,
-                                 args.image_size, not args.no_refine, args.compile, not args.no_layer_search)))
+                                 args.image_size, not args.no_refine, args.compile, not args.no_layer_search,
+                                 args.turned, not args.one_pass)))
         return
     for option in ("precision", "paper_precision"):
         text = getattr(args, option) if getattr(args, option) is not None else args.precision
