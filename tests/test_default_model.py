@@ -80,21 +80,22 @@ def test_unet_beats_its_own_init_flow_and_the_refinement_beats_the_unet_at_every
 
 
 # Per level: (mean AEPE, median pose error) ceilings, px and degrees; measured with the weights fine-tuned on
-# scenes (checkpoints/README.md) and the layer search offering the confident matches' planes too (2026-12-04)
-# 0.42 / 1.34 / 37.2 px and 1.0 / 0.3 / 0.7 degrees at 1 thread (before those planes 0.45 / 1.31 / 38.9 px and
-# 0.4 / 0.3 / 1.3 degrees; the previous weights, before
-# the layer search became the default: 0.43 / 1.89 / 39.3 px and 0.5 / 0.8 / 1.3 degrees). The
-# wide level's first pair is one where the model matches a layer wrongly (about 84 px); near-degenerate
-# scene pairs swing by tens of degrees with a tenth of a pixel of flow, hence the loose pose ceilings
-# (OpenCV's RANSAC itself is deterministic). The single-scale refinement before issue #27 fails the stereo and medium ceilings; the
-# two-pass matching before the rotation search measured 2.06 px at medium (its third pair is turned
-# by 40°).
-SCENE_PINS = {"stereo": (0.55, 3.0), "medium": (1.8, 3.0), "wide": (45.0, 2.5)}
+# scenes (checkpoints/README.md) and two rounds of the layer search (2026-12-04, night) at 1 thread:
+# 0.41 / 1.29 / 36.9 px and 0.4 / 0.6 / 2.3 degrees, the median over the five seeded estimates of each
+# pair (one round, one estimate per pair: 0.42 / 1.34 / 37.2 px and 1.0 / 0.3 / 0.7 degrees; the previous
+# weights, before the layer search became the default: 0.43 / 1.89 / 39.3 px and 0.5 / 0.8 / 1.3 degrees).
+# The wide level's first pair is one where the model matches a layer wrongly (about 83 px; its pose
+# swings 0.4–2.9° between seeds, hence the loose pose ceilings) and its second one near-degenerate
+# (85° in every seed). The single-scale refinement before issue #27 fails the stereo and
+# medium ceilings; the two-pass matching before the rotation search measured 2.06 px at medium (its
+# third pair is turned by 40°).
+SCENE_PINS = {"stereo": (0.55, 3.0), "medium": (1.8, 3.0), "wide": (45.0, 4.0)}
 
 
 @pytest.fixture(scope="module")
 def scene_metrics(matcher: DiffMatcher) -> dict[str, tuple[float, float]]:
-    """Mean AEPE (px) and median pose error (degrees) per level on the scenes benchmark's first 3 pairs.
+    """Mean AEPE (px) and median pose error (degrees, over the five seeded estimates of each pair, as
+    ``diffmatch evaluate`` repeats them) per level on the scenes benchmark's first 3 pairs.
 
     The default as users get it (two passes, refined, calibrated; 3 hypotheses, each pair seeded from
     0 and its pixels), scored as ``diffmatch evaluate --dataset scenes`` scores each pair.
@@ -104,7 +105,8 @@ def scene_metrics(matcher: DiffMatcher) -> dict[str, tuple[float, float]]:
     for level in SCENE_LEVELS:
         bench = SceneBenchmark(bundled_photos("val"), level=level, num_pairs=3)
         metrics = [evaluate_pair(method, bench[i], torch.device("cpu")) for i in range(len(bench))]
-        out[level] = (float(np.mean([m.aepe for m in metrics])), float(np.median([m.pose_error for m in metrics])))
+        poses = [error for m in metrics for error in m.pose_repeats]  # every pair's five seeded estimates
+        out[level] = (float(np.mean([m.aepe for m in metrics])), float(np.median(poses)))
     return out
 
 
