@@ -505,10 +505,12 @@ def test_evaluate_confidence_layer_search_runs_in_every_match(tmp_path, monkeypa
     checkpoint = save_weights(DiffMatch(tiny_config()).eval(), tmp_path / "cal.pt", calibration=calibration)
     calls = []
     search = matcher_module.search_layers
-    monkeypatch.setattr(matcher_module, "search_layers", lambda *a: calls.append(1) or search(*a))
+    # Each match's first round searches with the global cost's planes (max_layers > 0); a second
+    # round, with the confident matches' planes alone, follows where the first took pixels.
+    monkeypatch.setattr(matcher_module, "search_layers", lambda *a: calls.append(a[5].max_layers > 0) or search(*a))
     argv = ["--checkpoint", str(checkpoint), "--limit", "1", "--samples", "2", "--steps", "1", "--one-pass"]
     assert confidence_main([*argv, "--no-layer-search", "--out", str(tmp_path / "plain")]) == 0 and not calls
     assert confidence_main([*argv, "--out", str(tmp_path / "searched")]) == 0  # the default: searched
-    assert len(calls) == 3 * 3  # three pairs (one per level), one match per calibrated τ
+    assert sum(calls) == 3 * 3  # three pairs (one per level), one match per calibrated τ
     assert confidence_main([*argv, "--layer-search", "--out", str(tmp_path / "again")]) == 0  # old scripts
-    assert len(calls) == 2 * 3 * 3
+    assert sum(calls) == 2 * 3 * 3
