@@ -73,23 +73,24 @@ def _images(turned: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     find a large "motion" and run its second pass, which a real small-motion pair never does.
     ``turned``: the target turned by :data:`TURN` degrees about its centre (and zoomed by 1.2 so
     that no corner is empty), a large viewpoint change on which the second pass runs."""
-    import math
-
     import torch.nn.functional as F
 
     from diffmatch.assets import sample_pair
+    from diffmatch.geometry import homography_to_flow, warp
     from diffmatch.inputs import to_image_batch
     from diffmatch.io import load_image
+    from diffmatch.two_pass import rotation_homography
 
     source, target = (
         F.interpolate(to_image_batch(load_image(path)), size=(SIZE, SIZE), mode="bilinear", antialias=True)
         for path in sample_pair()
     )
     if turned:
-        angle = math.radians(TURN)
-        turn = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0]]) / 1.2
-        grid = F.affine_grid(turn[None], list(target.shape), align_corners=False)
-        target = F.grid_sample(target, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        centre = (SIZE - 1) / 2
+        zoom = torch.tensor([[1 / 1.2, 0, centre * (1 - 1 / 1.2)], [0, 1 / 1.2, centre * (1 - 1 / 1.2)], [0, 0, 1]],
+                            dtype=torch.float64)
+        turn = rotation_homography(TURN, (SIZE, SIZE), (SIZE, SIZE)) @ zoom  # target pixels -> source pixels
+        target, _ = warp(target, homography_to_flow(turn, (SIZE, SIZE)).float(), padding_mode="border")
     return source, target
 
 
