@@ -435,7 +435,7 @@ class DiffMatcher:
         # Later rounds offer the planes of what the search made confident alone (LayerSearchConfig.rounds).
         for round_ in range(config.rounds if config.confident_layers else 1):
             step = config if round_ == 0 else replace(config, max_layers=0)
-            searched, taken, costs = search_layers(result, src, tgt, model.global_flow, refiner, step)
+            searched, taken, costs = search_layers(result, src, tgt, model.global_flows, refiner, step)
             if tau is not None and part is not None and costs:
                 own = part.predict(search_cues(searched, costs), tau)
                 searched.confidence = torch.where(taken, own, searched.confidence)

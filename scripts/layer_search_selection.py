@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    def raw_flow(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return matcher.match_raw(source, target).flow
+    def raw_flows(source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return matcher.match_raw(source, target).flow, matcher.match_raw(target, source).flow
 
     has_pose = args.dataset == "scenes"
     scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             result = matcher.match(source, target, generator=generator, layer_search=False)
             for name in chosen:
                 config = SETTINGS[name]
-                searched = result if config is None else search_layers(result, source, target, raw_flow, matcher.refiner, config)[0]
+                searched = result if config is None else search_layers(result, source, target, raw_flows, matcher.refiner, config)[0]
                 aepe = float((searched.flow[0] - item["flow"]).norm(dim=0)[item["mask"].bool()].mean())
                 pose = max(pair_pose_error(searched, item, PoseOptions())) if has_pose else float("nan")
                 scores.setdefault(group, {}).setdefault(name, []).append((aepe, pose))

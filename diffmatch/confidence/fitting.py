@@ -233,7 +233,7 @@ def collect_cues(
         ids.append(np.full(where.size, i))
         note = ""
         if layer_search is not None:
-            searched, taken, costs = search_layers(result, src, tgt, model.global_flow, refiner, layer_search)
+            searched, taken, costs = search_layers(result, src, tgt, model.global_flows, refiner, layer_search)
             epe = end_point_error(searched.flow, truth)[0].cpu()
             where = _draw(valid & taken[0, 0].cpu() & torch.isfinite(epe), pixels, rng)
             if where.size:

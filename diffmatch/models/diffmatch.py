@@ -235,10 +235,28 @@ class DiffMatch(nn.Module):
             ``(B, 2, Ht, Wt)`` float32 flow on the target grid, ``target(x) ≈ source(x + flow(x))``,
             px, channel 0 = x.
         """
+        return self.global_flows(source, target, mode)[0]
+
+    @torch.no_grad()
+    def global_flows(
+        self, source: torch.Tensor, target: torch.Tensor, mode: Literal["hard", "soft"] = "hard"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`global_flow` both ways from one feature pass: ``(forward, backward)``.
+
+        ``forward`` is ``global_flow(source, target)``, ``(B, 2, Ht, Wt)`` on the target grid
+        (``target(x) ≈ source(x + forward(x))``); ``backward`` is ``global_flow(target, source)``,
+        ``(B, 2, Hs, Ws)`` on the source grid (``source(x) ≈ target(x + backward(x))``); px, channel 0 = x.
+        """
         feats = self.extract(source, target)
-        flow = self.initial_flow(self.correlation(self.cost_maps(feats[0]), self.cost_maps(feats[1])), mode)
+        source_maps, target_maps = self.cost_maps(feats[0]), self.cost_maps(feats[1])
         size_t, size_s = tuple(target.shape[-2:]), tuple(source.shape[-2:])
-        return self.from_cost_grid(flow / self.config.cost_size, size_t, size_s).float()
+        c = self.config.cost_size
+        forward = self.initial_flow(self.correlation(source_maps, target_maps), mode)
+        backward = self.initial_flow(self.correlation(target_maps, source_maps), mode)
+        return (
+            self.from_cost_grid(forward / c, size_t, size_s).float(),
+            self.from_cost_grid(backward / c, size_s, size_t).float(),
+        )
 
     def condition(self, source: torch.Tensor, target: torch.Tensor) -> Condition:
         """Compute ``F_init`` and the local cost for a batch of image pairs.

@@ -6,7 +6,8 @@
 * :mod:`~diffmatch.refinement.solver`: the variational energy minimised in PyTorch, batched over flows;
 * :mod:`~diffmatch.refinement.layer_search`: :func:`search_layers`, the planes of the model's global
   cost and of the result's confident matches offered to each pixel (wide baselines whose layers move
-  apart; the matcher runs it by default).
+  apart; the matcher runs it by default);
+* :mod:`~diffmatch.refinement.census`: the census cost the search ranks flows by.
 
 Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, pixels, channel 0 = x; tensors are
 ``(B, 2, H, W)``.

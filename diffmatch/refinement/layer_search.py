@@ -49,22 +49,26 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from diffmatch.geometry import coords_grid, homography_to_flow, warp
+from diffmatch.refinement.census import (
+    CENSUS_REACH,
+    PackedCensus,
+    aligned_cost,
+    census_transform,
+    pack_census,
+    packed_matching_cost,
+)
 from diffmatch.result import MatchResult
 
 __all__ = [
     "LayerSearchConfig",
-    "aligned_cost",
-    "census_transform",
     "confident_homographies",
     "layer_homographies",
-    "matching_cost",
     "search_layers",
 ]
 
-RawFlow = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+RawFlows = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Refine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -145,94 +149,55 @@ class LayerSearchConfig:
         return max(1, round(self.stride * side)), self.cycle * side, self.threshold * side, window
 
 
-def census_transform(image: torch.Tensor, radius: int = 3) -> torch.Tensor:
-    """Sparse census transform: is each of 16 neighbours brighter than the pixel?
-
-    Args:
-        image: ``(B, 3, H, W)`` RGB or ``(B, 1, H, W)`` grey in ``[0, 1]``.
-        radius: the neighbours lie on the grid ``{-radius, -radius + 2, ..., radius}²`` (odd radius).
-
-    Returns:
-        ``(B, K, H, W)`` float in ``{0, 1}``, ``K = (radius + 1)²``; borders replicate the edge.
-    """
-    if image.ndim != 4 or image.shape[1] not in (1, 3):
-        raise ValueError(f"image must be (B, 1 or 3, H, W), got {tuple(image.shape)}")
-    if radius < 1 or radius % 2 == 0:
-        raise ValueError(f"radius must be odd and >= 1, got {radius}")
-    grey = image.mean(1, keepdim=True) if image.shape[1] == 3 else image
-    grey = F.avg_pool2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # 3x3 blur against noise
-    padded = F.pad(grey, (radius,) * 4, mode="replicate")
-    h, w = grey.shape[-2:]
-    offsets = range(0, 2 * radius + 1, 2)
-    return torch.cat([(padded[..., y : y + h, x : x + w] > grey).float() for y in offsets for x in offsets], 1)
-
-
-def matching_cost(
-    source_census: torch.Tensor, target_census: torch.Tensor, flow: torch.Tensor, window: int
-) -> torch.Tensor:
-    """How badly ``flow`` carries the source onto the target: the windowed census difference.
-
-    The census is taken in the source's own frame and then warped, which is what the search ranks
-    candidates by (its settings were chosen with it); it compares neighbours in the source's
-    directions, so where the flow turns the image it is unreliable, and :func:`aligned_cost` checks it.
-
-    Args:
-        source_census: ``(B, K, Hs, Ws)`` :func:`census_transform` of the source.
-        target_census: ``(B, K, Ht, Wt)`` of the target.
-        flow: ``(B, 2, Ht, Wt)`` on the target grid, ``target(x) ≈ source(x + flow(x))``, px.
-        window: odd side of the averaging window.
-
-    Returns:
-        ``(B, 1, Ht, Wt)`` in ``[0, 1]``: the share of census bits that differ, averaged over the
-        window; a match outside the source counts as 0.5 (a coin toss).
-    """
-    warped, inside = warp(source_census, flow)
-    return _window_mean((warped - target_census).abs().mean(1, keepdim=True), inside, window)
-
-
-def aligned_cost(source: torch.Tensor, target_census: torch.Tensor, flow: torch.Tensor, window: int) -> torch.Tensor:
-    """:func:`matching_cost` with the census taken after the source is warped onto the target's grid.
-
-    The comparison then follows the flow's local rotation and scale: under a 55° in-plane rotation
-    the right flow costs about 0.3 by :func:`matching_cost`, as much as a wrong plane, and near 0 by
-    this one. Its bits are not softened by the warp's interpolation, so on strongly corrupted images
-    chance wins more often by it (the search lost under ImageNet-C when it ranked by it); the search
-    uses it as a veto (:func:`search_layers`).
-
-    Args:
-        source: ``(B, 1, Hs, Ws)`` grey or ``(B, 3, Hs, Ws)`` RGB source image in ``[0, 1]``.
-        target_census, flow, window: as :func:`matching_cost`.
-
-    Returns:
-        ``(B, 1, Ht, Wt)`` in ``[0, 1]``, as :func:`matching_cost`.
-    """
-    grey = source.mean(1, keepdim=True) if source.shape[1] == 3 else source
-    warped, inside = warp(grey, flow)
-    return _window_mean((census_transform(warped) - target_census).abs().mean(1, keepdim=True), inside, window)
-
-
-def _window_mean(cost: torch.Tensor, inside: torch.Tensor, window: int) -> torch.Tensor:
-    """``(B, 1, H, W)`` per-pixel cost with 0.5 where the match left the source, averaged over a window."""
-    cost = torch.where(inside[:, None], cost, torch.full_like(cost, 0.5))
-    # A box mean as two 1D means (the same numbers as one 2D mean, border windows included: each is a
-    # rectangle), 2k instead of k² additions per pixel.
-    half = window // 2
-    cost = F.avg_pool2d(cost, (1, window), stride=1, padding=(0, half), count_include_pad=False)
-    return F.avg_pool2d(cost, (window, 1), stride=1, padding=(half, 0), count_include_pad=False)
-
-
 def _distinctness(
-    source_census: torch.Tensor, target_census: torch.Tensor, flow: torch.Tensor, cost: torch.Tensor, window: int
+    source: PackedCensus, target: PackedCensus, flow: torch.Tensor, cost: torch.Tensor, window: int, where: torch.Tensor
 ) -> torch.Tensor:
     """``(B, 1, Ht, Wt)``: how much the cheapest of ``flow`` moved by half a window (left, right, up,
     down) costs more than ``flow`` itself (``cost``); near 0 where the window's texture does not pin
-    the match down."""
+    the match down. Measured at the pixels of ``where`` (``(B, 1, Ht, Wt)`` bool), 0 elsewhere: the
+    costs are taken only over the box that holds their windows."""
+    distinct = torch.zeros_like(cost)
+    if not bool(where.any()):
+        return distinct
     half = window // 2
+    box = _box_around(where, half)
+    top, left = box[2].start, box[3].start
+    part = PackedCensus(target.codes[:, box[2], box[3]], target.bits)
     shifted = []
     for dx, dy in ((half, 0), (-half, 0), (0, half), (0, -half)):
         offset = torch.tensor([dx, dy], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
-        shifted.append(matching_cost(source_census, target_census, flow + offset, window))
-    return torch.stack(shifted).amin(0) - cost
+        shifted.append(packed_matching_cost(source, part, flow[box] + offset, window, origin=(top, left)))
+    distinct[box] = torch.stack(shifted).amin(0) - cost[box]
+    return torch.where(where, distinct, torch.zeros_like(distinct))
+
+
+def _aligned_better(
+    source: torch.Tensor, target_census: torch.Tensor, flow: torch.Tensor, own: torch.Tensor, window: int, where: torch.Tensor
+) -> torch.Tensor:
+    """``(B, 1, Ht, Wt)`` bool: where ``flow`` costs less than the matcher's ``own`` flow by :func:`aligned_cost`,
+    measured at the pixels of ``where`` (False elsewhere), over the box that holds their windows
+    and the census's reach (:data:`CENSUS_REACH`)."""
+    better = torch.zeros_like(where)
+    if not bool(where.any()):
+        return better
+    box = _box_around(where, window // 2 + CENSUS_REACH)
+    offset = torch.tensor([box[3].start, box[2].start], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
+    grey, part = source.mean(1, keepdim=True), target_census[box]
+    better[box] = aligned_cost(grey, part, flow[box] + offset, window) < aligned_cost(grey, part, own[box] + offset, window)
+    return better & where
+
+
+def _box_around(mask: torch.Tensor, margin: int) -> tuple[slice, slice, slice, slice]:
+    """The index of the smallest box of a ``(B, 1, H, W)`` ``mask``'s pixels grown by ``margin``, in the image."""
+    rows = mask.flatten(0, 2).any(1).nonzero()[:, 0]
+    cols = mask.flatten(0, 2).any(0).nonzero()[:, 0]
+    height, width = mask.shape[-2:]
+    return (
+        slice(None),
+        slice(None),
+        slice(max(0, int(rows[0]) - margin), min(height, int(rows[-1]) + margin + 1)),
+        slice(max(0, int(cols[0]) - margin), min(width, int(cols[-1]) + margin + 1)),
+    )
 
 
 def _planes_one_after_another(
@@ -313,7 +278,7 @@ def search_layers(
     result: MatchResult,
     source: torch.Tensor,
     target: torch.Tensor,
-    raw_flow: RawFlow,
+    raw_flows: RawFlows,
     refine: Refine | None = None,
     config: LayerSearchConfig | None = None,
 ) -> tuple[MatchResult, torch.Tensor, dict[str, torch.Tensor]]:
@@ -323,8 +288,9 @@ def search_layers(
         result: a batch-of-one match of ``target`` to ``source`` (flow ``(1, 2, Ht, Wt)``).
         source: ``(1, 3, Hs, Ws)`` RGB in ``[0, 1]``.
         target: ``(1, 3, Ht, Wt)``.
-        raw_flow: ``raw_flow(a, b)`` gives the model's ``F_init`` of ``b`` into ``a``, ``(1, 2, Hb, Wb)``
-            (e.g. :meth:`DiffMatch.global_flow <diffmatch.models.diffmatch.DiffMatch.global_flow>`).
+        raw_flows: ``raw_flows(source, target)`` gives the model's ``F_init`` both ways: of the
+            target into the source ``(1, 2, Ht, Wt)`` and of the source into the target ``(1, 2, Hs, Ws)``
+            (e.g. :meth:`DiffMatch.global_flows <diffmatch.models.diffmatch.DiffMatch.global_flows>`).
         refine: ``refine(source, target, flow)`` brings a ``(1, 2, Ht, Wt)`` flow to sub-pixel
             precision where candidates were taken (``None``: no refinement).
         config: when and how (``None``: :class:`LayerSearchConfig` defaults).
@@ -332,11 +298,11 @@ def search_layers(
     Returns:
         ``(result, taken, costs)``: the new result (the same object when nothing changed), the
         ``(1, 1, Ht, Wt)`` bool mask of the pixels taken from a candidate, and, when some pixel was
-        taken, what decided it at every pixel, each ``(1, 1, Ht, Wt)``: ``census_cost`` (the best
-        flow's windowed cost, before the refinement), ``census_margin`` (the matcher's own flow's
-        cost minus it) and ``distinctness`` (:attr:`LayerSearchConfig.distinct`'s measure); empty
-        when nothing was taken. A calibration reads them to give taken pixels their own confidence
-        (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`).
+        taken, what decided it, each ``(1, 1, Ht, Wt)``: ``census_cost`` (the best flow's windowed
+        cost, before the refinement) and ``census_margin`` (the matcher's own flow's cost minus it)
+        at every pixel, and ``distinctness`` (:attr:`LayerSearchConfig.distinct`'s measure) where
+        the best flow passed the ratio test (0 elsewhere); empty when nothing was taken. A
+        calibration reads them to give taken pixels their own confidence (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`).
     """
     config = config if config is not None else LayerSearchConfig()
     if result.flow.shape[0] != 1:
@@ -347,31 +313,32 @@ def search_layers(
     size = tuple(target.shape[-2:])
     homographies = []
     if config.max_layers > 0:
-        homographies = layer_homographies(raw_flow(source, target)[0], raw_flow(target, source)[0], config)
+        forward, backward = raw_flows(source, target)
+        homographies = layer_homographies(forward[0], backward[0], config)
     homographies += confident_homographies(result, config)
     if not homographies:
         return result, nothing, {}
     _, _, _, window = config.pixels(size)
-    source_census, target_census = census_transform(source), census_transform(target)
-    own = matching_cost(source_census, target_census, result.flow, window)
+    target_census = census_transform(target)
+    source_codes, target_codes = pack_census(census_transform(source)), pack_census(target_census)
+    own = packed_matching_cost(source_codes, target_codes, result.flow, window)
     best_cost, best_flow = own, result.flow
     for matrix in homographies:
         candidate = homography_to_flow(torch.from_numpy(matrix), size).to(result.flow)
-        cost = matching_cost(source_census, target_census, candidate, window)
+        cost = packed_matching_cost(source_codes, target_codes, candidate, window)
         better = cost < best_cost
         best_cost = torch.where(better, cost, best_cost)
         best_flow = torch.where(better, candidate, best_flow)
     taken = best_cost < config.ratio * own
     if not bool(taken.any()):
         return result, nothing, {}
-    distinctness = _distinctness(source_census, target_census, best_flow, best_cost, window)
+    distinctness = _distinctness(source_codes, target_codes, best_flow, best_cost, window, taken)
     if config.distinct > 0:
         taken &= distinctness > config.distinct
     if bool(taken.any()):
         # The veto: with the census taken on the grid of each flow, the plane must beat the matcher's
         # own flow too (it does not where the flow turns the image and the own flow was right).
-        grey = source.mean(1, keepdim=True)
-        taken &= aligned_cost(grey, target_census, best_flow, window) < aligned_cost(grey, target_census, result.flow, window)
+        taken = _aligned_better(source, target_census, best_flow, result.flow, window, taken)
     if not bool(taken.any()):
         return result, nothing, {}
     flow = torch.where(taken, best_flow, result.flow)

@@ -14,13 +14,11 @@ from diffmatch.geometry import homography_to_flow, warp
 from diffmatch.matcher import DiffMatcher
 from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.weights import save_weights
+from diffmatch.refinement.census import aligned_cost, census_transform, matching_cost
 from diffmatch.refinement.layer_search import (
     LayerSearchConfig,
-    aligned_cost,
-    census_transform,
     confident_homographies,
     layer_homographies,
-    matching_cost,
     search_layers,
 )
 from diffmatch.result import MatchResult
@@ -123,11 +121,11 @@ def test_a_wrongly_matched_layer_is_taken_from_its_plane_and_the_rest_is_left_al
     result = MatchResult.from_samples(background[:, None] + spread)
     result.confidence, result.confidence_tau = torch.full((1, 1, *SIZE), 0.2), 3.0
 
-    def raw_flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return truth if b is target else _backward()
+    def raw_flows(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return truth, _backward()
 
     config = LayerSearchConfig(below=0.5)
-    searched, taken, costs = search_layers(result, source, target, raw_flow, None, config)
+    searched, taken, costs = search_layers(result, source, target, raw_flows, None, config)
     error = (searched.flow - truth).norm(dim=1)
     inner = torch.zeros_like(mask)
     inner[..., 36:64, 46:84] = True  # the layer away from its outline (the cost window straddles it)
@@ -145,17 +143,17 @@ def test_a_wrongly_matched_layer_is_taken_from_its_plane_and_the_rest_is_left_al
     assert (costs["census_margin"][taken] > 0.05 * costs["census_cost"][taken]).all()
     assert (costs["distinctness"][taken] > config.distinct).all()
     # A refinement runs on the taken pixels only.
-    refined, _, _ = search_layers(result, source, target, raw_flow, lambda s, t, f: f + 0.25, config)
+    refined, _, _ = search_layers(result, source, target, raw_flows, lambda s, t, f: f + 0.25, config)
     torch.testing.assert_close(refined.flow, torch.where(taken, searched.flow + 0.25, searched.flow))
     # A confident result is not searched.
     confident = MatchResult.from_samples(result.samples)
     confident.confidence = torch.full((1, 1, *SIZE), 0.9)
-    same, nothing, none = search_layers(confident, source, target, raw_flow, None, config)
+    same, nothing, none = search_layers(confident, source, target, raw_flows, None, config)
     assert same is confident and not nothing.any() and none == {}
     # A result without confidence is only searched when the rule says "always".
     bare = MatchResult.from_samples(result.samples)
-    assert search_layers(bare, source, target, raw_flow, None, config)[0] is bare
-    assert search_layers(bare, source, target, raw_flow, None, LayerSearchConfig(below=1.0))[1].any()
+    assert search_layers(bare, source, target, raw_flows, None, config)[0] is bare
+    assert search_layers(bare, source, target, raw_flows, None, LayerSearchConfig(below=1.0))[1].any()
 
 
 def test_the_planes_of_confident_matches_fix_a_wrong_patch_the_global_cost_does_not_see():
@@ -170,21 +168,22 @@ def test_the_planes_of_confident_matches_fix_a_wrong_patch_the_global_cost_does_
     result = MatchResult.from_samples(wrong[:, None])
     result.confidence = torch.where(patch, 0.1, 0.95)
 
-    def raw_flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.full((1, 2, *b.shape[-2:]), 50.0)  # never survives the round trip: no planes
+    def raw_flows(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        never = torch.full((1, 2, *SIZE), 50.0)  # never survives the round trip: no planes
+        return never, never
 
     planes = confident_homographies(result)
     assert len(planes) == 1  # the confident matches are one plane
     plane = homography_to_flow(torch.from_numpy(planes[0]), SIZE).float()
     assert float((plane - truth).norm(dim=1).max()) < 0.01
-    searched, taken, _ = search_layers(result, source, target, raw_flow, None, LayerSearchConfig())
+    searched, taken, _ = search_layers(result, source, target, raw_flows, None, LayerSearchConfig())
     inner = torch.zeros_like(patch)
     inner[..., 36:64, 46:84] = True
     assert float((searched.flow - truth).norm(dim=1)[inner[:, 0]].max()) < 0.01
     # Without them (or without a confidence to find them by) nothing is taken.
-    assert not search_layers(result, source, target, raw_flow, None, LayerSearchConfig(confident_layers=0))[1].any()
+    assert not search_layers(result, source, target, raw_flows, None, LayerSearchConfig(confident_layers=0))[1].any()
     bare = MatchResult.from_samples(wrong[:, None])
-    assert confident_homographies(bare) == [] and not search_layers(bare, source, target, raw_flow)[1].any()
+    assert confident_homographies(bare) == [] and not search_layers(bare, source, target, raw_flows)[1].any()
     # Too few confident matches for a plane: none.
     few = MatchResult.from_samples(wrong[:, None])
     few.confidence = torch.zeros(1, 1, *SIZE)
@@ -201,13 +200,13 @@ def test_a_plane_is_not_taken_where_the_window_does_not_pin_it_down():
     source, target, truth, mask = _scene(tile.repeat(1, 1, SIZE[0] // 4, SIZE[1] // 4))
     result = MatchResult.from_samples(homography_to_flow(BACKGROUND, SIZE).float()[:, None])
 
-    def raw_flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return truth if b is target else _backward()
+    def raw_flows(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return truth, _backward()
 
     assert LayerSearchConfig().pixels(SIZE)[3] == 9
     loose = LayerSearchConfig(distinct=0.0)
-    assert search_layers(result, source, target, raw_flow, None, loose)[1][mask].float().mean() > 0.5
-    _, taken, _ = search_layers(result, source, target, raw_flow, None, LayerSearchConfig())
+    assert search_layers(result, source, target, raw_flows, None, loose)[1][mask].float().mean() > 0.5
+    _, taken, _ = search_layers(result, source, target, raw_flows, None, LayerSearchConfig())
     assert taken.float().mean() < 0.01
 
 
@@ -269,10 +268,10 @@ def _search_part(taus: tuple[float, ...] = (1.0, 3.0, 5.0)) -> Calibrator:
 def test_the_matcher_gives_taken_pixels_the_confidence_of_the_calibrations_layer_search_part(tmp_path, monkeypatch):
     source, target, truth, _ = _scene()
 
-    def global_flow(self, a: torch.Tensor, b: torch.Tensor, mode: str = "hard") -> torch.Tensor:
-        return truth if torch.equal(b, target) else _backward()
+    def global_flows(self, a: torch.Tensor, b: torch.Tensor, mode: str = "hard") -> tuple[torch.Tensor, torch.Tensor]:
+        return truth, _backward()
 
-    monkeypatch.setattr(DiffMatch, "global_flow", global_flow)
+    monkeypatch.setattr(DiffMatch, "global_flows", global_flows)
     torch.manual_seed(0)
     model = DiffMatch(tiny_config()).eval()
     data, errors = synthetic_cues(2000)
@@ -289,7 +288,7 @@ def test_the_matcher_gives_taken_pixels_the_confidence_of_the_calibrations_layer
         return matcher.match(source, target, num_samples=2, num_steps=1, generator=torch.Generator().manual_seed(1), layer_search=layer_search)
 
     plain = match(with_part, False)
-    searched, taken, costs = search_layers(plain, source, target, lambda a, b: global_flow(None, a, b), None)
+    searched, taken, costs = search_layers(plain, source, target, lambda a, b: global_flows(None, a, b), None)
     assert 0.2 < taken.float().mean() < 0.99  # the random model's flow loses to the planes, mostly
     expected = torch.where(taken, part.predict(search_cues(searched, costs)), plain.confidence)
     result = match(with_part, LayerSearchConfig(rounds=1))
@@ -301,7 +300,7 @@ def test_the_matcher_gives_taken_pixels_the_confidence_of_the_calibrations_layer
     # A second round (rounds=2) searches the first round's result, taken pixels confident now, with the
     # planes of its confident matches alone.
     once = replace(searched, confidence=expected)
-    again, retaken, recosts = search_layers(once, source, target, lambda a, b: global_flow(None, a, b), None, LayerSearchConfig(max_layers=0))
+    again, retaken, recosts = search_layers(once, source, target, lambda a, b: global_flows(None, a, b), None, LayerSearchConfig(max_layers=0))
     twice = match(with_part, True)  # the default: two rounds
     torch.testing.assert_close(twice.flow, again.flow)
     if recosts:
