@@ -132,6 +132,8 @@ def _atomic_with_buffer(path: str | os.PathLike, fill: Callable[[io.BytesIO], No
 
 def _require_file(path: str | os.PathLike) -> Path:
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a file")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     return path
@@ -172,11 +174,24 @@ def _apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """OpenCV's own log silenced for the block (its level restored after)."""
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Load an image as ``(H, W, 3)`` uint8 RGB, upright.
 
     Grayscale is replicated to three channels, an alpha channel is dropped, and 16-bit images are
-    scaled to 8 bits. An EXIF orientation tag is applied (:func:`exif_orientation`), so a phone photo
+    scaled to 8 bits. Floating-point images (e.g. 32-bit TIFF) whose values lie in ``[0, 1]`` are
+    scaled by 255, as a float image is usually stored; other ranges are stretched from their minimum
+    to their maximum. An EXIF orientation tag is applied (:func:`exif_orientation`), so a phone photo
     stored sideways is read as it is displayed.
 
     Raises:
@@ -185,7 +200,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = _require_file(path)
     data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # pixels as stored
+    with _quiet_opencv():  # a broken file gets our one line, not OpenCV's decoder log too
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # pixels as stored
     if image is None:
         raise InputError(f"{path}: not a readable image")
     image = _apply_orientation(image, exif_orientation(path))
@@ -194,8 +210,10 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite")
     if image.dtype == np.uint16:
         image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating) and image.size and image.min() >= 0.0 and image.max() <= 1.0:
+        image = (image.astype(np.float32) * 255.0).round().astype(np.uint8)
     elif image.dtype != np.uint8:
-        image = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        image = cv2.normalize(image.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).round().astype(np.uint8)
     if image.ndim == 2:
         return np.repeat(image[:, :, None], 3, axis=2)
     if image.shape[2] == 4:

@@ -125,3 +125,25 @@ def test_float_image_with_nan_is_refused(tmp_path):
     assert cv2.imwrite(str(path), image)
     with pytest.raises(InputError, match=r"nan\.tiff: 6 pixel\(s\) are NaN or infinite"):
         load_image(path)
+
+
+def test_a_folder_and_a_broken_file_get_one_line_each(tmp_path, capfd):
+    with pytest.raises(InputError, match="is a folder, not a file"):
+        load_image(tmp_path)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(InputError, match="broken.png: not a readable image"):
+        load_image(broken)
+    assert capfd.readouterr().err == ""  # OpenCV's decoder log stays quiet
+
+
+def test_float_images_in_0_1_are_scaled_not_stretched(tmp_path):
+    image = np.full((20, 30), 0.25, np.float32)
+    image[:, :10] = 0.5
+    path = tmp_path / "float.tiff"
+    assert cv2.imwrite(str(path), image)
+    out = load_image(path)
+    assert set(np.unique(out).tolist()) == {64, 128}  # 0.25 * 255 and 0.5 * 255, rounded
+    wide = tmp_path / "wide.tiff"
+    assert cv2.imwrite(str(wide), image * 1000.0)  # another range: stretched from its min to its max
+    assert set(np.unique(load_image(wide)).tolist()) == {0, 255}
