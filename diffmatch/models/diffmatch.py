@@ -235,7 +235,9 @@ class DiffMatch(nn.Module):
             ``(B, 2, Ht, Wt)`` float32 flow on the target grid, ``target(x) ≈ source(x + flow(x))``,
             px, channel 0 = x.
         """
-        return self.global_flows(source, target, mode)[0]
+        feats = self.extract(source, target)
+        maps = self.cost_maps(feats[0]), self.cost_maps(feats[1])
+        return self._flow_of_maps(*maps, tuple(target.shape[-2:]), tuple(source.shape[-2:]), mode)
 
     @torch.no_grad()
     def global_flows(
@@ -250,13 +252,23 @@ class DiffMatch(nn.Module):
         feats = self.extract(source, target)
         source_maps, target_maps = self.cost_maps(feats[0]), self.cost_maps(feats[1])
         size_t, size_s = tuple(target.shape[-2:]), tuple(source.shape[-2:])
-        c = self.config.cost_size
-        forward = self.initial_flow(self.correlation(source_maps, target_maps), mode)
-        backward = self.initial_flow(self.correlation(target_maps, source_maps), mode)
         return (
-            self.from_cost_grid(forward / c, size_t, size_s).float(),
-            self.from_cost_grid(backward / c, size_s, size_t).float(),
+            self._flow_of_maps(source_maps, target_maps, size_t, size_s, mode),
+            self._flow_of_maps(target_maps, source_maps, size_s, size_t, mode),
         )
+
+    def _flow_of_maps(
+        self,
+        source_maps: list[torch.Tensor],
+        target_maps: list[torch.Tensor],
+        size_t: tuple[int, int],
+        size_s: tuple[int, int],
+        mode: Literal["hard", "soft"],
+    ) -> torch.Tensor:
+        """The global cost's flow of the target into the source, ``(B, 2, Ht, Wt)`` float32 px, from
+        both images' maps on the cost grid."""
+        flow = self.initial_flow(self.correlation(source_maps, target_maps), mode)
+        return self.from_cost_grid(flow / self.config.cost_size, size_t, size_s).float()
 
     def condition(self, source: torch.Tensor, target: torch.Tensor) -> Condition:
         """Compute ``F_init`` and the local cost for a batch of image pairs.

@@ -109,18 +109,14 @@ def matching_cost(
     return packed_matching_cost(pack_census(source_census), pack_census(target_census), flow, window)
 
 
-def packed_matching_cost(
-    source: PackedCensus, target: PackedCensus, flow: torch.Tensor, window: int, origin: tuple[int, int] = (0, 0)
-) -> torch.Tensor:
+def packed_matching_cost(source: PackedCensus, target: PackedCensus, flow: torch.Tensor, window: int) -> torch.Tensor:
     """:func:`matching_cost` of packed censuses (:func:`pack_census`), the same numbers, faster.
 
     Args:
         source: the source's packed census, ``codes`` ``(B, Hs, Ws)``.
-        target: the target's, ``codes`` ``(B, Ht, Wt)``, or the part of it that ``flow`` covers.
-        flow: ``(B, 2, Ht, Wt)`` on the target grid (or on the part), ``target(x) ≈ source(x + flow(x))``, px.
+        target: the target's, ``codes`` ``(B, Ht, Wt)``.
+        flow: ``(B, 2, Ht, Wt)`` on the target grid, ``target(x) ≈ source(x + flow(x))``, px.
         window: odd side of the averaging window.
-        origin: ``(row, column)`` of the part's top-left pixel in the target (a window near the
-            part's edge then averages only what the part holds).
 
     Returns:
         ``(B, 1, Ht, Wt)`` in ``[0, 1]``, as :func:`matching_cost`.
@@ -129,8 +125,8 @@ def packed_matching_cost(
         raise ValueError(f"the censuses differ in bits: {source.bits} and {target.bits}")
     b, _, ht, wt = flow.shape
     hs, ws = source.codes.shape[-2:]
-    rows = torch.arange(ht, device=flow.device, dtype=flow.dtype).view(1, -1, 1) + origin[0]
-    cols = torch.arange(wt, device=flow.device, dtype=flow.dtype).view(1, 1, -1) + origin[1]
+    rows = torch.arange(ht, device=flow.device, dtype=flow.dtype).view(1, -1, 1)
+    cols = torch.arange(wt, device=flow.device, dtype=flow.dtype).view(1, 1, -1)
     x, y = cols + flow[:, 0], rows + flow[:, 1]
     inside = (x >= -0.5) & (x <= ws - 0.5) & (y >= -0.5) & (y <= hs - 0.5)
     # Bilinear as grid_sample samples with zero padding: the four neighbouring codes, a code outside

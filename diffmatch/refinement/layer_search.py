@@ -161,12 +161,11 @@ def _distinctness(
         return distinct
     half = window // 2
     box = _box_around(where, half)
-    top, left = box[2].start, box[3].start
     part = PackedCensus(target.codes[:, box[2], box[3]], target.bits)
     shifted = []
     for dx, dy in ((half, 0), (-half, 0), (0, half), (0, -half)):
-        offset = torch.tensor([dx, dy], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
-        shifted.append(packed_matching_cost(source, part, flow[box] + offset, window, origin=(top, left)))
+        offset = _corner(box, flow) + torch.tensor([dx, dy], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
+        shifted.append(packed_matching_cost(source, part, flow[box] + offset, window))
     distinct[box] = torch.stack(shifted).amin(0) - cost[box]
     return torch.where(where, distinct, torch.zeros_like(distinct))
 
@@ -181,10 +180,15 @@ def _aligned_better(
     if not bool(where.any()):
         return better
     box = _box_around(where, window // 2 + CENSUS_REACH)
-    offset = torch.tensor([box[3].start, box[2].start], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
-    grey, part = source.mean(1, keepdim=True), target_census[box]
-    better[box] = aligned_cost(grey, part, flow[box] + offset, window) < aligned_cost(grey, part, own[box] + offset, window)
+    corner, grey, part = _corner(box, flow), source.mean(1, keepdim=True), target_census[box]
+    better[box] = aligned_cost(grey, part, flow[box] + corner, window) < aligned_cost(grey, part, own[box] + corner, window)
     return better & where
+
+
+def _corner(box: tuple[slice, slice, slice, slice], like: torch.Tensor) -> torch.Tensor:
+    """``(1, 2, 1, 1)`` ``(x, y)`` of ``box``'s top-left pixel: added to a flow on the box's grid, it
+    gives the same matches as on the whole target's grid (a part of the target is costed this way)."""
+    return torch.tensor([box[3].start, box[2].start], dtype=like.dtype, device=like.device).view(1, 2, 1, 1)
 
 
 def _box_around(mask: torch.Tensor, margin: int) -> tuple[slice, slice, slice, slice]:
@@ -302,7 +306,8 @@ def search_layers(
         cost, before the refinement) and ``census_margin`` (the matcher's own flow's cost minus it)
         at every pixel, and ``distinctness`` (:attr:`LayerSearchConfig.distinct`'s measure) where
         the best flow passed the ratio test (0 elsewhere); empty when nothing was taken. A
-        calibration reads them to give taken pixels their own confidence (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`).
+        calibration reads them to give taken pixels their own confidence
+        (:attr:`Calibrator.layer_search <diffmatch.confidence.Calibrator.layer_search>`).
     """
     config = config if config is not None else LayerSearchConfig()
     if result.flow.shape[0] != 1:

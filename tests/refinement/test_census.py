@@ -57,7 +57,8 @@ def test_a_part_of_the_target_costs_what_the_whole_does_away_from_the_parts_edge
     flow = torch.randn(2, 2, 26, 36, generator=torch.Generator().manual_seed(2)) * 4
     whole = packed_matching_cost(cs, ct, flow, 5)
     top, left = 6, 9
-    part = packed_matching_cost(cs, ct._replace(codes=ct.codes[:, top:20, left:30]), flow[..., top:20, left:30], 5, (top, left))
+    corner = torch.tensor([left, top], dtype=torch.float32).view(1, 2, 1, 1)  # the part's flow, offset to its corner
+    part = packed_matching_cost(cs, ct._replace(codes=ct.codes[:, top:20, left:30]), flow[..., top:20, left:30] + corner, 5)
     torch.testing.assert_close(part[..., 2:-2, 2:-2], whole[..., top + 2 : 18, left + 2 : 28])
 
 
