@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "diffmatch"
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "threads"),
     ("io", "assets"),
-    ("inputs", "geometry", "geometry.flow", "viz"),
+    ("inputs", "geometry", "geometry.flow", "geometry.relative_pose", "viz"),
     ("result", "metrics"),
     ("geometry.estimation", "features", "data"),
     ("models",),

@@ -2,6 +2,8 @@
 
 * :mod:`~diffmatch.geometry.flow`: grids, warping, resizing flows, unit changes between pixels and the
   model's normalised grids, forward–backward consistency (re-exported here);
+* :mod:`~diffmatch.geometry.relative_pose`: relative pose candidates from normalised matches (an
+  essential matrix's, the dominant plane's) and the support that chooses between them;
 * :mod:`~diffmatch.geometry.estimation`: matches drawn from a dense result, and the homography,
   fundamental matrix and relative pose estimated from them.
 

@@ -201,7 +201,8 @@ def _two_plane_flow(h: int = 120, w: int = 160):
 
 
 def test_relative_pose_trials_keep_the_best_supported_pose_and_are_seeded():
-    from diffmatch.geometry.estimation import _sampson, estimate_relative_pose
+    from diffmatch.geometry.estimation import estimate_relative_pose
+    from diffmatch.geometry.relative_pose import sampson_distances
     from diffmatch.metrics import pose_error
 
     result, k, rotation, translation = _two_plane_flow()
@@ -216,9 +217,9 @@ def test_relative_pose_trials_keep_the_best_supported_pose_and_are_seeded():
     # a wrong one (the true rotation with a translation turned by 90°) does not.
     norm = lambda p: cv2.undistortPoints(p.reshape(-1, 1, 2).astype(np.float64), k, None).reshape(-1, 2)  # noqa: E731
     tgt, src = norm(poses[0].target_xy), norm(poses[0].source_xy)
-    assert np.median(_sampson(poses[0].essential, tgt, src)) < (0.1 / 150) ** 2
+    assert np.median(sampson_distances(poses[0].essential, tgt, src)) < (0.1 / 150) ** 2
     skew = lambda v: np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])  # noqa: E731
     wrong = skew(np.cross(translation, [0, 0, 1.0])) @ rotation
-    assert np.median(_sampson(wrong, tgt, src)) > (5 / 150) ** 2
+    assert np.median(sampson_distances(wrong, tgt, src)) > (5 / 150) ** 2
     with pytest.raises(ValueError, match="trials"):
         estimate_relative_pose(result, k, k, trials=0)
