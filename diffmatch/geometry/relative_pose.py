@@ -109,9 +109,15 @@ def essential_pose(
     ten), the one whose ``cv2.recoverPose`` puts the most inliers in front of both cameras is kept.
 
     Raises:
-        ValueError: no essential matrix, or no pose with 5 inliers in front of both cameras.
+        ValueError: no essential matrix (OpenCV's solver fails on matches without any motion, for
+            one), or no pose with 5 inliers in front of both cameras.
     """
-    essential, mask = cv2.findEssentialMat(norm_t, norm_s, np.eye(3), method, confidence, threshold, maxIters=max_iters)
+    try:
+        essential, mask = cv2.findEssentialMat(norm_t, norm_s, np.eye(3), method, confidence, threshold, maxIters=max_iters)
+    except cv2.error:
+        still = len(norm_t) and float(np.abs(norm_s - norm_t).max()) < 1e-12
+        reason = "no match moves, and a pose needs motion" if still else "OpenCV's five-point solver failed on them"
+        raise ValueError(f"no essential matrix found from {len(tgt)} matches: {reason}") from None
     if essential is None or essential.shape[0] < 3 or mask is None:
         raise ValueError(f"no essential matrix found from {len(tgt)} matches")
     best: RelativePose | None = None
@@ -142,11 +148,14 @@ def plane_pose(
     its essential matrix explains within ``threshold`` and puts in front (not only the plane's).
     A decomposition without translation (a pure rotation) gives no direction and is skipped.
     """
-    homography, mask = cv2.findHomography(norm_t, norm_s, method, threshold, maxIters=max_iters, confidence=confidence)
+    try:
+        homography, mask = cv2.findHomography(norm_t, norm_s, method, threshold, maxIters=max_iters, confidence=confidence)
+        count, rotations, translations, _ = cv2.decomposeHomographyMat(homography, np.eye(3)) if homography is not None else (0, (), (), ())
+    except cv2.error:
+        return None
     if homography is None or mask is None or int(mask.sum()) < 4:
         return None
     plane = mask.ravel().astype(bool)
-    count, rotations, translations, _ = cv2.decomposeHomographyMat(homography, np.eye(3))
     best: tuple[int, np.ndarray, np.ndarray] | None = None
     for rotation, translation in zip(rotations[:count], translations[:count]):
         length = float(np.linalg.norm(translation))

@@ -93,3 +93,12 @@ def test_a_scene_of_one_plane_gives_the_true_pose(card):
         )
     ]
     assert sum(e < 1.0 for e in errors) >= (4 if card else 5), errors
+
+
+def test_matches_without_motion_give_a_clear_error():
+    """OpenCV's five-point solver raises its own error on matches that do not move (identical images)."""
+    k = np.array([[FOCAL, 0, 80], [0, FOCAL, 60], [0, 0, 1]])
+    still = MatchResult.from_samples(torch.zeros(1, 1, 2, 120, 160))
+    for trials in (1, 2):
+        with pytest.raises(ValueError, match="no match moves"):
+            estimate_relative_pose(still, k, k, trials=trials)
