@@ -74,8 +74,9 @@ def in_front(rotation: np.ndarray, translation: np.ndarray, norm_t: np.ndarray, 
     """``(K,)`` bool: the matches whose triangulated point lies in front of both cameras.
 
     Each match is triangulated (``cv2.triangulatePoints``, target camera ``[I | 0]``, source camera
-    ``[R | t]``) and kept where its depth is positive in both; a point at infinity counts by the sign
-    of its direction, as in ``cv2.recoverPose``.
+    ``[R | t]``) and kept where its depth is positive in both. The signs are read from the homogeneous
+    coordinates (depth times ``w``), as ``cv2.recoverPose`` reads them, so that far points need no
+    division.
     """
     if len(norm_t) == 0:
         return np.zeros(0, bool)

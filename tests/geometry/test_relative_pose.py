@@ -9,7 +9,7 @@ import torch
 
 from diffmatch.geometry.estimation import estimate_relative_pose, sample_matches
 from diffmatch.geometry.relative_pose import (
-    essential_pose,
+    RelativePose,
     in_front,
     plane_pose,
     pose_support,
@@ -66,9 +66,9 @@ def test_in_front_and_support_count_only_points_before_both_cameras():
     skew = np.array([[0, -translation[2], translation[1]], [translation[2], 0, -translation[0]], [-translation[1], translation[0], 0]])
     essential = skew @ rotation
     assert np.sqrt(sampson_distances(essential, norm_t, norm_s)).max() < 1e-6
-    true = essential_pose(tgt, src, norm_t, norm_s, cv2.RANSAC, 0.5 / FOCAL, 0.99999, 10000)
-    true.rotation, true.translation, true.essential = rotation, translation / np.linalg.norm(translation), essential
-    mirrored = type(true)(rotation, -true.translation, -essential, true.inliers, tgt, src)
+    direction, everyone = translation / np.linalg.norm(translation), np.ones(len(tgt), bool)
+    true = RelativePose(rotation, direction, essential, everyone, tgt, src)
+    mirrored = RelativePose(rotation, -direction, -essential, everyone, tgt, src)
     # Both fit every match's epipolar line; only the true pose has them in front.
     assert pose_support(true, norm_t, norm_s, 0.5 / FOCAL) == len(tgt)
     assert pose_support(mirrored, norm_t, norm_s, 0.5 / FOCAL) == 0
