@@ -1,7 +1,8 @@
 """``python -m diffmatch.calibrate CKPT --out CKPT_CAL`` (``diffmatch calibrate``): fit and write a
 confidence calibration for a checkpoint (:mod:`diffmatch.confidence.fitting` says how).
 
-The selection table and the held-out ECE are printed and stored in the calibration's ``info``;
+The selection table (held-out log loss, ECE and AUSE of every cue set, and the AUSE of the variance
+alone) is printed and stored in the calibration's ``info``;
 ``--out`` may be ``CKPT`` itself.
 
 Example:
@@ -33,12 +34,13 @@ from diffmatch.cli.common import (
     program,
     remove_empty_folders,
 )
-from diffmatch.confidence import CUES, Calibrator, fit_calibrator
+from diffmatch.confidence import CUES, TRANSFORMS, Calibrator, fit_calibrator
 from diffmatch.confidence.fitting import (
     CueSamples,
     calibration_pairs,
     check_error_spread,
     collect_cues,
+    pair_ause,
     select_cues,
     write_calibrated,
 )
@@ -71,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixels", type=int, default=3000, help="valid pixels kept per pair (default 3000)")
     parser.add_argument("--taus", default="1,3,5", help="thresholds τ in px (default 1,3,5)")
     parser.add_argument("--default-tau", type=float, default=3.0, help="τ of MatchResult.confidence (default 3)")
+    parser.add_argument(
+        "--transform", choices=TRANSFORMS, default="log",
+        help="how cues in pixels are compressed: log, log(x + 0.01 px) (the default), or log1p, log(1 + x), as calibrations before 2026-12-05",
+    )
     parser.add_argument("--cues", default="auto", help=f"'auto' (chosen by measurement) or a comma list of {','.join(CUES)}")
     parser.add_argument("--seed", type=int, default=1, help="seed of the pairs, sampling and pixel draws (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -127,12 +133,21 @@ def _check_arguments(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple
     return taus, fixed
 
 
-def _print_table(table: list[dict], chosen: tuple[str, ...], taus: tuple[float, ...]) -> None:
-    print(f"{'cues':<45} {'held-out NLL':>12}  " + "  ".join(f"ECE@{t:g}" for t in taus))
+def _variance_ause(samples: CueSamples) -> float | None:
+    """How well the variance alone ranks the errors within each pair (``None`` without it)."""
+    if "variance" not in samples.names:
+        return None
+    return pair_ause(samples, samples.cues[:, samples.names.index("variance")])
+
+
+def _print_table(table: list[dict], chosen: tuple[str, ...], taus: tuple[float, ...], variance_ause: float | None) -> None:
+    print(f"{'cues':<45} {'held-out NLL':>12}  " + "  ".join(f"ECE@{t:g}" for t in taus) + "   AUSE")
     for row in table:
         mark = " *" if tuple(row["cues"]) == chosen else ""
         ece = "  ".join(f"{row['ece'][f'{t:g}']:.4f}" for t in taus)
-        print(f"{'+'.join(row['cues']):<45} {row['nll']:>12.4f}  {ece}{mark}")
+        print(f"{'+'.join(row['cues']):<45} {row['nll']:>12.4f}  {ece}  {row['ause']:.4f}{mark}")
+    if variance_ause is not None:
+        print(f"AUSE (EPE, within each pair) ranking by the variance alone: {variance_ause:.4f}")
 
 
 def _layer_search_part(
@@ -142,6 +157,7 @@ def _layer_search_part(
     search: LayerSearchConfig | None,
     refined: bool,
     command: list[str],
+    transform: str = "log",
 ) -> Calibrator | None:
     """The calibration of the pixels the layer search took, its cues chosen as the main one's; ``None``
     (said in one line) when too few were taken, or all of them on one side of a τ."""
@@ -152,17 +168,19 @@ def _layer_search_part(
               "or they all lie on one side of a τ; taken pixels will keep the confidence of the match they replace")
         return None
     print("layer-search part (pixels the search took):")
-    chosen, table = select_cues(taken, taus)
-    _print_table(table, chosen, taus)
+    chosen, table = select_cues(taken, taus, default_tau, transform)
+    variance_ause = _variance_ause(taken)
+    _print_table(table, chosen, taus, variance_ause)
     columns = [taken.names.index(c) for c in chosen]
     info = {
         "pairs": pairs,
         "pixels": int(taken.errors.size),
         "search": asdict(search) if search else None,
         "selection": table,
+        "variance_ause": variance_ause,
         "command": command,
     }
-    return fit_calibrator(taken.cues[:, columns], taken.errors, chosen, taus, default_tau, info, refined)
+    return fit_calibrator(taken.cues[:, columns], taken.errors, chosen, taus, default_tau, info, refined, transform=transform)
 
 
 @one_line_errors
@@ -199,13 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     match_seconds = time.perf_counter() - start
     try:
         check_error_spread(matched.errors, taus)
-        chosen, table = select_cues(matched, taus)
+        chosen, table = select_cues(matched, taus, args.default_tau, args.transform)
     except ValueError as err:
         print_error(err)
         return EXIT_FAILED
     if fixed is not None:
         chosen = fixed
-    _print_table(table, chosen, taus)
+    variance_ause = _variance_ause(matched)
+    _print_table(table, chosen, taus, variance_ause)
     errors = matched.errors
     info = {
         "photos": photos.name if photos.resolve() == default_photos.resolve() else str(photos),
@@ -221,15 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": threads,
         "refinement": None if refiner is None else asdict(refiner),
         "selection": table,
+        "variance_ause": variance_ause,
         "match_seconds": match_seconds,
         "command": ["python", "-m", "diffmatch.calibrate", *(sys.argv[1:] if argv is None else argv)],
     }
     columns = [CUES.index(c) for c in chosen]
     calibrator = fit_calibrator(
-        matched.cues[:, columns], errors, chosen, taus, args.default_tau, info, refiner is not None, args.reverse_samples
+        matched.cues[:, columns], errors, chosen, taus, args.default_tau, info, refiner is not None, args.reverse_samples,
+        args.transform,
     )
     if taken is not None:
-        part = _layer_search_part(taken, taus, args.default_tau, search, refiner is not None, info["command"])
+        part = _layer_search_part(taken, taus, args.default_tau, search, refiner is not None, info["command"], args.transform)
         calibrator = replace(calibrator, layer_search=part)
     out = write_calibrated(args.checkpoint, args.out, calibrator.to_dict())
     print(f"cues: {', '.join(chosen)}; {errors.size} pixels of {len(items)} pairs; matching took {match_seconds:.0f} s")

@@ -15,8 +15,10 @@ Flow convention: target grid, ``target(x) ≈ source(x + flow(x))``, px, channel
 from diffmatch.confidence.calibrator import (
     CUES,
     DEFAULT_TAUS,
+    LOG_OFFSETS,
     REVERSE_CUES,
     SEARCH_CUES,
+    TRANSFORMS,
     Calibrator,
     calibrator_from_dict,
     cue_stack,
@@ -28,8 +30,10 @@ from diffmatch.confidence.calibrator import (
 __all__ = [
     "CUES",
     "DEFAULT_TAUS",
+    "LOG_OFFSETS",
     "REVERSE_CUES",
     "SEARCH_CUES",
+    "TRANSFORMS",
     "Calibrator",
     "calibrator_from_dict",
     "cue_stack",

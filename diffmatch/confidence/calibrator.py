@@ -25,7 +25,12 @@ model's match, and their cues above describe the match they replaced. A calibrat
 * ``distinctness``: how much the plane's flow moved by half a window costs more.
 
 For each ``τ`` it stores a logistic model on standardised, log-compressed cues, followed by an
-isotonic (monotone, piecewise-linear) map from the logistic score to the observed frequency. Both
+isotonic (monotone, piecewise-linear) map from the logistic score to the observed frequency. The cues
+in pixels are compressed by ``log(x + 0.01 px)`` (``log(x + 1e-4 px²)`` for variances,
+:data:`LOG_OFFSETS`): errors span 0–100 px, and the offset keeps sub-pixel differences apart, so the
+confidence ranks the matches of an image whose errors are all small (where ``log(1 + x)``, linear
+below a pixel, let the variance rank them better; docs/confidence.md, "Log offsets"). Calibrations
+from before it load with ``log(1 + x)`` (:attr:`Calibrator.transform`). Both
 are plain lists of floats (:meth:`Calibrator.to_dict`), so they live inside exported weights and load
 with ``torch.load(weights_only=True)``. :func:`fit_calibrator` fits one from pixels with known error.
 """
@@ -42,8 +47,10 @@ import torch
 __all__ = [
     "CUES",
     "DEFAULT_TAUS",
+    "LOG_OFFSETS",
     "REVERSE_CUES",
     "SEARCH_CUES",
+    "TRANSFORMS",
     "Calibrator",
     "calibrator_from_dict",
     "cue_stack",
@@ -58,7 +65,13 @@ CUES: tuple[str, ...] = ("variance", "init_distance", "cost_peak", "fb_error", "
 SEARCH_CUES: tuple[str, ...] = ("census_cost", "census_margin", "distinctness")
 DEFAULT_TAUS: tuple[float, ...] = (1.0, 3.0, 5.0)
 # Cues measured in pixels (or px²) are log-compressed before the logistic model: errors span 0–100 px.
-_LOG_CUES = frozenset({"variance", "init_distance", "fb_error", "local_variance", "local_fb_error"})
+# The offset of ``log(x + offset)``: a hundredth of a pixel, squared for the variances.
+LOG_OFFSETS: dict[str, float] = {
+    "variance": 1e-4, "local_variance": 1e-4, "init_distance": 1e-2, "fb_error": 1e-2, "local_fb_error": 1e-2
+}
+# How those cues are compressed: ``log`` (``log(x + LOG_OFFSETS[cue])``), or ``log1p`` (``log(1 + x)``,
+# calibrations from before the offsets).
+TRANSFORMS: tuple[str, ...] = ("log", "log1p")
 # Cues that need a reverse pass (target matched to source).
 REVERSE_CUES = frozenset({"fb_error", "local_fb_error"})
 _FORMAT = "diffmatch-calibration"
@@ -83,12 +96,14 @@ def cue_stack(cues: dict[str, torch.Tensor], names: Sequence[str] = CUES) -> tor
     return torch.cat(maps, dim=1)
 
 
-def _transform(values: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """``(N, K)`` raw cues to model inputs: ``log(1 + x)`` for pixel cues, identity otherwise."""
+def _transform(values: np.ndarray, names: Sequence[str], transform: str) -> np.ndarray:
+    """``(N, K)`` raw cues to model inputs: pixel cues log-compressed as ``transform`` says
+    (:data:`TRANSFORMS`), the others as they are."""
     out = np.array(values, dtype=np.float64, copy=True)
     for k, name in enumerate(names):
-        if name in _LOG_CUES:
-            out[:, k] = np.log1p(np.clip(out[:, k], 0.0, None))
+        if name in LOG_OFFSETS:
+            column = np.clip(out[:, k], 0.0, None)
+            out[:, k] = np.log(column + LOG_OFFSETS[name]) if transform == "log" else np.log1p(column)
     return np.nan_to_num(out, nan=0.0, posinf=1e6, neginf=-1e6)
 
 
@@ -175,6 +190,9 @@ class Calibrator:
         reverse_samples: hypotheses of the reverse pass behind the ``fb_error`` cue (its mean flow is
             checked against the forward one); ``None``: as many as the forward pass, as calibrations
             from before this setting existed were fitted.
+        transform: how the cues in pixels are compressed (:data:`TRANSFORMS`): ``log``, ``log(x +
+            0.01 px)`` (:data:`LOG_OFFSETS`), or ``log1p``, ``log(1 + x)``, as calibrations from
+            before the offsets were fitted (they load as ``log1p``).
         layer_search: the calibration of the pixels the layer search takes
             (:func:`~diffmatch.refinement.layer_search.search_layers`), fitted on those pixels alone,
             for the same :attr:`taus`, from ``variance``, ``init_distance`` and :data:`SEARCH_CUES`;
@@ -193,9 +211,12 @@ class Calibrator:
     info: dict[str, Any] = field(default_factory=dict)
     refined: bool = False
     reverse_samples: int | None = None
+    transform: str = "log1p"
     layer_search: Calibrator | None = None
 
     def __post_init__(self) -> None:
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {TRANSFORMS}, got {self.transform!r}")
         count = self.reverse_samples
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise ValueError(f"reverse_samples must be None or an integer >= 1, got {count!r}")
@@ -239,7 +260,7 @@ class Calibrator:
 
     def score(self, cues: np.ndarray, tau: float | None = None) -> np.ndarray:
         """The logistic score (log-odds before the isotonic map) of ``(N, K)`` raw cues."""
-        x = (_transform(cues, self.cues) - np.asarray(self.mean)) / np.asarray(self.std)
+        x = (_transform(cues, self.cues, self.transform) - np.asarray(self.mean)) / np.asarray(self.std)
         coef = np.asarray(self.coef[self.tau_index(tau)])
         return x @ coef[:-1] + coef[-1]
 
@@ -282,6 +303,7 @@ class Calibrator:
             "info": dict(self.info),
             "refined": bool(self.refined),
             "reverse_samples": self.reverse_samples,
+            "transform": self.transform,
             "layer_search": None if self.layer_search is None else self.layer_search.to_dict(),
         }
 
@@ -308,6 +330,7 @@ def calibrator_from_dict(data: dict[str, Any]) -> Calibrator:
             info=dict(data.get("info", {})),
             refined=bool(data.get("refined", False)),
             reverse_samples=data.get("reverse_samples"),
+            transform=data.get("transform", "log1p"),
             layer_search=None if part is None else calibrator_from_dict(part),
         )
     except KeyError as err:
@@ -323,6 +346,7 @@ def fit_calibrator(
     info: dict[str, Any] | None = None,
     refined: bool = False,
     reverse_samples: int | None = None,
+    transform: str = "log",
 ) -> Calibrator:
     """Fit a :class:`Calibrator` on pixels with known end-point error.
 
@@ -336,9 +360,12 @@ def fit_calibrator(
         refined: the flows had the sub-pixel refinement (see :attr:`Calibrator.refined`).
         reverse_samples: the reverse pass's hypotheses behind ``fb_error`` (see
             :attr:`Calibrator.reverse_samples`).
+        transform: how the cues in pixels are compressed (:data:`TRANSFORMS`; see
+            :attr:`Calibrator.transform`).
 
     Raises:
-        ValueError: shapes disagree, values are not finite, or a ``τ`` has only one class.
+        ValueError: shapes disagree, values are not finite, a ``τ`` has only one class, or an
+            unknown ``transform``.
     """
     cues = np.asarray(cues, np.float64)
     errors = np.asarray(errors, np.float64).ravel()
@@ -347,7 +374,9 @@ def fit_calibrator(
         raise ValueError(f"cues must be (N, {len(names)}) with N = {errors.size} errors, got {cues.shape}")
     if not (np.isfinite(cues).all() and np.isfinite(errors).all()):
         raise ValueError("cues and errors must be finite")
-    x = _transform(cues, names)
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    x = _transform(cues, names, transform)
     mean, std = x.mean(0), x.std(0)
     std = np.where(std > 1e-12, std, 1.0)
     x = (x - mean) / std
@@ -373,6 +402,7 @@ def fit_calibrator(
         info=dict(info or {}),
         refined=refined,
         reverse_samples=reverse_samples,
+        transform=transform,
     )
 
 

@@ -19,7 +19,8 @@ with their true error.
 
 The cues are chosen by measurement (:func:`select_cues`): every subset of
 :data:`~diffmatch.confidence.CUES` is fitted on half of the pairs and scored (log loss, summed over
-the τ) on the other half, and back; the best subset wins, where a smaller one within 0.002 nats (and
+the τ) on the other half, and back (the table also has each subset's AUSE, how well its confidence
+ranks the errors within a pair); the best subset wins, where a smaller one within 0.002 nats (and
 one without the reverse pass) is preferred. The chosen calibration is refitted on all pairs
 (:func:`~diffmatch.confidence.fit_calibrator`) and written into a copy of the checkpoint
 (:func:`write_calibrated`, atomically).
@@ -50,7 +51,7 @@ from diffmatch.confidence import CUES, DEFAULT_TAUS, REVERSE_CUES, SEARCH_CUES, 
 from diffmatch.confidence.cues import match_with_cues, search_cues
 from diffmatch.confidence.metrics import expected_calibration_error
 from diffmatch.errors import InputError
-from diffmatch.metrics import end_point_error
+from diffmatch.metrics import ause, end_point_error
 from diffmatch.models.diffmatch import DiffMatch
 from diffmatch.models.weights import rewrite_weights_file
 from diffmatch.refinement import LayerSearchConfig, VariationalRefiner, search_layers
@@ -61,6 +62,7 @@ __all__ = [
     "calibration_pairs",
     "check_error_spread",
     "collect_cues",
+    "pair_ause",
     "select_cues",
     "write_calibrated",
 ]
@@ -260,18 +262,33 @@ def _rows(cues: dict[str, torch.Tensor], names: Sequence[str], where: np.ndarray
     return torch.cat([cues[name][0] for name in names]).flatten(1).cpu().numpy().T[where]
 
 
+def pair_ause(samples: CueSamples, uncertainty: np.ndarray) -> float:
+    """AUSE-EPE of ``uncertainty`` ``(P,)`` (larger: less certain) within each pair of ``samples``,
+    averaged over the pairs: how well it ranks the errors of one image (:func:`diffmatch.metrics.ause`)."""
+    return float(np.mean([ause(samples.errors[samples.pair == p], uncertainty[samples.pair == p]) for p in np.unique(samples.pair)]))
+
+
 def select_cues(
-    samples: CueSamples, taus: Sequence[float] = DEFAULT_TAUS
+    samples: CueSamples, taus: Sequence[float] = DEFAULT_TAUS, default_tau: float | None = None, transform: str = "log"
 ) -> tuple[tuple[str, ...], list[dict[str, Any]]]:
     """Pick the cue subset with the lowest held-out log loss (2 folds of pairs), preferring small ones.
 
     Every subset of ``samples.names`` is tried.
 
+    Args:
+        samples: the pixels, their cues and errors.
+        taus: thresholds in px.
+        default_tau: the ``τ`` whose confidence's ranking is reported (``None``: the middle one).
+        transform: how the cues in pixels are compressed (:attr:`Calibrator.transform
+            <diffmatch.confidence.Calibrator.transform>`).
+
     Returns:
         ``(chosen, table)``: the chosen cue names, and one row per subset with ``cues``, ``nll``
-        (held-out log loss summed over ``taus``) and ``ece`` (held-out ECE per τ).
+        (held-out log loss summed over ``taus``), ``ece`` (held-out ECE per τ) and ``ause`` (held-out
+        AUSE-EPE of ``1 - P(EPE < default_tau)`` within each pair, :func:`pair_ause`).
     """
     cues, errors, names = samples.cues, samples.errors, samples.names
+    default_tau = taus[len(taus) // 2] if default_tau is None else default_tau
     fold = (np.unique(samples.pair, return_inverse=True)[1] // 2) % 2
     table = []
     for r in range(1, len(names) + 1):
@@ -280,13 +297,13 @@ def select_cues(
             nll, probs = 0.0, {tau: np.zeros(errors.size) for tau in taus}
             for f in (0, 1):
                 train, test = fold != f, fold == f
-                cal = fit_calibrator(cues[train][:, subset], errors[train], chosen, taus, taus[len(taus) // 2])
+                cal = fit_calibrator(cues[train][:, subset], errors[train], chosen, taus, default_tau, transform=transform)
                 for tau in taus:
                     probs[tau][test] = cal.predict_numpy(cues[test][:, subset], tau)
             for tau in taus:
                 nll += logistic_loss(probs[tau], errors < tau)
             ece = {f"{tau:g}": expected_calibration_error(probs[tau], errors < tau) for tau in taus}
-            table.append({"cues": list(chosen), "nll": nll, "ece": ece})
+            table.append({"cues": list(chosen), "nll": nll, "ece": ece, "ause": pair_ause(samples, 1.0 - probs[default_tau])})
     best = min(row["nll"] for row in table)
     close = [row for row in table if row["nll"] <= best + _TOLERANCE]
     pick = min(close, key=lambda row: (bool(REVERSE_CUES & set(row["cues"])), len(row["cues"]), row["nll"]))

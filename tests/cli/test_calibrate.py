@@ -90,6 +90,9 @@ def test_the_layer_search_part_is_fitted_from_taken_pixels_or_skipped_in_one_lin
     assert part is not None and part.taus == (1.0, 3.0, 5.0) and part.refined
     assert "census_cost" in part.cues and set(part.cues) <= set(SEARCH_FIT_CUES)
     assert part.info["pairs"] == 8 and part.info["command"] == ["calibrate"]
+    assert part.transform == "log" and part.info["variance_ause"] < 1.0
+    old = _layer_search_part(_taken(8), (1.0, 3.0, 5.0), 3.0, LayerSearchConfig(), True, [], transform="log1p")
+    assert old.transform == "log1p"  # --transform log1p: fitted as calibrations before the log offsets
     # The confidence falls with the census cost, the cue the error was made from.
     probe = np.tile(np.median(_taken(8).cues, 0), (5, 1))
     probe[:, 2] = np.linspace(0.0, 0.5, 5)

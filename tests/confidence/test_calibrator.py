@@ -52,6 +52,47 @@ def test_calibration_holds_on_fresh_data():
         assert expected_calibration_error(cal.predict_numpy(fresh, tau), fresh_errors < tau) < 0.03
 
 
+def _sub_pixel_pixels(count: int, seed: int, wrong: float) -> tuple[np.ndarray, np.ndarray]:
+    """``variance`` and ``fb_error`` cues of pixels whose error, when right, grows with the variance
+    (0.01–0.3 px), and a share ``wrong`` of matches 2–20 px off that the cycle error gives away."""
+    rng = np.random.default_rng(seed)
+    bad = rng.random(count) < wrong
+    variance = np.where(bad, 10 ** rng.uniform(-1.5, 0.5, count), 10 ** rng.uniform(-4, -1, count))
+    cycle = np.where(bad, 10 ** rng.uniform(-0.5, 1, count), 10 ** rng.uniform(-2, -1, count))
+    errors = np.where(bad, rng.uniform(2, 20, count), np.sqrt(variance) * rng.uniform(0.5, 1.5, count))
+    return np.stack([variance, cycle], 1), errors
+
+
+def test_log_offsets_let_the_confidence_rank_sub_pixel_errors():
+    from diffmatch.metrics import ause
+
+    cues, errors = _sub_pixel_pixels(20000, 0, wrong=0.3)
+    easy, easy_errors = _sub_pixel_pixels(5000, 1, wrong=0.01)  # an image where nearly every match is right
+    area = {}
+    for transform in ("log", "log1p"):
+        cal = fit_calibrator(cues, errors, ("variance", "fb_error"), transform=transform)
+        area[transform] = ause(easy_errors, 1 - cal.predict_numpy(easy))
+    # log(1 + x) is linear below a pixel: the cycle error's noise outweighs the variance there.
+    assert area["log"] < 0.6 * area["log1p"], area
+
+
+def test_calibrations_from_before_the_log_offsets_load_and_predict_as_fitted():
+    cues, errors = synthetic_cues(2000)
+    old = fit_calibrator(cues, errors, transform="log1p")
+    data = old.to_dict()
+    del data["transform"]  # written before the field existed
+    loaded = calibrator_from_dict(data)
+    assert loaded.transform == "log1p"
+    np.testing.assert_allclose(loaded.predict_numpy(cues), old.predict_numpy(cues))
+    new = fit_calibrator(cues, errors)
+    assert new.transform == "log" and calibrator_from_dict(new.to_dict()).transform == "log"
+    assert not np.allclose(new.score(cues), loaded.score(cues))
+    with pytest.raises(ValueError, match="transform must be one of"):
+        fit_calibrator(cues, errors, transform="sqrt")
+    with pytest.raises(ValueError, match="transform must be one of"):
+        calibrator_from_dict({**new.to_dict(), "transform": "sqrt"})
+
+
 def test_calibrator_rejects_unfitted_tau_and_bad_dicts():
     cues, errors = synthetic_cues(500)
     cal = fit_calibrator(cues, errors)

@@ -8,7 +8,14 @@ import torch
 
 from diffmatch.confidence import CUES, SEARCH_CUES
 from diffmatch.confidence.cues import search_cues
-from diffmatch.confidence.fitting import SEARCH_FIT_CUES, calibration_pairs, collect_cues
+from diffmatch.confidence.fitting import (
+    SEARCH_FIT_CUES,
+    CueSamples,
+    calibration_pairs,
+    collect_cues,
+    pair_ause,
+    select_cues,
+)
 from diffmatch.data import bundled_photos
 from diffmatch.errors import InputError
 from diffmatch.models.diffmatch import DiffMatch
@@ -81,3 +88,17 @@ def test_collect_cues_gathers_the_pixels_the_layer_search_takes_with_their_new_e
         rows = taken.cues[taken.pair == i]
         assert all(np.isclose(top, row).all(1).any() for row in rows[:10])
     assert collect_cues(model, items, 2, 1, pixels=100)[1] is None  # no search asked for
+
+
+def test_cue_selection_reports_how_each_cue_set_ranks_errors_within_a_pair():
+    rng = np.random.default_rng(0)
+    pairs, per = 8, 300
+    errors = 10 ** rng.uniform(-2, 1.3, pairs * per)  # 0.01–20 px
+    ranking = errors * rng.uniform(0.8, 1.25, errors.size)  # follows the error closely
+    noise = 10 ** rng.uniform(-2, 1.3, errors.size)  # says nothing about it
+    samples = CueSamples(("variance", "fb_error"), np.stack([ranking, noise], 1), errors, np.repeat(np.arange(pairs), per))
+    chosen, table = select_cues(samples)
+    rows = {tuple(row["cues"]): row for row in table}
+    assert chosen == ("variance",)
+    assert rows[("variance",)]["ause"] < 0.05 < 0.3 < rows[("fb_error",)]["ause"]
+    assert pair_ause(samples, ranking) < 0.05 and pair_ause(samples, errors) == pytest.approx(0.0, abs=1e-9)
