@@ -104,7 +104,7 @@ def _transform(values: np.ndarray, names: Sequence[str], transform: str) -> np.n
         if name in LOG_OFFSETS:
             column = np.clip(out[:, k], 0.0, None)
             out[:, k] = np.log(column + LOG_OFFSETS[name]) if transform == "log" else np.log1p(column)
-    return np.nan_to_num(out, nan=0.0, posinf=1e6, neginf=-1e6)
+    return np.nan_to_num(out, nan=np.nan, posinf=1e6, neginf=-1e6)
 
 
 def isotonic_fit(scores: np.ndarray, labels: np.ndarray, max_knots: int = 256) -> tuple[list[float], list[float]]:
@@ -259,8 +259,13 @@ class Calibrator:
         return self.taus.index(tau)
 
     def score(self, cues: np.ndarray, tau: float | None = None) -> np.ndarray:
-        """The logistic score (log-odds before the isotonic map) of ``(N, K)`` raw cues."""
+        """The logistic score (log-odds before the isotonic map) of ``(N, K)`` raw cues.
+
+        A NaN cue is unknown (the variance of one hypothesis, :func:`~diffmatch.confidence.cues.variance_cue`) and counts as
+        the average of the pixels the calibration was fitted on.
+        """
         x = (_transform(cues, self.cues, self.transform) - np.asarray(self.mean)) / np.asarray(self.std)
+        x = np.where(np.isnan(x), 0.0, x)
         coef = np.asarray(self.coef[self.tau_index(tau)])
         return x @ coef[:-1] + coef[-1]
 

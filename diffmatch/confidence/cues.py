@@ -31,7 +31,16 @@ from diffmatch.models.diffusion import Generators
 from diffmatch.refinement import VariationalRefiner
 from diffmatch.result import MatchResult
 
-__all__ = ["local_mean", "local_window", "match_with_cues", "search_cues"]
+__all__ = ["local_mean", "local_window", "match_with_cues", "search_cues", "variance_cue"]
+
+
+def variance_cue(result: MatchResult) -> torch.Tensor:
+    """The ``variance`` cue, ``(B, 1, H, W)`` px²: the hypotheses' variance, or NaN, unknown, for one
+    hypothesis (whose variance is 0 everywhere, which a calibration fitted on several reads as
+    certainty; :meth:`Calibrator.score <diffmatch.confidence.Calibrator.score>` counts it as average)."""
+    if result.samples.shape[1] > 1:
+        return result.uncertainty
+    return torch.full_like(result.uncertainty, float("nan"))
 
 
 def local_window(height: int, width: int) -> int:
@@ -103,12 +112,12 @@ def match_with_cues(
         result = refiner.refine_result(source, target, result)
     init = result.init_flow if result.init_flow is not None else result.flow
     cues = {
-        "variance": result.uncertainty,
+        "variance": variance_cue(result),
         "init_distance": flow_magnitude(result.flow - init, keepdim=True),
         "cost_peak": _cost_peak(model, run.condition, tuple(target.shape[-2:])),
     }
     if local is None or "local_variance" in local:
-        cues["local_variance"] = local_mean(result.uncertainty)
+        cues["local_variance"] = local_mean(cues["variance"])
     if run.reverse is not None:
         backward = run.reverse.flow
         if refiner is not None:
@@ -133,7 +142,7 @@ def search_cues(result: MatchResult, costs: dict[str, torch.Tensor]) -> dict[str
         ``costs`` plus ``variance`` (px²) and ``init_distance`` (px, measured from the new flow).
     """
     init = result.init_flow if result.init_flow is not None else result.flow
-    return {**costs, "variance": result.uncertainty, "init_distance": flow_magnitude(result.flow - init, keepdim=True)}
+    return {**costs, "variance": variance_cue(result), "init_distance": flow_magnitude(result.flow - init, keepdim=True)}
 
 
 def _cost_peak(model: DiffMatch, cond: Condition, size_t: tuple[int, int]) -> torch.Tensor:

@@ -93,6 +93,24 @@ def test_calibrations_from_before_the_log_offsets_load_and_predict_as_fitted():
         calibrator_from_dict({**new.to_dict(), "transform": "sqrt"})
 
 
+def test_one_hypothesis_has_an_unknown_variance_that_counts_as_average(tiny_model):
+    from diffmatch.confidence.cues import variance_cue
+
+    cues, errors = synthetic_cues(2000)
+    cal = fit_calibrator(cues, errors)
+    k = CUES.index("variance")
+    probe = np.tile(np.median(cues, 0), (3, 1))
+    probe[0, k], probe[1, k] = 0.0, np.nan  # zero variance: certainty; NaN: unknown
+    probe[2, k] = np.exp(cal.mean[k]) - 1e-4  # the fitted pixels' average (log(x + 1e-4) = mean)
+    score = cal.score(probe)
+    assert score[1] == pytest.approx(score[2]) and score[0] > score[1] + 1.0
+    src, tgt = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    one, cues_one = match_with_cues(tiny_model, src, tgt, 1, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.isnan(variance_cue(one)).all() and torch.isnan(cues_one["local_variance"]).all()
+    three, _ = match_with_cues(tiny_model, src, tgt, 3, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(variance_cue(three), three.uncertainty)
+
+
 def test_calibrator_rejects_unfitted_tau_and_bad_dicts():
     cues, errors = synthetic_cues(500)
     cal = fit_calibrator(cues, errors)
