@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=240, help="square side in px of the synthetic pairs (default 240, as the benchmark)")
     parser.add_argument("--scenes", type=float, default=0.25, help="share of pairs that are rendered 3D scenes at 384x512, as the scenes benchmark, 0..1 (default 0.25)")
     parser.add_argument("--corrupted", type=float, default=0.25, help="share of pairs with an ImageNet-C corruption, 0..1 (default 0.25; 0.5 left clean pairs under-confident, docs/confidence.md)")
-    parser.add_argument("--samples", type=int, default=3, help="hypotheses N (default 3)")
+    parser.add_argument("--samples", type=int, default=3, help="hypotheses N, 2 or more (default 3)")
     parser.add_argument("--reverse-samples", type=int, default=1, help="hypotheses of the reverse pass behind the fb_error cue (default 1: only its mean flow is read)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the checkpoint's own, its sampling_steps or else T)")
     parser.add_argument("--pixels", type=int, default=3000, help="valid pixels kept per pair (default 3000)")
@@ -124,6 +124,8 @@ def _check_arguments(args: argparse.Namespace) -> tuple[tuple[float, ...], tuple
         raise InputError(f"--scenes is a share of the pairs, in [0, 1], got {args.scenes:g}")
     if args.samples < 1:
         raise InputError(f"--samples must be >= 1, got {args.samples}")
+    if args.samples == 1:
+        raise InputError("--samples 1 has no variance to calibrate (one hypothesis's is unknown); use --samples 2 or more")
     if args.reverse_samples < 1:
         raise InputError(f"--reverse-samples must be >= 1, got {args.reverse_samples}")
     if args.steps is not None and args.steps < 1:

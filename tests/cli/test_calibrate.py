@@ -25,6 +25,7 @@ def _err_lines(capsys) -> list[str]:
         (["--corrupted", "2"], "--corrupted is a share of the pairs, in [0, 1], got 2"),
         (["--corrupted", "-0.5"], "--corrupted is a share of the pairs, in [0, 1], got -0.5"),
         (["--samples", "0"], "--samples must be >= 1"),
+        (["--samples", "1"], "--samples 1 has no variance to calibrate"),
         (["--reverse-samples", "0"], "--reverse-samples must be >= 1"),
         (["--scenes", "1.5"], "--scenes is a share of the pairs, in [0, 1], got 1.5"),
         (["--out", "FOLDER"], "is a folder; give a file name"),
