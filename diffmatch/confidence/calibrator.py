@@ -98,13 +98,15 @@ def cue_stack(cues: dict[str, torch.Tensor], names: Sequence[str] = CUES) -> tor
 
 def _transform(values: np.ndarray, names: Sequence[str], transform: str) -> np.ndarray:
     """``(N, K)`` raw cues to model inputs: pixel cues log-compressed as ``transform`` says
-    (:data:`TRANSFORMS`), the others as they are."""
+    (:data:`TRANSFORMS`), the others as they are; NaN (an unknown cue) stays NaN."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     out = np.array(values, dtype=np.float64, copy=True)
     for k, name in enumerate(names):
         if name in LOG_OFFSETS:
             column = np.clip(out[:, k], 0.0, None)
             out[:, k] = np.log(column + LOG_OFFSETS[name]) if transform == "log" else np.log1p(column)
-    return np.nan_to_num(out, nan=np.nan, posinf=1e6, neginf=-1e6)
+    return np.clip(out, -1e6, 1e6)
 
 
 def isotonic_fit(scores: np.ndarray, labels: np.ndarray, max_knots: int = 256) -> tuple[list[float], list[float]]:
@@ -379,8 +381,6 @@ def fit_calibrator(
         raise ValueError(f"cues must be (N, {len(names)}) with N = {errors.size} errors, got {cues.shape}")
     if not (np.isfinite(cues).all() and np.isfinite(errors).all()):
         raise ValueError("cues and errors must be finite")
-    if transform not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
     x = _transform(cues, names, transform)
     mean, std = x.mean(0), x.std(0)
     std = np.where(std > 1e-12, std, 1.0)
